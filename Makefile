@@ -1,0 +1,42 @@
+# The two commands in the README, and what they need.
+#   make quickstart   install everything into .venv, then run recipes/quickstart.yaml
+#   make test         run every test, exactly as CI does
+PYTHON ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch is pinned to the tested CPU build and installed first, so nothing pulls a CUDA build in.
+# Elsewhere, point pip at the CPU wheels, e.g. TORCH_PIP_ARGS="--index-url <your torch CPU index>".
+TORCH := torch==2.13.0
+TORCH_PIP_ARGS ?=
+PYTEST_ARGS ?=
+
+.PHONY: install quickstart test app lock clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
+
+# constraints.txt pins every package to the versions tested together.
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) $(TORCH)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[lab,dev]'
+	$(BIN)/llmlab setup
+	touch $@
+
+install: $(VENV)/.installed
+
+quickstart: install
+	$(BIN)/llmlab run recipes/quickstart.yaml
+
+test: install
+	bash scripts/test.sh $(PYTEST_ARGS)
+
+app: install
+	$(BIN)/llmlab app
+
+# Re-pin after changing dependencies: resolve in a fresh venv, then freeze.
+lock:
+	$(BIN)/pip freeze --exclude-editable --exclude llmlab > constraints.txt
+
+clean:
+	rm -rf $(VENV) .pytest_cache

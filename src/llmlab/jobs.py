@@ -1,0 +1,268 @@
+"""Jobs: long work runs out of process, queued, observable and cancellable.
+
+A job is a recipe run as ``llmlab run RECIPE --events --job DIR`` in its own process group, so
+the app's pages stay responsive and a job outlives a page reload (or the app itself). Its folder
+under ``$LLMLAB_HOME/.jobs/<id>/`` holds everything anyone needs to follow it:
+
+```
+job.json       id, title, status, pid, times, error (written only by the job process itself)
+recipe.yaml    the resolved recipe it runs: every default filled in, so it can be replayed
+events.jsonl   its progress events, one JSON object per line
+log.txt        its stderr
+cancel         present once someone asked it to stop
+```
+
+At most ``LLMLAB_MAX_JOBS`` (default 1) queued jobs run at once, first come first served; a
+``llmlab run`` typed at the terminal records a job too, but starts at once. A job whose process
+is gone without writing a final status shows as ``died`` (or ``cancelled`` if it was asked to
+stop), so a SIGKILL is visible rather than a job that looks forever "running".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel
+
+from llmlab.errors import NotFoundError
+from llmlab.store import Store, _write_json
+
+Status = Literal["queued", "running", "done", "failed", "cancelled", "died"]
+FINAL = ("done", "failed", "cancelled", "died")
+
+
+class Cancelled(BaseException):
+    """Raised inside a job when it receives SIGTERM (a cancel), so cleanups run."""
+
+
+class JobInfo(BaseModel):
+    id: str
+    title: str
+    status: Status = "queued"
+    created: float
+    started: float | None = None
+    ended: float | None = None
+    pid: int | None = None
+    pid_started: float | None = None  # the process's start time, to tell it from a reused pid
+    queued: bool = True  # waits for a slot (app/queue) rather than starting at once (terminal)
+    error: str | None = None
+    dir: str = ""
+
+    @property
+    def seconds(self) -> float | None:
+        if self.started is None:
+            return None
+        return round((self.ended or time.time()) - self.started, 1)
+
+
+def _now() -> float:
+    return round(time.time(), 3)
+
+
+def _process_alive(pid: int | None, started: float | None) -> bool:
+    import psutil
+
+    if pid is None:
+        return False
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(p.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
+
+
+def max_jobs() -> int:
+    return max(1, int(os.environ.get("LLMLAB_MAX_JOBS", "1")))
+
+
+class JobQueue:
+    """The jobs of one store."""
+
+    def __init__(self, store: Store | None = None):
+        self.store = store or Store()
+        self.root = self.store.root / ".jobs"
+        self.root.mkdir(exist_ok=True)
+        self._children: dict[int, subprocess.Popen] = {}
+
+    # ----- submitting -----
+    def submit(self, recipe: Any, title: str | None = None, *, force: bool = False) -> JobInfo:
+        """Queue a recipe (a Recipe, a dict or a YAML path) to run in its own process."""
+        from llmlab import recipes
+
+        r = recipe if isinstance(recipe, recipes.Recipe) else recipes.load(recipe)
+        job = self.create(r, title)
+        argv = [sys.executable, "-m", "llmlab", "run", str(Path(job.dir) / "recipe.yaml"),
+                "--events", "--job", job.dir]
+        if force:
+            argv.append("--force")
+        env = {**os.environ, "LLMLAB_HOME": str(self.store.root), "PYTHONUNBUFFERED": "1"}
+        with open(Path(job.dir) / "events.jsonl", "ab") as out, open(Path(job.dir) / "log.txt", "ab") as err:
+            proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env,
+                                    start_new_session=True)
+        self._children[proc.pid] = proc
+        return job
+
+    def create(self, recipe: Any, title: str | None = None, *, queued: bool = True) -> JobInfo:
+        """Make a job folder holding the resolved recipe (the job process fills in the rest)."""
+        job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        folder = self.root / job_id
+        folder.mkdir()
+        (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
+        job = JobInfo(id=job_id, title=title or recipe.name, created=_now(), queued=queued, dir=str(folder))
+        _write_json(folder / "job.json", job.model_dump())
+        return job
+
+    # ----- reading -----
+    def get(self, job_id: str) -> JobInfo:
+        self._reap()
+        folder = self.root / job_id
+        if not (folder / "job.json").is_file() or "/" in job_id or job_id.startswith("."):
+            raise NotFoundError(f"No job '{job_id}'.", "List jobs with `llmlab jobs ls`.")
+        job = JobInfo.model_validate_json((folder / "job.json").read_text())
+        if job.status not in FINAL:
+            waiting_to_spawn = job.pid is None and time.time() - job.created < 30
+            if not waiting_to_spawn and not _process_alive(job.pid, job.pid_started):
+                job.status = "cancelled" if (folder / "cancel").exists() else "died"
+                job.error = job.error or "the job's process ended without reporting (killed?)"
+        return job
+
+    def list(self) -> list[JobInfo]:
+        ids = sorted((p.name for p in self.root.iterdir() if (p / "job.json").is_file()), reverse=True)
+        return [self.get(i) for i in ids]
+
+    def events(self, job_id: str, since: int = 0) -> list[dict[str, Any]]:
+        """Progress events from line ``since`` on (a partly written last line is left for later)."""
+        path = self.root / job_id / "events.jsonl"
+        if not path.exists():
+            return []
+        out = []
+        for line in path.read_text().splitlines()[since:]:
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+        return out
+
+    def log(self, job_id: str, tail: int = 200) -> str:
+        path = self.root / job_id / "log.txt"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-tail:]) if path.exists() else ""
+
+    def recipe(self, job_id: str) -> dict[str, Any]:
+        return yaml.safe_load((self.root / job_id / "recipe.yaml").read_text())
+
+    def progress(self, job_id: str) -> dict[str, Any]:
+        """A summary for a progress bar: current step, its task progress, the latest metrics."""
+        state: dict[str, Any] = {"step": None, "index": 0, "total": 0, "done": 0, "of": 0, "metrics": {}}
+        for e in self.events(job_id):
+            if e.get("type") == "step":
+                state.update(step=e.get("kind"), index=e.get("index", 0), total=e.get("total", 0))
+                if e.get("status") != "start":
+                    state["index"] = e.get("index", 0) + 1
+            elif e.get("type") == "progress":
+                state.update(task=e.get("task"), done=e.get("done", 0), of=e.get("total", 0))
+            elif e.get("type") == "metric":
+                state["metrics"] = {k: v for k, v in e.items() if k not in ("type", "time")}
+        return state
+
+    def wait(self, job_id: str, timeout: float = 600) -> JobInfo:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            job = self.get(job_id)
+            if job.status in FINAL:
+                return job
+            time.sleep(0.2)
+        return self.get(job_id)
+
+    # ----- controlling -----
+    def cancel(self, job_id: str, grace: float = 10.0) -> JobInfo:
+        """Ask a job to stop (SIGTERM to its process group), then kill it after ``grace`` s."""
+        job = self.get(job_id)
+        if job.status in FINAL:
+            return job
+        (Path(job.dir) / "cancel").touch()
+        if job.pid and _process_alive(job.pid, job.pid_started):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(job.pid, signal.SIGTERM)
+            end = time.monotonic() + grace
+            while time.monotonic() < end and _process_alive(job.pid, job.pid_started):
+                self._reap()
+                time.sleep(0.1)
+            if _process_alive(job.pid, job.pid_started):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(job.pid, signal.SIGKILL)
+        return self.wait(job_id, timeout=5)
+
+    def _reap(self) -> None:
+        for pid, proc in list(self._children.items()):
+            if proc.poll() is not None:
+                del self._children[pid]
+
+
+class RunningJob:
+    """The job side: used by ``llmlab run --job DIR`` to take a slot and report its status."""
+
+    def __init__(self, folder: str | Path):
+        self.folder = Path(folder)
+        self.info = JobInfo.model_validate_json((self.folder / "job.json").read_text())
+        self._slot_fd: int | None = None
+
+    def _save(self) -> None:
+        _write_json(self.folder / "job.json", self.info.model_dump())
+
+    def start(self, poll: float = 0.3) -> None:
+        """Record this process, wait for a free slot (queued jobs only), then mark running."""
+        import psutil
+
+        signal.signal(signal.SIGTERM, _raise_cancelled)
+        self.info.pid = os.getpid()
+        self.info.pid_started = psutil.Process().create_time()
+        self._save()
+        if self.info.queued:
+            queue = JobQueue(Store(self.folder.parents[1]))
+            while not self._take_slot(queue):
+                time.sleep(poll)
+        self.info.status = "running"
+        self.info.started = _now()
+        self._save()
+
+    def _take_slot(self, queue: JobQueue) -> bool:
+        earlier = [j for j in queue.list() if j.status == "queued" and j.queued and j.created < self.info.created]
+        if earlier:
+            return False
+        slots = queue.root / "slots"
+        slots.mkdir(exist_ok=True)
+        for k in range(max_jobs()):
+            fd = os.open(slots / f"{k}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            self._slot_fd = fd  # held until this process exits
+            return True
+        return False
+
+    def finish(self, status: Status, error: str | None = None) -> None:
+        self.info.status = status
+        self.info.error = error
+        self.info.ended = _now()
+        self._save()
+
+
+def _raise_cancelled(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise Cancelled("cancelled by request")

@@ -1,0 +1,47 @@
+"""Where llmlab keeps things, read from environment variables with sensible defaults.
+
+| variable | default | what |
+| --- | --- | --- |
+| ``LLMLAB_HOME`` | ``./models`` | the store: one folder per artifact, plus hidden ``.jobs``, ``.mlflow``, ``.tmp`` |
+| ``LLMLAB_DATA`` | ``../shared/data`` if it exists | public data sets used by tests and benchmarks |
+| ``LLMLAB_TRACKING_URI`` | ``sqlite:///$LLMLAB_HOME/.mlflow/mlflow.db`` | any MLflow tracking URI; ``off`` disables tracking |
+| ``LLMLAB_THREADS`` | all cores | CPU threads for torch and llama.cpp |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    """The store folder (created on first use)."""
+    return Path(os.environ.get("LLMLAB_HOME") or Path.cwd() / "models").resolve()
+
+
+def data_dir() -> Path | None:
+    """The folder of public data sets, or None when it is not there."""
+    env = os.environ.get("LLMLAB_DATA")
+    candidates = [Path(env)] if env else [Path.cwd() / ".." / "shared" / "data"]
+    for c in candidates:
+        if c.is_dir():
+            return c.resolve()
+    return None
+
+
+def tracking_uri() -> str | None:
+    """The MLflow tracking URI, or None when tracking is switched off."""
+    uri = os.environ.get("LLMLAB_TRACKING_URI", "")
+    if uri.lower() in {"off", "none", "0", "false"}:
+        return None
+    if uri:
+        return uri
+    return f"sqlite:///{home() / '.mlflow' / 'mlflow.db'}"
+
+
+def threads() -> int:
+    """CPU threads to use for inference and training."""
+    env = os.environ.get("LLMLAB_THREADS")
+    if env:
+        return max(1, int(env))
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,98 @@
+"""MLflow tracking: each recipe run is one MLflow run.
+
+The store's own sqlite database (``$LLMLAB_HOME/.mlflow/mlflow.db``, artifacts beside it) is the
+default; ``LLMLAB_TRACKING_URI`` points elsewhere or switches tracking off (``off``). A run logs
+each step's config as params (``<n>.<kind>.<key>``), its metrics (``<n>.<key>``), its output's
+content hash as a tag, and the output's manifest as an artifact (a reference, not the weights).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmlab import settings
+
+if TYPE_CHECKING:
+    from llmlab.recipes import Recipe, Step, StepResult
+    from llmlab.store import Store
+
+EXPERIMENT = "llmlab"
+
+
+def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _flatten(f"{prefix}.{k}", v, out)
+    else:
+        out[prefix] = value
+
+
+def _mlflow(store: Store):
+    """Import mlflow, point it at the tracking URI and return (mlflow, experiment id)."""
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    import mlflow
+
+    uri = settings.tracking_uri()
+    if uri and uri.startswith("sqlite:///"):
+        Path(uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        location = (store.root / ".mlflow" / "artifacts").as_uri()
+        return mlflow, mlflow.create_experiment(EXPERIMENT, artifact_location=location)
+    return mlflow, exp.experiment_id
+
+
+class Tracker:
+    """Logs one recipe run's steps; does nothing when tracking is off."""
+
+    def __init__(self, mlflow: Any | None, store: Store, run_id: str | None = None):
+        self.mlflow = mlflow
+        self.store = store
+        self.run_id = run_id
+
+    def log_step(self, index: int, step: Step, result: StepResult) -> None:
+        if self.mlflow is None:
+            return
+        params: dict[str, Any] = {}
+        _flatten(f"{index + 1}.{step.kind}", step.config_dict(), params)
+        self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
+        metrics = {f"{index + 1}.{k}": float(v) for k, v in result.metrics.items()
+                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics[f"{index + 1}.seconds"] = result.seconds
+        self.mlflow.log_metrics(metrics)
+        if result.output and self.store.exists(result.output):
+            art = self.store.get(result.output)
+            self.mlflow.set_tag(f"artifact.{art.name}", f"{art.kind}:{art.content_hash}")
+            self.mlflow.log_artifact(str(art.path / "manifest.json"), artifact_path=f"manifests/{art.name}")
+
+
+@contextlib.contextmanager
+def recipe_run(recipe: Recipe, *, store: Store, enabled: bool = True) -> Iterator[Tracker]:
+    """An MLflow run around a recipe, or a no-op tracker when tracking is off."""
+    if not enabled or settings.tracking_uri() is None:
+        yield Tracker(None, store)
+        return
+    mlflow, experiment_id = _mlflow(store)
+    with mlflow.start_run(experiment_id=experiment_id, run_name=recipe.name) as run:
+        mlflow.set_tags({"llmlab.recipe": recipe.name, "llmlab.store": str(store.root)})
+        mlflow.log_dict(recipe.resolved(), "recipe.json")
+        yield Tracker(mlflow, store, run.info.run_id)
+
+
+def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """The command that serves the MLflow UI on the tracking store."""
+    import sys
+
+    uri = settings.tracking_uri()
+    if uri is None:
+        from llmlab.errors import ConfigError
+
+        raise ConfigError("Tracking is switched off (LLMLAB_TRACKING_URI=off).", "Unset it to use MLflow.")
+    return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]
