@@ -58,6 +58,7 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, capsys):
 def test_models_add_ls_show_lineage_verify_rm(micro_model_dir, tmp_path, capsys):
     home = ["--home", str(tmp_path / "models")]
     assert main([*home, "models", "add", str(micro_model_dir), "--name", "mine"]) == 0
+    assert capsys.readouterr().out.startswith("added mine (base, ")
     assert main([*home, "models", "ls", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
     assert [(a["name"], a["kind"]) for a in listed] == [("mine", "base")]
@@ -71,7 +72,9 @@ def test_models_add_ls_show_lineage_verify_rm(micro_model_dir, tmp_path, capsys)
     assert main([*home, "models", "verify", "mine"]) == 4
     assert f"tampered file: {weights.name}" in capsys.readouterr().out
     assert main([*home, "models", "rm", "mine"]) == 0
+    capsys.readouterr()
     assert main([*home, "models", "ls", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == []
 
 
 def test_models_add_refuses_bad_folders(micro_model_dir, tmp_path, capsys):

@@ -41,7 +41,7 @@ def test_every_shipped_recipe_loads(path):
 )
 def test_bad_recipes_name_line_and_hint(text, message, hint):
     with pytest.raises(ConfigError, match=message) as err:
-        recipes.load(text)
+        recipes.loads(text)
     if hint:
         assert hint in (err.value.hint or "")
 
@@ -53,9 +53,9 @@ def test_missing_recipe_file_lists_shipped_ones(tmp_path):
 
 
 def test_config_hash_covers_config_and_inputs(store):
-    a = recipes.load(MICRO).steps[0]
-    b = recipes.load(MICRO.replace("micro", "small")).steps[0]
-    assert recipes.config_hash(a, store) == recipes.config_hash(recipes.load(MICRO).steps[0], store)
+    a = recipes.loads(MICRO).steps[0]
+    b = recipes.loads(MICRO.replace("micro", "small")).steps[0]
+    assert recipes.config_hash(a, store) == recipes.config_hash(recipes.loads(MICRO).steps[0], store)
     assert recipes.config_hash(a, store) != recipes.config_hash(b, store)
 
 
@@ -68,7 +68,7 @@ def test_export_script_is_valid_python_calling_the_api():
 
 @pytest.mark.slow
 def test_run_skips_current_steps_and_exported_script_rebuilds_the_same(tmp_path, store):
-    recipe = recipes.load(MICRO)
+    recipe = recipes.loads(MICRO)
     first = recipes.run(recipe, store=store, track=False)
     assert [r.status for r in first] == ["done"]
     made = store.get("m")

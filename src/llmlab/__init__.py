@@ -14,3 +14,10 @@ module and imports its heavy dependencies when called:
 """
 
 __version__ = "0.1.0"
+
+import logging as _logging
+
+# torchao (brought in by GPTQModel) logs "Failed to load ..." for its CUDA-only kernels on every
+# CPU import of transformers, and torch warns about its enums: noise, not news, for our users.
+for _name in ("torchao", "torch.utils._pytree"):
+    _logging.getLogger(_name).setLevel(_logging.ERROR)

@@ -28,7 +28,10 @@ INTERNAL_ERROR = 70
 def _console():
     from rich.console import Console
 
-    return Console(stderr=False, highlight=False)
+    console = Console(highlight=False)
+    if not console.is_terminal:  # piped or captured: don't squeeze tables into 80 columns
+        console = Console(highlight=False, width=120)
+    return console
 
 
 def _store(args: argparse.Namespace):
@@ -73,7 +76,7 @@ class CliProgress:
 
         self.console = console
         self.bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), console=console, transient=False)
+                             TimeElapsedColumn(), console=console, transient=True)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> CliProgress:
@@ -109,22 +112,26 @@ class CliProgress:
 
 
 def _summary_table(results, store) -> Any:
+    """One row per artifact the run made or scored: what it is and how it scores."""
     from rich.table import Table
 
     table = Table(title="Summary")
-    for col in ("step", "artifact", "kind", "size MB", "ppl", "accuracy", "gen tok/s", "seconds", "status"):
-        table.add_column(col, justify="right" if col in ("size MB", "ppl", "accuracy", "gen tok/s", "seconds") else "left")
+    for col in ("artifact", "kind", "size MB", "ppl", "accuracy", "gen tok/s", "steps (s)"):
+        table.add_column(col, justify="left" if col in ("artifact", "kind") else "right")
+    rows: dict[str, list[str]] = {}
     for r in results:
-        name = r.output or r.metrics.get("model", "")
-        art = store.get(name) if name and store.exists(name) else None
-        m = {**(art.metrics if art else {}), **r.metrics}
+        name = r.subject
+        if name and store.exists(name):
+            rows.setdefault(name, []).append(f"{r.kind} {r.seconds:.0f}" + (" (skipped)" if r.status == "skipped" else ""))
+    for name, steps in rows.items():
+        art = store.get(name)
+        m = art.metrics
 
         def fmt(key: str, spec: str) -> str:
             return format(m[key], spec) if isinstance(m.get(key), (int, float)) else "-"
 
-        size = f"{art.size_bytes / 1e6:.1f}" if art else "-"
-        table.add_row(r.kind, name or "-", art.kind if art else "-", size, fmt("ppl", ".2f"),
-                      fmt("accuracy", ".1%"), fmt("gen_tok_s", ".0f"), f"{r.seconds:.1f}", r.status)
+        table.add_row(name, art.kind, f"{art.size_bytes / 1e6:.1f}", fmt("ppl", ".2f"), fmt("accuracy", ".1%"),
+                      fmt("gen_tok_s", ".0f"), ", ".join(steps))
     return table
 
 
@@ -161,9 +168,10 @@ def _run_recipe(recipe, args: argparse.Namespace) -> int:
             console.print(_summary_table(results, store))
             console.print(f"Artifacts are in {store.root}  (list them: llmlab models ls)")
             if recipe.name == "quickstart":
-                console.print("Next: `llmlab app` opens the lab in your browser; "
-                              "`marimo edit notebooks/00_tour.py` opens the tour notebook; "
-                              "`llmlab mlflow` shows the tracked runs.")
+                console.print("Next:\n  llmlab app                        the lab in your browser (http://127.0.0.1:8501)\n"
+                              "  marimo edit notebooks/00_tour.py  the tour notebook\n"
+                              "  llmlab mlflow                     the tracked runs (http://127.0.0.1:5000)\n"
+                              "  llmlab chat demo                  talk to the demo model")
     except Cancelled:
         job.finish("cancelled", "cancelled by request")
         return 130

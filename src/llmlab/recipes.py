@@ -118,28 +118,29 @@ RECIPE_KEYS = {"name", "description", "steps"}
 
 
 def load(source: str | Path | dict[str, Any]) -> Recipe:
-    """Load and validate a recipe from a YAML file, YAML text, or a dict."""
+    """Load and validate a recipe from a YAML file path or a dict."""
     if isinstance(source, dict):
         return _parse(source, None, None)
-    path = Path(source) if not (isinstance(source, str) and "\n" in source) else None
-    if path is not None:
-        if not path.is_file():
-            shipped = sorted(p.stem for p in recipes_dir().glob("*.yaml")) if recipes_dir() else []
-            raise NotFoundError(
-                f"Recipe file '{path}' does not exist.",
-                f"Shipped recipes: {', '.join(shipped)}." if shipped else None,
-            )
-        text = path.read_text()
-    else:
-        text = str(source)
+    path = Path(source)
+    if not path.is_file():
+        shipped = sorted(p.stem for p in recipes_dir().glob("*.yaml")) if recipes_dir() else []
+        raise NotFoundError(
+            f"Recipe file '{path}' does not exist.",
+            f"Shipped recipes: {', '.join(shipped)}." if shipped else None,
+        )
+    return loads(path.read_text(), source=str(path))
+
+
+def loads(text: str, *, source: str | None = None) -> Recipe:
+    """Load and validate a recipe from YAML text (errors name ``source`` and the line)."""
     try:
         node = yaml.compose(text)
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path or 'The recipe'} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
-    return _parse(data, node, str(path) if path else None)
+        raise ConfigError(f"{source or 'The recipe'} is not valid YAML{where}: {getattr(e, 'problem', e)}.") from None
+    return _parse(data, node, source)
 
 
 def recipes_dir() -> Path | None:
@@ -246,6 +247,12 @@ class StepResult:
     status: str  # "done" | "skipped"
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
+    inputs: list[str] = field(default_factory=list)
+
+    @property
+    def subject(self) -> str | None:
+        """The artifact this step is about: what it wrote, else its first input."""
+        return self.output or (self.inputs[0] if self.inputs else None)
 
 
 def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
@@ -261,6 +268,7 @@ def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
                  output=step.output_name())
             t0 = time.perf_counter()
             result = run_step(step, store=store, force=force, progress=progress)
+            result.inputs = step.input_names()
             result.seconds = round(time.perf_counter() - t0, 2)
             results.append(result)
             tracker.log_step(i, step, result)

@@ -35,8 +35,11 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
 def _mlflow(store: Store):
     """Import mlflow, point it at the tracking URI and return (mlflow, experiment id)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
     import mlflow
+
+    # mlflow configures its loggers on import; schema migrations and store set-up are not news.
+    for name in ("alembic", "mlflow"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
     uri = settings.tracking_uri()
     if uri and uri.startswith("sqlite:///"):

@@ -1,0 +1,32 @@
+"""llmlab's Streamlit app: the entry point (`streamlit run app/streamlit_app.py`).
+
+It only sets up navigation over the pages in ``app/views/`` (deliberately not a folder named
+``pages/``, which would switch on Streamlit's legacy multipage mode) and a sidebar naming the
+store. Each page lays out widgets and calls the llmlab API; long work runs as jobs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import streamlit as st
+
+from llmlab.store import Store
+
+VIEWS = Path(__file__).parent / "views"
+
+st.set_page_config(page_title="llmlab", page_icon=":material/science:", layout="wide")
+
+page = st.navigation(
+    {
+        "Lab": [st.Page(VIEWS / "home.py", title="Home", icon=":material/home:", default=True)],
+        "Store": [st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_2:")],
+        "Work": [st.Page(VIEWS / "jobs.py", title="Jobs", icon=":material/play_circle:")],
+    }
+)
+
+with st.sidebar:
+    st.caption("Store (`$LLMLAB_HOME`)")
+    st.code(str(Store().root), language=None)
+
+page.run()

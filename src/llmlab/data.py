@@ -1,0 +1,216 @@
+"""Loading data: the user's own files, Hugging Face data sets, and the public sets in LLMLAB_DATA.
+
+``load_records(source)`` turns any of these into a list of dicts:
+
+- a ``.txt`` file: one record ``{"text": ...}`` per paragraph (blank-line separated);
+- a ``.jsonl`` file: one JSON object per line (a malformed line is an error naming the line);
+- a ``.json`` file: a list of objects, or an object holding one such list (e.g. ``{"data": [...]}``);
+- a ``.parquet`` file (needs pandas and pyarrow);
+- any of these compressed with ``.gz``;
+- a folder: every supported file under it, in sorted path order;
+- a name that is not a local path (``"owner/dataset"``): ``datasets.load_dataset`` — this needs
+  the network or the user's Hugging Face cache; llmlab itself never downloads.
+
+``load_texts`` maps records to plain strings (pretraining text), ``record_messages`` maps
+instruction-style records to chat messages, and ``load_public`` reads the public sets by name.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from llmlab import settings
+from llmlab.errors import ConfigError, MissingExtraError, NotFoundError
+
+Record = dict[str, Any]
+SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
+TEXT_FIELDS = ("text", "content", "document", "story", "body", "passage")
+# Hub data set ids: "name" or "owner/name" (no file suffix, no absolute or relative path).
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+# The public sets under settings.data_dir(), by name.
+PUBLIC_SETS: dict[str, str] = {
+    "tinystories": "tinystories/train.txt",
+    "tinystories-valid": "tinystories/valid.txt",
+    "tinyshakespeare": "tinyshakespeare/input.txt",
+    "alpaca": "instruct/alpaca_en_demo.json",
+    "self-instruct": "instruct/self_instruct_seed_tasks.jsonl",
+    "scifact-corpus": "scifact/corpus.jsonl.gz",
+    "scifact-queries": "scifact/dev_queries.jsonl",
+    "squad-corpus": "squad/corpus.jsonl",
+    "squad-questions": "squad/dev_questions.jsonl",
+}
+
+
+def load_records(source: str | Path, *, split: str = "train", limit: int | None = None) -> list[Record]:
+    """Records from a local file or folder, or from a Hugging Face data set name (see module doc)."""
+    path = Path(source).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and _suffix(p) in SUFFIXES)
+        if not files:
+            raise NotFoundError(f"No data files in folder {path}.",
+                                f"Supported: {', '.join(SUFFIXES)} (optionally .gz).")
+        records = [r for f in files for r in _load_file(f)]
+    elif path.is_file():
+        records = _load_file(path)
+    elif isinstance(source, str) and _HUB_ID.match(source) and _suffix(path) not in SUFFIXES:
+        records = _load_hub(source, split)
+    else:
+        raise NotFoundError(f"Data file not found: {path}.",
+                            "Check the path (relative paths start at the working folder).")
+    return records[:limit] if limit is not None else records
+
+
+def load_texts(source: str | Path, *, field: str | None = None, split: str = "train",
+               limit: int | None = None) -> list[str]:
+    """Plain texts from ``source`` (each record mapped by ``record_text``)."""
+    return [record_text(r, field) for r in load_records(source, split=split, limit=limit)]
+
+
+def record_text(record: Record, field: str | None = None) -> str:
+    """The text of one record: ``field`` if given, else the first usual text field, else an
+    instruction/answer pair joined by a blank line."""
+    if field is not None:
+        if field not in record:
+            raise ConfigError(f"Records have no field '{field}'.", f"Their fields: {', '.join(record)}.")
+        return str(record[field])
+    for key in TEXT_FIELDS:
+        if isinstance(record.get(key), str):
+            return record[key]
+    messages = record_messages(record)
+    return "\n\n".join(m["content"] for m in messages)
+
+
+def record_messages(record: Record) -> list[dict[str, str]]:
+    """Chat messages from a record in one of the usual instruction formats:
+    ``messages``; ``instruction``/``input``/``output`` (Alpaca); ``prompt``/``completion``;
+    ``question``/``answer``."""
+    if isinstance(record.get("messages"), list):
+        return [{"role": m["role"], "content": m["content"]} for m in record["messages"]]
+    pairs = (("instruction", "output"), ("prompt", "completion"), ("question", "answer"))
+    for ask, reply in pairs:
+        if ask in record and reply in record:
+            user = str(record[ask])
+            if record.get("input"):
+                user = f"{user}\n\n{record['input']}"
+            answer = record[reply]
+            answer = answer[0] if isinstance(answer, list) and answer else answer
+            return [{"role": "user", "content": user}, {"role": "assistant", "content": str(answer)}]
+    raise ConfigError(
+        f"Cannot tell the text of a record with fields: {', '.join(record) or 'none'}.",
+        f"Name the text field, or use one of: {', '.join(TEXT_FIELDS)}, messages, "
+        "instruction/output, prompt/completion, question/answer.",
+    )
+
+
+def public_path(name: str) -> Path:
+    """The file of a public data set (see ``PUBLIC_SETS``) under ``LLMLAB_DATA``."""
+    if name not in PUBLIC_SETS:
+        raise ConfigError(f"Unknown public data set '{name}'.", f"Known: {', '.join(PUBLIC_SETS)}.")
+    root = settings.data_dir()
+    if root is None or not (root / PUBLIC_SETS[name]).is_file():
+        raise NotFoundError(
+            f"The public data set '{name}' is not available (looked in {root or 'no data folder'}).",
+            "Set LLMLAB_DATA to the folder of the shared data sets.",
+        )
+    return root / PUBLIC_SETS[name]
+
+
+def load_public(name: str, *, limit: int | None = None) -> list[Record]:
+    """Records of a public data set by name, e.g. ``load_public("squad-corpus")``."""
+    return load_records(public_path(name), limit=limit)
+
+
+def _suffix(path: Path) -> str:
+    suffixes = path.suffixes
+    if suffixes and suffixes[-1] == ".gz":
+        suffixes = suffixes[:-1]
+    return suffixes[-1].lower() if suffixes else ""
+
+
+def _read_text(path: Path) -> str:
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rt", encoding="utf-8") as f:
+                return f.read()
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError, EOFError) as e:
+        raise ConfigError(f"Cannot read {path} as UTF-8 text: {e}.") from None
+
+
+def _load_file(path: Path) -> list[Record]:
+    kind = _suffix(path)
+    if kind == ".txt":
+        return [{"text": p.strip()} for p in re.split(r"\n\s*\n", _read_text(path)) if p.strip()]
+    if kind == ".jsonl":
+        return _parse_jsonl(_read_text(path), path)
+    if kind == ".json":
+        return _parse_json(_read_text(path), path)
+    if kind == ".parquet":
+        return _load_parquet(path)
+    raise ConfigError(f"Unsupported data file type: {path.name}.",
+                      f"Use one of: {', '.join(SUFFIXES)} (optionally .gz).")
+
+
+def _parse_jsonl(text: str, path: Path) -> list[Record]:
+    out = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path}, line {number}: not valid JSON ({e.msg}).",
+                              "Each line of a .jsonl file must be one JSON object.") from None
+        if not isinstance(row, dict):
+            raise ConfigError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}.")
+        out.append(row)
+    return out
+
+
+def _parse_json(text: str, path: Path) -> list[Record]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{path}: not valid JSON (line {e.lineno}: {e.msg}).") from None
+    if isinstance(data, dict):  # {"data": [...]} or similar: the one list-valued field
+        lists = [v for v in data.values() if isinstance(v, list)]
+        if len(lists) != 1:
+            raise ConfigError(f"{path}: expected a list of records, or an object holding exactly one list.")
+        data = lists[0]
+    if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+        raise ConfigError(f"{path}: expected a list of JSON objects.")
+    return data
+
+
+def _load_parquet(path: Path) -> list[Record]:
+    try:
+        import pandas as pd
+    except ImportError:
+        raise MissingExtraError("Reading .parquet files", "lab", "pandas, pyarrow") from None
+    try:
+        frame = pd.read_parquet(path)
+    except ImportError:
+        raise MissingExtraError("Reading .parquet files", "lab", "pyarrow") from None
+    return json.loads(frame.to_json(orient="records"))
+
+
+def _load_hub(name: str, split: str) -> list[Record]:
+    try:
+        import datasets
+    except ImportError:
+        raise MissingExtraError("Loading Hugging Face data sets", "lab", "datasets") from None
+    try:
+        ds = datasets.load_dataset(name, split=split)
+    except Exception as e:  # noqa: BLE001  (network, cache and name errors all mean the same here)
+        raise NotFoundError(
+            f"'{name}' is not a local file or folder, and loading it as a Hugging Face data set failed: "
+            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}.",
+            "Check the path, or the data set name and your connection (llmlab works offline by default).",
+        ) from None
+    return [dict(r) for r in ds]
+

@@ -1,0 +1,369 @@
+"""GGUF files: convert a Hugging Face folder, quantize, and read/validate headers.
+
+Conversion runs llama.cpp's own ``convert_hf_to_gguf.py`` from the llama-cpp-python sdist of the
+installed version, in a subprocess with that sdist's ``gguf-py`` first on ``PYTHONPATH`` (the
+PyPI ``gguf`` package is older code than the script expects). llmlab ships none of llama.cpp's
+code: ``setup()`` (``llmlab setup``) fetches the sdist once with
+``pip download llama-cpp-python==<installed> --no-deps --no-binary :all:`` and unpacks only the
+converter, its ``conversion/`` package, ``gguf-py/`` and the licence into
+``$LLMLAB_CACHE/llama.cpp-converter-<version>`` (default ``~/.cache/llmlab``).
+
+The converter identifies a BPE tokenizer's pre-tokenizer by hashing the tokens of a probe text
+and refuses tokenizers it has not seen, such as the demo's own byte-level BPE. For a tokenizer
+whose pre-tokenizer is plain ``ByteLevel`` with the GPT-2 split regex, llmlab tells the
+subprocess to fall back to llama.cpp's "gpt-2" pre-tokenizer (only when the hash lookup fails),
+and after every conversion checks that llama.cpp tokenizes sample texts exactly as transformers
+does, raising if not.
+
+Quantization uses ``llama_cpp.llama_model_quantize`` in-process; rows must divide into the
+type's blocks (256 values for K-quants, 32 for Q8_0/Q4_0...), which is checked first.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+from llmlab import settings
+from llmlab.errors import ConfigError, LlmlabError, MissingExtraError, NotFoundError
+from llmlab.events import Reporter, emit
+from llmlab.runtime.base import CorruptFileError
+from llmlab.runtime.llamacpp import quiet
+
+OUTTYPES = ("f32", "f16", "bf16")
+# Quant type -> values per block along a row (a tensor's first dimension must be a multiple).
+QUANT_TYPES: dict[str, int] = {
+    "Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_0": 32, "Q4_1": 32, "IQ4_NL": 32,
+    "Q6_K": 256, "Q5_K_M": 256, "Q5_K_S": 256, "Q4_K_M": 256, "Q4_K_S": 256,
+    "Q3_K_L": 256, "Q3_K_M": 256, "Q3_K_S": 256, "Q2_K": 256, "IQ4_XS": 256, "TQ1_0": 256, "TQ2_0": 256,
+}
+# What is unpacked from the sdist (paths below its top folder).
+SDIST_PARTS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/",
+               "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
+TOKENIZER_PROBES = (
+    "Hello world! It's a test: 3 + 4 = 7, and 3.14159 isn't 22/7.",
+    "  Leading spaces,\ttabs,\n\nnew lines   and trailing spaces   ",
+    "Ünïcödé: café, naïve, Straße, 日本語, emoji 🚀🦙 and a dash — here.",
+    "I've been 'told' he's there; we'd've gone. HELLO hello HeLLo 1234567890",
+)
+ARRAY_PREVIEW = 16  # metadata arrays longer than this (vocab, merges) are summarized, not returned
+
+# The converter, run as ``python -c _WRAPPER <script> <args>``: with LLMLAB_PRE_TOKENIZER set, a
+# BPE pre-tokenizer the hash table does not know gets that name instead of failing.
+_WRAPPER = """
+import os, runpy, sys
+script = sys.argv[1]
+sys.argv = sys.argv[1:]
+fallback = os.environ.get("LLMLAB_PRE_TOKENIZER")
+if fallback:
+    from conversion.base import TextModel
+    original = TextModel.get_vocab_base_pre
+    def get_vocab_base_pre(self, tokenizer):
+        try:
+            return original(self, tokenizer)
+        except NotImplementedError:
+            print("llmlab: unknown BPE pre-tokenizer hash; using " + repr(fallback), file=sys.stderr)
+            return fallback
+    TextModel.get_vocab_base_pre = get_vocab_base_pre
+runpy.run_path(script, run_name="__main__")
+"""
+_TENSOR_LINE = re.compile(r"-->\s*\w+, shape = ")
+
+
+class ConversionError(LlmlabError):
+    """A conversion or quantization that failed or produced a file that does not behave."""
+
+
+# ----- the converter -----
+def cache_dir() -> Path:
+    return Path(os.environ.get("LLMLAB_CACHE") or Path.home() / ".cache" / "llmlab").expanduser()
+
+
+def llama_cpp_version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("llama-cpp-python")
+    except metadata.PackageNotFoundError:
+        raise MissingExtraError("GGUF conversion", "lab", "llama-cpp-python") from None
+
+
+def converter_dir() -> Path:
+    """Where the converter of the installed llama-cpp-python version is (or will be) unpacked."""
+    return cache_dir() / f"llama.cpp-converter-{llama_cpp_version()}"
+
+
+def ensure_converter(progress: Reporter | None = None) -> Path:
+    """Path of ``convert_hf_to_gguf.py`` for the installed llama-cpp-python; fetched if missing."""
+    script = converter_dir() / "convert_hf_to_gguf.py"
+    if script.is_file():
+        return script
+    return setup(progress=progress)
+
+
+def setup(sdist: str | Path | None = None, progress: Reporter | None = None) -> Path:
+    """Fetch (or take ``sdist``, a local ``llama_cpp_python-<version>.tar.gz``) and unpack the converter."""
+    dest = converter_dir()
+    if sdist is None and (dest / "convert_hf_to_gguf.py").is_file():
+        return dest / "convert_hf_to_gguf.py"
+    version = llama_cpp_version()
+    with tempfile.TemporaryDirectory(prefix="llmlab-sdist-") as tmp:
+        if sdist is None:
+            emit(progress, "log", message=f"downloading the llama-cpp-python {version} sdist (~77 MB)")
+            cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
+                   "--no-binary", ":all:", "--dest", tmp, "--quiet"]
+            run = subprocess.run(cmd, capture_output=True, text=True)
+            found = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
+            if run.returncode != 0 or not found:
+                last = (run.stderr.strip().splitlines() or ["no output"])[-1]
+                raise ConversionError(
+                    f"The GGUF converter is not set up and could not be downloaded ({last}).",
+                    "Run `llmlab setup` once while online (it caches llama.cpp's converter), or pass "
+                    "a downloaded llama_cpp_python sdist to llmlab.gguf.setup(sdist=...).",
+                )
+            sdist = found[0]
+        sdist = Path(sdist)
+        if not sdist.is_file():
+            raise NotFoundError(f"'{sdist}' does not exist.")
+        emit(progress, "log", message=f"unpacking the converter from {sdist.name}")
+        staging = Path(tmp) / "converter"
+        _unpack(sdist, staging)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.exists():
+            shutil.rmtree(dest)
+        shutil.move(staging, dest)  # complete before it appears under its final name
+    return dest / "convert_hf_to_gguf.py"
+
+
+def _unpack(sdist: Path, dest: Path) -> None:
+    """Extract ``SDIST_PARTS`` from ``sdist`` into ``dest`` (regular files only, no path tricks)."""
+    n = 0
+    with tarfile.open(sdist, "r:gz") as tar:
+        for member in tar:
+            top, _, rel = member.name.partition("/")
+            if not member.isfile() or not any(rel == p or (p.endswith("/") and rel.startswith(p)) for p in SDIST_PARTS):
+                continue
+            inner = Path(rel).relative_to("vendor/llama.cpp")
+            if inner.is_absolute() or ".." in inner.parts:
+                continue
+            target = dest / inner
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
+                shutil.copyfileobj(src, out)
+            n += 1
+    if not (dest / "convert_hf_to_gguf.py").is_file() or not (dest / "gguf-py" / "gguf").is_dir():
+        raise ConversionError(f"'{sdist.name}' does not contain llama.cpp's convert_hf_to_gguf.py and gguf-py.",
+                              "Give the llama-cpp-python sdist (llama_cpp_python-<version>.tar.gz).")
+
+
+# ----- conversion -----
+def byte_level_bpe(hf_dir: Path) -> bool:
+    """True when the tokenizer is a BPE whose pre-tokenizer is plain ByteLevel with the GPT-2 regex."""
+    path = hf_dir / "tokenizer.json"
+    if not path.is_file():
+        return False
+    spec = json.loads(path.read_text())
+    pre = spec.get("pre_tokenizer") or {}
+    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
+        pre = pre["pretokenizers"][0]
+    return ((spec.get("model") or {}).get("type") == "BPE" and pre.get("type") == "ByteLevel"
+            and pre.get("use_regex", True) and not pre.get("add_prefix_space", False))
+
+
+def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16", progress: Reporter | None = None,
+            *, verify: bool = True) -> Path:
+    """Convert a Hugging Face folder to ``out_file`` (``outtype``: f32, f16 or bf16).
+
+    The file is written next to ``out_file`` under a temporary name and renamed when complete.
+    With ``verify`` llama.cpp must tokenize sample texts exactly as transformers does."""
+    from llmlab.importing import check_hf_folder
+
+    hf_dir, out_file = Path(hf_dir), Path(out_file)
+    if outtype not in OUTTYPES:
+        raise ConfigError(f"Unknown GGUF outtype '{outtype}'.",
+                          f"Use one of: {', '.join(OUTTYPES)}; for quantized types convert, then quantize().")
+    check_hf_folder(hf_dir)
+    n_tensors = sum(_safetensors_count(p) for p in hf_dir.glob("*.safetensors"))
+    script = ensure_converter(progress)
+    root = script.parent
+    path = [str(root / "gguf-py"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(path)}
+    env.pop("NO_LOCAL_GGUF", None)
+    if byte_level_bpe(hf_dir):
+        env["LLMLAB_PRE_TOKENIZER"] = "gpt-2"
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.part")
+    cmd = [sys.executable, "-c", _WRAPPER, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype]
+    tail: deque[str] = deque(maxlen=30)
+    done = 0
+    emit(progress, "progress", task="convert", done=0, total=n_tensors)
+    try:
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail.append(line.rstrip())
+                if _TENSOR_LINE.search(line):
+                    done += 1
+                    emit(progress, "progress", task="convert", done=min(done, n_tensors), total=n_tensors)
+        if proc.returncode != 0 or not tmp.is_file():
+            reason = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), tail[-1] if tail else "")
+            raise ConversionError(f"Converting '{hf_dir}' to GGUF failed: {reason.strip()}",
+                                  "The last lines of the converter's output:\n" + "\n".join(tail))
+        read_header(tmp)
+        if verify:
+            verify_tokenizer(hf_dir, tmp)
+        os.replace(tmp, out_file)
+    finally:
+        tmp.unlink(missing_ok=True)
+    emit(progress, "log", message=f"converted {hf_dir.name} to {out_file.name} ({outtype})")
+    return out_file
+
+
+def _safetensors_count(path: Path) -> int:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return sum(1 for k in json.loads(f.read(n)) if k != "__metadata__")
+
+
+def verify_tokenizer(hf_dir: str | Path, gguf_file: str | Path, texts: tuple[str, ...] = TOKENIZER_PROBES) -> None:
+    """Raise ConversionError unless llama.cpp tokenizes ``texts`` (and a chat prompt) as transformers does."""
+    import llama_cpp
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(hf_dir, local_files_only=True)
+    samples = list(texts)
+    if tok.chat_template:
+        samples.append(tok.apply_chat_template(
+            [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Dunmere?"}],
+            tokenize=False, add_generation_prompt=True))
+    quiet()
+    llm = llama_cpp.Llama(model_path=str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        for text in samples:
+            for add_special in (True, False):
+                want = tok.encode(text, add_special_tokens=add_special)
+                got = llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=True)
+                if got != want:
+                    pairs = enumerate(zip(want, got, strict=False))
+                    i = next((k for k, (a, b) in pairs if a != b), min(len(want), len(got)))
+                    raise ConversionError(
+                        f"llama.cpp tokenizes {text[:40]!r} differently from transformers "
+                        f"(first difference at token {i}: {want[i:i + 4]} vs {got[i:i + 4]}).",
+                        "The converter picked the wrong pre-tokenizer for this tokenizer; this model "
+                        "cannot be converted faithfully with the installed llama.cpp.",
+                    )
+    finally:
+        llm.close()
+
+
+# ----- headers -----
+def read_header(path: str | Path) -> dict[str, Any]:
+    """Architecture, tensor count, parameters, file type, chat template and metadata of a GGUF file.
+
+    Raises CorruptFileError naming the file when it is not a GGUF file, its header cannot be
+    parsed, or its tensors extend past the end of the file (a truncated copy)."""
+    path = Path(path)
+    if not path.is_file():
+        raise NotFoundError(f"'{path}' does not exist.")
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise CorruptFileError(f"'{path}' is not a GGUF file (it does not start with 'GGUF').",
+                               "Give a .gguf model file.")
+    try:
+        from gguf import GGUFReader, GGUFValueType, LlamaFileType
+    except ImportError:
+        raise MissingExtraError("Reading GGUF files", "lab", "gguf") from None
+    try:
+        reader = GGUFReader(path, "r")
+    except Exception as e:  # the reader fails in many ways on a cut or damaged file
+        raise CorruptFileError(f"'{path}' is truncated or corrupt: its GGUF header cannot be read ({e}).",
+                               "Convert or copy the file again.") from None
+    for t in reader.tensors:
+        end = int(t.data_offset) + int(t.n_bytes)
+        if end > size:
+            raise CorruptFileError(f"'{path}' is truncated: tensor '{t.name}' ends at byte {end:,} but the "
+                                   f"file has {size:,}.", "Convert or copy the file again.")
+    meta: dict[str, Any] = {}
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF."):
+            continue
+        if field.types and field.types[0] == GGUFValueType.ARRAY:
+            n = len(field.data)
+            meta[key] = field.contents() if n <= ARRAY_PREVIEW else f"<array of {n}>"
+        else:
+            meta[key] = field.contents()
+    arch = meta.get("general.architecture", "")
+    ftype = meta.get("general.file_type")
+    try:
+        file_type = None if ftype is None else LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_")
+    except ValueError:
+        file_type = str(ftype)
+    tensor_types: dict[str, int] = {}
+    for t in reader.tensors:
+        tensor_types[t.tensor_type.name] = tensor_types.get(t.tensor_type.name, 0) + 1
+    return {
+        "path": str(path), "size_bytes": size, "arch": arch, "name": meta.get("general.name"),
+        "type": meta.get("general.type", "model"), "file_type": file_type,
+        "tensor_count": len(reader.tensors), "n_params": int(sum(int(t.n_elements) for t in reader.tensors)),
+        "context_length": meta.get(f"{arch}.context_length"), "chat_template": meta.get("tokenizer.chat_template"),
+        "tensor_types": tensor_types, "metadata": meta,
+    }
+
+
+def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
+    """Each tensor's shape in GGUF order (first entry = row length, ``ne0``)."""
+    from gguf import GGUFReader
+
+    read_header(path)
+    return {t.name: [int(x) for x in t.shape] for t in GGUFReader(Path(path), "r").tensors}
+
+
+# ----- quantization -----
+def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, threads: int | None = None,
+             progress: Reporter | None = None) -> Path:
+    """Quantize ``src_gguf`` (f32/f16/bf16) to ``dst_gguf`` with llama.cpp (``type_name`` e.g. Q4_K_M)."""
+    src, dst = Path(src_gguf), Path(dst_gguf)
+    name = type_name.upper()
+    if name not in QUANT_TYPES:
+        raise ConfigError(f"Unknown or unsupported quant type '{type_name}'.", f"Use one of: {', '.join(QUANT_TYPES)}.")
+    try:
+        import llama_cpp
+    except ImportError:
+        raise MissingExtraError("GGUF quantization", "lab", "llama-cpp-python") from None
+    block = QUANT_TYPES[name]
+    bad = [(n, s[0]) for n, s in tensor_shapes(src).items() if len(s) >= 2 and s[0] % block]
+    if bad:
+        listed = ", ".join(f"{n} (rows of {r})" for n, r in bad[:3])
+        raise ConfigError(
+            f"{name} needs rows that are multiples of {block} values; {len(bad)} tensors are not: {listed}.",
+            "Pick a type with smaller blocks (Q8_0, Q4_0: 32) or a model whose widths are multiples of 256.")
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
+    params.nthread = threads or settings.threads()
+    quiet()  # llama.cpp logs every tensor otherwise
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
+    emit(progress, "log", message=f"quantizing {src.name} to {name}")
+    try:
+        rc = llama_cpp.llama_model_quantize(str(src).encode(), str(tmp).encode(), ctypes.byref(params))
+        if rc != 0 or not tmp.is_file():
+            raise ConversionError(f"llama.cpp could not quantize '{src.name}' to {name} (code {rc}).")
+        read_header(tmp)
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    emit(progress, "log", message=f"wrote {dst.name}")
+    return dst

@@ -1,0 +1,241 @@
+"""The llama.cpp engine: ``.gguf`` files through llama-cpp-python.
+
+Generation and scoring drive llama.cpp's low-level decode API directly (one sequence, a KV
+cache we manage), so logits of every position are available for ``logprobs`` without
+``logits_all`` (which would keep ``n_ctx x vocab`` floats for the whole session). Sampling is the
+shared one in ``base.py``. The chat template comes from the GGUF metadata and is rendered the way
+transformers renders it (same Jinja sandbox and options), so a prompt is the same text in both
+engines. ``self.llm`` is the ``llama_cpp.Llama`` for callers that want llama-cpp-python's own API.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import weakref
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from llmlab import settings
+from llmlab.errors import ConfigError, MissingExtraError
+from llmlab.runtime.base import MB, Message, Model, check_memory
+
+DEFAULT_MAX_CTX = 4096  # cap on the context when the model's own is larger (KV memory grows with it)
+
+
+@functools.lru_cache(maxsize=8)
+def _compile_template(template: str) -> Any:
+    """A Jinja template compiled like transformers' ``_compile_jinja_template``."""
+    import json
+    from datetime import datetime
+
+    import jinja2
+    from jinja2.ext import Extension
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        # transformers' {% generation %} tag (marks assistant text); rendering keeps its body.
+        tags = {"generation"}
+
+        def parse(self, parser: Any) -> Any:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_body"), [], [], body).set_lineno(lineno)
+
+        def _body(self, caller: Any) -> str:
+            return caller()
+
+    def raise_exception(message: str) -> None:
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x: Any, ensure_ascii: bool = False, indent: int | None = None, separators: Any = None,
+               sort_keys: bool = False) -> str:
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[Generation, jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
+    return env.from_string(template)
+
+
+_log_callback: Any = None  # the ctypes callback must stay referenced while llama.cpp may call it
+
+
+def quiet() -> None:
+    """Route llama.cpp's own log into Python logging, errors only.
+
+    llama-cpp-python's callback maps ggml's log levels with an outdated table (a warning counts
+    as an error) and prints to stderr, so its ``verbose=False`` still shows warnings."""
+    global _log_callback
+    if _log_callback is not None:
+        return
+    import ctypes
+
+    import llama_cpp
+
+    log = logging.getLogger("llmlab.llama_cpp")
+
+    @llama_cpp.llama_log_callback
+    def callback(level: int, text: bytes, user_data: Any) -> None:
+        if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continued)
+            log.error(text.decode("utf-8", errors="replace").rstrip())
+
+    _log_callback = callback
+    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
+
+
+class LlamaCppModel(Model):
+    """A GGUF model in llama.cpp."""
+
+    engine = "llama.cpp"
+
+    def __init__(self, path: Path, *, n_ctx: int | None = None, n_gpu_layers: int | None = None):
+        super().__init__(path)
+        try:
+            import llama_cpp
+        except ImportError as e:
+            raise MissingExtraError("Running GGUF models", "lab", "llama-cpp-python") from e
+        from llmlab.gguf import read_header
+
+        self._ll = llama_cpp
+        quiet()
+        header = read_header(path)  # a truncated or foreign file fails here, with its name
+        if header.get("type") == "adapter":
+            raise ConfigError(f"'{path.name}' is a LoRA adapter, not a model.",
+                              "Load its base model; adapters are applied by the Tune station.")
+        meta = header["metadata"]
+        arch = header["arch"]
+        train_ctx = int(meta.get(f"{arch}.context_length") or DEFAULT_MAX_CTX)
+        ctx = n_ctx or min(train_ctx, DEFAULT_MAX_CTX)
+        # file (mmapped, fully touched while running) + f16 KV cache + compute buffers
+        layers = int(meta.get(f"{arch}.block_count") or 0)
+        heads = int(meta.get(f"{arch}.attention.head_count") or 1)
+        kv_heads = int(meta.get(f"{arch}.attention.head_count_kv") or heads)
+        width = int(meta.get(f"{arch}.embedding_length") or 0)
+        kv = 2 * 2 * ctx * layers * kv_heads * (width // max(heads, 1))
+        check_memory(header["size_bytes"] + kv + 100 * MB, f"'{path.name}'")
+
+        gpu = n_gpu_layers if n_gpu_layers is not None else (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
+        self._n_batch = min(512, ctx)
+        self.llm = llama_cpp.Llama(
+            model_path=str(path), n_ctx=ctx, n_batch=self._n_batch, n_ubatch=self._n_batch,
+            n_threads=settings.threads(), n_threads_batch=settings.threads(), n_gpu_layers=gpu,
+            logits_all=False, verbose=False,
+        )
+        self.device = "gpu" if gpu else "cpu"
+        self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._n_vocab = self.llm.n_vocab()
+        self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
+        # Free on close(), garbage collection or interpreter exit, whichever comes first: freed by
+        # llama-cpp-python's own __del__ during shutdown, the model raises a TypeError traceback.
+        self._finalizer = weakref.finalize(self, _release, self.llm, self._batch, llama_cpp)
+        self._n_past = 0
+        self._template = self.llm.metadata.get("tokenizer.chat_template")
+        self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
+        self._header = header
+
+    # ----- tokens and templates -----
+    def tokenize(self, text: str, add_special: bool = False) -> list[int]:
+        return self.llm.tokenize(text.encode("utf-8"), add_bos=add_special and self._add_bos, special=True)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.llm.detokenize(list(ids), special=False).decode("utf-8", errors="replace")
+
+    def _token_text(self, token: int) -> str | None:
+        if token < 0:
+            return None
+        return self._ll.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
+        if not self._template:
+            raise ConfigError(f"'{self.path.name}' has no chat template in its metadata.",
+                              "Use complete() with a plain prompt, or convert a model that has a chat template.")
+        v, ll = self._vocab, self._ll
+        specials = {"bos_token": ll.llama_vocab_bos(v), "eos_token": ll.llama_vocab_eos(v),
+                    "pad_token": ll.llama_vocab_pad(v)}
+        named = {k: t for k, tok in specials.items() if (t := self._token_text(tok)) is not None}
+        return _compile_template(self._template).render(
+            messages=[dict(m) for m in messages], tools=None, documents=None,
+            add_generation_prompt=add_generation_prompt, **named)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._ll.llama_vocab_is_eog(self._vocab, token))
+
+    @property
+    def bos_id(self) -> int | None:
+        bos = self._ll.llama_vocab_bos(self._vocab)
+        return None if bos < 0 else int(bos)
+
+    @property
+    def n_ctx(self) -> int:
+        return self.llm.n_ctx()
+
+    @property
+    def vocab_size(self) -> int:
+        return self._n_vocab
+
+    @property
+    def info(self) -> dict[str, Any]:
+        return {
+            "engine": self.engine, "path": str(self.path), "n_ctx": self.n_ctx, "vocab_size": self.vocab_size,
+            "n_params": int(self._ll.llama_model_n_params(self.llm.model)), "device": self.device,
+            "size_bytes": self._header["size_bytes"], "file_type": self._header["file_type"],
+        }
+
+    # ----- decoding -----
+    def _decode(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
+        """Append ``ids`` to the cached sequence; logits of every new position, or of the last."""
+        ll, b = self._ll, self._batch
+        if self._n_past + len(ids) > self.n_ctx:
+            raise ConfigError(f"{self._n_past + len(ids)} tokens do not fit the model's context of {self.n_ctx}.")
+        rows = []
+        for start in range(0, len(ids), self._n_batch):
+            chunk = ids[start:start + self._n_batch]
+            b.n_tokens = len(chunk)
+            for j, tok in enumerate(chunk):
+                b.token[j] = tok
+                b.pos[j] = self._n_past + j
+                b.n_seq_id[j] = 1
+                b.seq_id[j][0] = 0
+                b.logits[j] = all_logits
+            b.logits[len(chunk) - 1] = True
+            if ll.llama_decode(self.llm.ctx, b) != 0:
+                raise RuntimeError(f"llama.cpp failed to decode {len(chunk)} tokens of '{self.path.name}'.")
+            self._n_past += len(chunk)
+            n_out = len(chunk) if all_logits else 1
+            logits = ll.llama_get_logits(self.llm.ctx)
+            rows.append(np.ctypeslib.as_array(logits, shape=(n_out, self._n_vocab)).copy())
+        return np.concatenate(rows) if all_logits else rows[-1][0]
+
+    def _reset(self) -> None:
+        self._ll.llama_memory_clear(self._ll.llama_get_memory(self.llm.ctx), True)
+        self._n_past = 0
+        self.llm.n_tokens = 0  # keep llama-cpp-python's own prefix cache from trusting our KV state
+
+    def logprobs(self, ids: Sequence[int]) -> np.ndarray:
+        with self._lock:
+            self._reset()
+            logits = self._decode(list(ids), all_logits=True)
+        m = logits.max(axis=-1, keepdims=True)
+        lse = m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True))
+        return (logits - lse).astype(np.float32)
+
+    def _begin(self, ids: Sequence[int]) -> np.ndarray:
+        self._reset()
+        return self._decode(list(ids), all_logits=False)
+
+    def _advance(self, token: int) -> np.ndarray:
+        return self._decode([token], all_logits=False)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+def _release(llm: Any, batch: Any, ll: Any) -> None:
+    ll.llama_batch_free(batch)
+    llm.close()

@@ -1,0 +1,357 @@
+"""The scoring core: every station reports its numbers through these functions.
+
+All of them run on ``llmlab.runtime`` models, so a number means the same thing whichever engine
+or station produced the artifact:
+
+- ``perplexity``: token-level, over the texts concatenated (each BOS-prefixed) with a sliding
+  window (``max_len`` tokens, advancing ``stride``; every token after the first is scored once,
+  with up to ``max_len - stride`` tokens of extra context);
+- ``compare``: KL(reference || model) and top-1 agreement of next-token distributions on the
+  same windows (refused when the tokenizers differ);
+- ``accuracy``: greedy answers to questions asked through the chat template, judged by
+  ``answer_matches``: case, punctuation and surrounding space are ignored, and the generated
+  text must begin with the gold answer's words (a model that says "Dunmere, I think" for gold
+  "Dunmere" is right; "Dun" is not);
+- ``speed``: prompt and generation tokens/s and time to first token;
+- ``peak_memory``: the peak resident memory of a block of code;
+- ``score`` / ``score_step``: run what applies and write it to the artifact's ``metrics.json``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import re
+import statistics
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from llmlab.errors import ConfigError
+from llmlab.events import Reporter, emit
+
+if TYPE_CHECKING:
+    from llmlab.runtime import Model, SamplingParams
+    from llmlab.store import Artifact, StepRecord, Store
+
+_WORD = re.compile(r"[a-z0-9]+")
+PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs. It's café time: naïve résumé 🚀!"
+SPEED_TEXT = ("Once upon a time, in a small town by the sea, there lived a baker who made bread every "
+              "morning before the sun came up. ")
+
+
+def normalize_words(text: str) -> list[str]:
+    """Lower-cased alphanumeric words of ``text``."""
+    return _WORD.findall(text.lower())
+
+
+def answer_matches(generated: str, gold: str) -> bool:
+    """True when ``generated`` starts with the words of ``gold`` (see module doc)."""
+    want = normalize_words(gold)
+    got = normalize_words(generated)
+    return bool(want) and got[: len(want)] == want
+
+
+# ----- token streams and windows -----
+def _token_stream(model: Model, texts: Sequence[str]) -> list[int]:
+    bos = model.bos_id
+    ids: list[int] = []
+    for text in texts:
+        if bos is not None:
+            ids.append(bos)
+        ids += model.tokenize(text, add_special=False)
+    if len(ids) < 2:
+        raise ConfigError("The texts give fewer than 2 tokens: there is nothing to score.")
+    return ids
+
+
+def _windows(n: int, max_len: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(begin, end, first scored position) windows covering positions 1..n-1 once each."""
+    scored_to = 1  # position 0 has no prediction
+    begin = 0
+    while scored_to < n:
+        end = min(begin + max_len, n)
+        yield begin, end, scored_to
+        scored_to = end
+        begin = max(0, min(begin + stride, end - 1))
+
+
+def _window_args(model: Model, max_len: int | None, stride: int | None) -> tuple[int, int]:
+    max_len = max_len or min(model.n_ctx, 512)
+    if max_len > model.n_ctx:
+        raise ConfigError(f"max_len {max_len} is longer than the model's context ({model.n_ctx}).")
+    stride = stride or max(1, max_len // 2)
+    if not 0 < stride <= max_len:
+        raise ConfigError(f"stride must be between 1 and max_len ({max_len}), got {stride}.")
+    return max_len, stride
+
+
+def _gathered(lp: np.ndarray, ids: Sequence[int], begin: int, first: int, end: int) -> np.ndarray:
+    """Log-probabilities of the actual tokens at positions first..end-1 from window logprobs ``lp``."""
+    rows = np.arange(first - 1 - begin, end - 1 - begin)
+    return lp[rows, np.asarray(ids[first:end])]
+
+
+def perplexity(model: Model, texts: Sequence[str], max_len: int | None = None, stride: int | None = None,
+               progress: Reporter | None = None) -> dict[str, float]:
+    """Token-level perplexity of ``model`` on ``texts`` (see module doc): ``{"ppl", "nll", "tokens"}``."""
+    ids = _token_stream(model, texts)
+    max_len, stride = _window_args(model, max_len, stride)
+    wins = list(_windows(len(ids), max_len, stride))
+    nll, count = 0.0, 0
+    for i, (begin, end, first) in enumerate(wins):
+        lp = model.logprobs(ids[begin:end])
+        picked = _gathered(lp, ids, begin, first, end)
+        nll -= float(picked.astype(np.float64).sum())
+        count += len(picked)
+        emit(progress, "progress", task="perplexity", done=i + 1, total=len(wins))
+    mean = nll / count
+    return {"ppl": float(np.exp(mean)), "nll": mean, "tokens": count}
+
+
+def same_tokenizer(model: Model, reference: Model) -> str | None:
+    """Why the two models' tokenizers differ, or None when they agree."""
+    if model.vocab_size != reference.vocab_size:
+        return f"vocabulary sizes differ ({model.vocab_size} vs {reference.vocab_size})"
+    if model.tokenize(PROBE_TEXT) != reference.tokenize(PROBE_TEXT):
+        return "they tokenize the same probe text differently"
+    return None
+
+
+def compare(model: Model, reference: Model, texts: Sequence[str], max_len: int | None = None,
+            stride: int | None = None, progress: Reporter | None = None) -> dict[str, Any]:
+    """KL(reference || model) per token (mean and 99th percentile) and top-1 agreement."""
+    why = same_tokenizer(model, reference)
+    if why:
+        raise ConfigError(f"Cannot compare {model.path.name} with {reference.path.name}: {why}.",
+                          "KL divergence needs the same tokenizer: compare a model with its own parent.")
+    ids = _token_stream(reference, texts)
+    max_len, stride = _window_args(model, max_len or min(model.n_ctx, reference.n_ctx, 512), stride)
+    wins = list(_windows(len(ids), max_len, stride))
+    klds, agree = [], 0
+    for i, (begin, end, first) in enumerate(wins):
+        rows = slice(first - 1 - begin, end - 1 - begin)
+        ref = reference.logprobs(ids[begin:end])[rows].astype(np.float64)
+        got = model.logprobs(ids[begin:end])[rows].astype(np.float64)
+        klds.append(np.maximum((np.exp(ref) * (ref - got)).sum(axis=-1), 0.0))  # clip float noise below 0
+        agree += int((ref.argmax(-1) == got.argmax(-1)).sum())
+        emit(progress, "progress", task="compare", done=i + 1, total=len(wins))
+    kld = np.concatenate(klds)
+    return {"kld_mean": float(kld.mean()), "kld_p99": float(np.percentile(kld, 99)),
+            "top1": agree / len(kld), "tokens": int(len(kld)), "reference": _label(reference)}
+
+
+def accuracy(model: Model, qa_records: Sequence[Mapping[str, Any]], params: SamplingParams | None = None, *,
+             show: int = 5, progress: Reporter | None = None) -> dict[str, Any]:
+    """Share of ``qa_records`` (``question``, ``answer``, optional ``context``) answered right.
+
+    Questions go through the model's chat template with the demo world's system prompt;
+    answers are greedy, 8 tokens, unless ``params`` (SamplingParams) says otherwise."""
+    from llmlab import world
+    from llmlab.runtime import SamplingParams
+
+    if not qa_records:
+        raise ConfigError("No questions to score.")
+    params = params or SamplingParams.greedy(max_tokens=8)
+    right, examples = 0, []
+    for i, rec in enumerate(qa_records):
+        if "question" not in rec or "answer" not in rec:
+            raise ConfigError(f"QA record {i} needs 'question' and 'answer' fields, has {sorted(rec)}.")
+        got = model.chat(world.chat_messages(rec["question"], context=rec.get("context")), params)
+        ok = answer_matches(got, str(rec["answer"]))
+        right += ok
+        if len(examples) < show:
+            examples.append({"question": rec["question"], "gold": rec["answer"], "got": got, "ok": ok})
+        emit(progress, "progress", task="accuracy", done=i + 1, total=len(qa_records))
+    return {"accuracy": right / len(qa_records), "n": len(qa_records), "examples": examples}
+
+
+def speed(model: Model, prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 3,
+          progress: Reporter | None = None) -> dict[str, float]:
+    """Prompt processing and generation speed (tokens/s) and time to first token (ms), medians of
+    ``repeats`` runs after one warm-up; generation ignores EOS so every run makes ``gen_tokens``."""
+    from llmlab.runtime import SamplingParams
+
+    prompt_tokens = min(prompt_tokens, model.n_ctx - gen_tokens - 1)
+    if prompt_tokens < 1:
+        raise ConfigError(f"The model's context ({model.n_ctx}) is too short for {gen_tokens} generated tokens.")
+    ids = model.tokenize(SPEED_TEXT)
+    ids = (ids * (prompt_tokens // max(len(ids), 1) + 1))[:prompt_tokens]
+    params = SamplingParams.greedy(max_tokens=gen_tokens)
+    runs = []
+    for r in range(repeats + 1):
+        t0 = time.perf_counter()
+        t_first = None
+        n = 0
+        for _ in model.generate_ids(ids, params, ignore_eos=True):
+            n += 1
+            if t_first is None:
+                t_first = time.perf_counter()
+        t_end = time.perf_counter()
+        if r:  # the first run warms caches and allocations
+            assert t_first is not None
+            runs.append((t_first - t0, (n - 1) / (t_end - t_first) if n > 1 else 0.0))
+        emit(progress, "progress", task="speed", done=r + 1, total=repeats + 1)
+    ttft = statistics.median(t for t, _ in runs)
+    return {"prompt_tok_s": len(ids) / ttft, "gen_tok_s": statistics.median(g for _, g in runs),
+            "ttft_ms": ttft * 1000, "prompt_tokens": len(ids), "gen_tokens": gen_tokens}
+
+
+class PeakMemory:
+    """Peak resident memory (MB) of this process while a ``with`` block runs, sampled by a thread."""
+
+    def __init__(self, interval: float = 0.01):
+        import psutil
+
+        self._proc = psutil.Process()
+        self._interval = interval
+        self._stop = threading.Event()
+        self.start_mb = self.peak_mb = self._proc.memory_info().rss / 2**20
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+
+    def __enter__(self) -> PeakMemory:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, self._proc.memory_info().rss / 2**20)
+
+
+def peak_memory(interval: float = 0.01) -> PeakMemory:
+    """``with peak_memory() as pm: ...`` then ``pm.peak_mb`` (and ``pm.start_mb``)."""
+    return PeakMemory(interval)
+
+
+# ----- score: everything that applies, written to the store -----
+def _label(model: Model) -> str:
+    return model.artifact.name if model.artifact is not None else str(model.path)
+
+
+def _digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8") + b"\0")
+    return h.hexdigest()[:16]
+
+
+def score(name_or_model: str | Path | Model, *, store: Store | None = None, data: Sequence[str] | None = None,
+          qa: Sequence[Mapping[str, Any]] | None = None, reference: str | Path | Model | None = None,
+          engine: str | None = None, data_label: str | None = None, max_len: int | None = None,
+          speed_test: bool = True, prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 2,
+          progress: Reporter | None = None) -> dict[str, Any]:
+    """Score a model with what applies (perplexity on ``data``, KL/top-1 against ``reference`` on
+    ``data``, accuracy on ``qa``, speed, size, peak memory) and record it in its ``metrics.json``
+    when it is a store artifact. Returns the metrics written."""
+    from llmlab.runtime import Model, load
+
+    own = not isinstance(name_or_model, Model)
+    metrics: dict[str, Any] = {}
+    with contextlib.ExitStack() as stack, peak_memory() as pm:
+        model = stack.enter_context(load(name_or_model, store=store, engine=engine)) if own else name_or_model
+        info = model.info
+        metrics.update(engine=info["engine"], size_bytes=info["size_bytes"], n_params=info["n_params"])
+        if data:
+            r = perplexity(model, data, max_len=max_len, progress=progress)
+            metrics.update(ppl=r["ppl"], nll=r["nll"], ppl_tokens=r["tokens"],
+                           ppl_data={"label": data_label, "texts": len(data), "sha256": _digest(data)})
+        if reference is not None:
+            if not data:
+                raise ConfigError("Comparing with a reference needs texts (data) to compare on.")
+            ref_own = not isinstance(reference, Model)
+            ref = stack.enter_context(load(reference, store=store)) if ref_own else reference
+            r = compare(model, ref, data, max_len=max_len, progress=progress)
+            metrics.update(kld_mean=r["kld_mean"], kld_p99=r["kld_p99"], top1=r["top1"],
+                           kld_reference=r["reference"], kld_tokens=r["tokens"])
+        if qa:
+            r = accuracy(model, qa, progress=progress)
+            metrics.update(accuracy=r["accuracy"], accuracy_n=r["n"], accuracy_examples=r["examples"])
+        if speed_test:
+            metrics.update(speed(model, prompt_tokens, gen_tokens, repeats, progress=progress))
+    metrics["peak_rss_mb"] = round(pm.peak_mb, 1)
+    metrics["scored_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    artifact = model.artifact
+    if artifact is not None:
+        from llmlab.store import Store
+
+        (store or Store(artifact.path.parent)).record_metrics(artifact.name, metrics)
+    return metrics
+
+
+class ScoreConfig(BaseModel):
+    """Options of the Score step (``llmlab score NAME`` and a recipe's ``score`` step)."""
+
+    model_config = ConfigDict(extra="forbid")
+    model: str = Field(..., description="Artifact to score.")
+    engine: str | None = Field(
+        None, description="Force an engine (transformers, llama.cpp); default: by artifact kind.")
+    reference: str | None = Field(
+        None, description="Artifact to compare with (KL divergence, top-1 agreement), e.g. the parent.")
+    data: str | None = Field("world", description="Texts for perplexity: 'world' (the demo world's held-out text), "
+                             "a data file, a public set name, or none.")
+    data_limit: int = Field(200, ge=1, description="Most records read from data.")
+    max_len: int | None = Field(None, ge=2, description="Perplexity window in tokens (default: min(context, 512)).")
+    qa: str | None = Field("heldout", description="Questions for accuracy: a world split (tune, heldout, rag), "
+                           "a .jsonl file of {question, answer}, or none.")
+    qa_limit: int = Field(200, ge=1, description="Most questions asked.")
+    speed: bool = Field(True, description="Measure prompt/generation speed.")
+    prompt_tokens: int = Field(128, ge=1, description="Prompt length for the speed test.")
+    gen_tokens: int = Field(64, ge=2, description="Generated tokens for the speed test.")
+
+
+def _find_world(store: Store, artifact: Artifact) -> Path | None:
+    """The ``world/`` folder of the artifact or its nearest ancestor that has one."""
+    todo, seen = [artifact.name], set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen or not store.exists(name):
+            continue
+        seen.add(name)
+        art = store.get(name)
+        if (art.path / "world" / "meta.json").is_file():
+            return art.path / "world"
+        todo += [p.name for p in art.manifest.parents]
+    return None
+
+
+def _none(value: str | None) -> bool:
+    return value is None or value.lower() in ("", "none", "off")
+
+
+def score_step(config: ScoreConfig, *, store: Store | None = None, progress: Reporter | None = None,
+               overwrite: bool = False, step: StepRecord | None = None) -> dict[str, Any]:
+    """The recipe step: resolve ``data`` and ``qa`` to texts and questions, then ``score``."""
+    from llmlab import data as datamod
+    from llmlab.store import Store
+    from llmlab.world import World
+
+    store = store or Store()
+    artifact = store.get(config.model)
+    world_dir = _find_world(store, artifact)
+    texts: list[str] | None = None
+    if not _none(config.data):
+        if config.data == "world":
+            texts = [World.load(world_dir).eval_text] if world_dir else None
+        else:
+            texts = datamod.load_texts(config.data, limit=config.data_limit)
+    qa: list[dict[str, Any]] | None = None
+    if not _none(config.qa):
+        if config.qa in ("tune", "heldout", "rag"):
+            qa = World.load(world_dir).split(config.qa) if world_dir else None
+        else:
+            qa = datamod.load_records(config.qa)
+        qa = qa[: config.qa_limit] if qa else None
+    return score(artifact, store=store, data=texts, qa=qa, reference=config.reference, engine=config.engine,
+                 data_label=config.data, max_len=config.max_len, speed_test=config.speed,
+                 prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens, progress=progress)

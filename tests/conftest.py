@@ -1,0 +1,80 @@
+"""Shared pytest fixtures.
+
+``micro_model_dir`` is a tiny trained Llama + tokenizer folder (``llmlab.build.build_micro``),
+built once per test session, and ``micro_gguf`` converts it to GGUF; ``store`` is an empty store
+in the test's temporary folder; ``quickstart`` runs the README's main job once per session and
+shares the trained demo model with the slow tests.
+Tracking is switched off so tests never create an MLflow database.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("LLMLAB_TRACKING_URI", "off")
+
+from llmlab.store import Store  # noqa: E402  (after the environment is set)
+
+
+@pytest.fixture(scope="session")
+def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A built micro Hugging Face model folder (safetensors + tokenizer + chat template)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from llmlab.build import build_micro
+
+    return build_micro(tmp_path_factory.mktemp("micro") / "model")
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """An empty store under the test's temporary folder."""
+    return Store(tmp_path / "models")
+
+
+@pytest.fixture(scope="session")
+def micro_gguf(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path):
+    """``micro_gguf("f16")``: the micro model converted to GGUF, once per type per session."""
+    pytest.importorskip("llama_cpp")
+    from llmlab import gguf
+
+    def get(outtype: str) -> Path:
+        out = tmp_path_factory.getbasetemp() / "micro-gguf" / f"micro-{outtype}.gguf"
+        if not out.exists():
+            gguf.convert(micro_model_dir, out, outtype)  # `make install` fetched the converter
+        return out
+
+    return get
+
+
+@dataclass
+class Quickstart:
+    """One run of the README's main command on a fresh store, shared by the slow tests."""
+
+    root: Path
+    home: Path
+    env: dict[str, str]
+    stdout: str
+    seconds: float
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Quickstart:
+    """`llmlab run recipes/quickstart.yaml` in a fresh store, tracked in its own MLflow sqlite."""
+    root = Path(__file__).resolve().parents[1]
+    home = tmp_path_factory.mktemp("quickstart") / "models"
+    env = {**os.environ, "LLMLAB_HOME": str(home), "LLMLAB_TRACKING_URI": ""}
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "run", "recipes/quickstart.yaml"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1800)
+    seconds = time.perf_counter() - started
+    sys.__stderr__.write(f"\n== quickstart fixture: {seconds:.0f} s (exit {proc.returncode})\n")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return Quickstart(root, home, env, proc.stdout, seconds)

@@ -1,0 +1,92 @@
+"""GGUF conversion (llama.cpp's converter), quantization and header validation on the micro model.
+
+Conversion needs the converter cached by ``llmlab setup``; without it these tests skip.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from llmlab import gguf
+from llmlab.errors import ConfigError, LlmlabError
+from llmlab.runtime import CorruptFileError
+
+
+
+
+def test_outtype_is_checked(micro_model_dir: Path, tmp_path: Path):
+    with pytest.raises(ConfigError, match="outtype"):
+        gguf.convert(micro_model_dir, tmp_path / "x.gguf", "q4_k_m")
+
+
+def test_demo_tokenizer_is_plain_byte_level(micro_model_dir: Path):
+    assert gguf.byte_level_bpe(micro_model_dir)
+
+
+def test_unpack_takes_only_the_converter(tmp_path: Path):
+    sdist = tmp_path / "llama_cpp_python-0.0.0.tar.gz"
+    files = {"llama_cpp_python-0.0.0/vendor/llama.cpp/convert_hf_to_gguf.py": b"print('hi')\n",
+             "llama_cpp_python-0.0.0/vendor/llama.cpp/gguf-py/gguf/__init__.py": b"",
+             "llama_cpp_python-0.0.0/vendor/llama.cpp/conversion/__init__.py": b"",
+             "llama_cpp_python-0.0.0/vendor/llama.cpp/ggml/src/big.c": b"int x;",
+             "llama_cpp_python-0.0.0/llama_cpp/llama.py": b""}
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    gguf._unpack(sdist, tmp_path / "out")
+    got = sorted(p.relative_to(tmp_path / "out").as_posix() for p in (tmp_path / "out").rglob("*") if p.is_file())
+    assert got == ["conversion/__init__.py", "convert_hf_to_gguf.py", "gguf-py/gguf/__init__.py"]
+
+
+def test_convert_and_read_header(micro_model_dir: Path, micro_gguf):
+    from transformers import AutoTokenizer
+
+    for outtype, ftype in (("f32", "F32"), ("f16", "F16")):
+        h = gguf.read_header(micro_gguf(outtype))
+        assert h["arch"] == "llama" and h["file_type"] == ftype and h["type"] == "model"
+        assert h["tensor_count"] > 0 and h["n_params"] > 0 and h["context_length"] > 0
+        assert h["metadata"]["tokenizer.ggml.pre"] == "gpt-2"
+    tok = AutoTokenizer.from_pretrained(micro_model_dir)
+    assert h["chat_template"] == tok.chat_template
+
+
+def test_converted_tokenizer_verified(micro_model_dir: Path, micro_gguf):
+    gguf.verify_tokenizer(micro_model_dir, micro_gguf("f32"))
+
+
+def test_truncated_and_foreign_files_are_named(tmp_path: Path, micro_gguf):
+    src = micro_gguf("f16")
+    data = src.read_bytes()
+    for cut in (len(data) - 100, 4096, 20):
+        bad = tmp_path / f"cut{cut}.gguf"
+        bad.write_bytes(data[:cut])
+        with pytest.raises(CorruptFileError, match=bad.name):
+            gguf.read_header(bad)
+    other = tmp_path / "not.gguf"
+    other.write_bytes(b"PK\x03\x04" + b"\0" * 100)
+    with pytest.raises(CorruptFileError, match="not a GGUF file"):
+        gguf.read_header(other)
+
+
+@pytest.mark.parametrize("qtype", ["Q8_0", "Q4_K_M"])
+def test_quantize(tmp_path: Path, qtype: str, micro_gguf):
+    src = micro_gguf("f16")
+    out = gguf.quantize(src, tmp_path / f"m-{qtype}.gguf", qtype.lower())
+    h = gguf.read_header(out)
+    assert h["file_type"] == qtype and h["size_bytes"] < src.stat().st_size
+    assert not list(tmp_path.glob(".*.part"))
+
+
+def test_quantize_checks_type_and_rows(tmp_path: Path, monkeypatch, micro_gguf):
+    src = micro_gguf("f16")
+    with pytest.raises(ConfigError, match="Unknown or unsupported"):
+        gguf.quantize(src, tmp_path / "x.gguf", "Q9_9")
+    monkeypatch.setattr(gguf, "tensor_shapes", lambda p: {"blk.0.ffn_down.weight": [100, 256]})
+    with pytest.raises(ConfigError, match="multiples of 256"):
+        gguf.quantize(src, tmp_path / "x.gguf", "Q4_K_M")

@@ -1,0 +1,70 @@
+"""The README's main job, end to end: `llmlab run recipes/quickstart.yaml` on a fresh store.
+
+The run happens once per session (the ``quickstart`` fixture in conftest.py); other slow tests
+use the demo model it builds.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import pytest
+
+from llmlab.store import Store
+
+pytestmark = pytest.mark.slow
+
+
+def test_quickstart_builds_scores_and_summarizes(quickstart):
+    store = Store(quickstart.home)
+    demo = store.get("demo")
+    assert demo.kind == "base" and store.verify("demo") == []
+    m = demo.metrics
+    assert math.isfinite(m["ppl"]) and 1 < m["ppl"] < 200
+    assert 0 <= m["accuracy"] <= 1 and m["accuracy_n"] > 0
+    assert m["gen_tok_s"] > 0 and m["size_bytes"] == demo.size_bytes
+    out = quickstart.stdout
+    assert "Summary" in out and "demo" in out and "llmlab app" in out
+    assert (demo.path / "training_log.jsonl").is_file()
+
+
+def test_quickstart_is_tracked_in_mlflow(quickstart):
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{quickstart.home / '.mlflow' / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["llmlab"], output_format="list")
+    assert runs, "no MLflow run recorded"
+    run = runs[-1]
+    assert run.info.run_name == "quickstart"
+    assert run.data.params["1.build-demo.size"] == "small"
+    assert run.data.metrics["2.ppl"] == pytest.approx(Store(quickstart.home).get("demo").metrics["ppl"])
+    assert run.data.tags["artifact.demo"].startswith("base:")
+
+
+def test_second_quickstart_run_skips_everything(quickstart):
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "run", "recipes/quickstart.yaml", "--events"],
+                          cwd=quickstart.root, env=quickstart.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count('"status": "skipped"') == 2
+
+
+def test_chat_with_the_demo_model(quickstart):
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "chat", "demo", "--prompt", "Where does Ana live?",
+                           "--temperature", "0", "--max-tokens", "12"],
+                          cwd=quickstart.root, env=quickstart.env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
+
+
+def test_score_a_user_text_file(quickstart, tmp_path):
+    text = tmp_path / "held_out.txt"
+    text.write_text("The quiet town had a small market.\nA merchant sold blue cloth by the river.\n")
+    env = {**quickstart.env, "LLMLAB_TRACKING_URI": "off"}
+    proc = subprocess.run([sys.executable, "-m", "llmlab", "score", "demo", "--data", str(text), "--events"],
+                          cwd=quickstart.root, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    missing = subprocess.run([sys.executable, "-m", "llmlab", "score", "demo", "--data", str(tmp_path / "no.txt")],
+                             cwd=quickstart.root, env=env, capture_output=True, text=True, timeout=300)
+    assert missing.returncode == 3 and "no.txt" in missing.stderr and "Traceback" not in missing.stderr
