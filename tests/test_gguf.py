@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from llmlab import gguf
-from llmlab.errors import ConfigError, LlmlabError
+from llmlab.errors import ConfigError
 from llmlab.runtime import CorruptFileError
 
 

@@ -28,6 +28,21 @@ def test_quickstart_builds_scores_and_summarizes(quickstart):
     out = quickstart.stdout
     assert "Summary" in out and "demo" in out and "llmlab app" in out
     assert (demo.path / "training_log.jsonl").is_file()
+    q8, q4 = store.get("demo-q8_0").metrics, store.get("demo-q4_k_m").metrics
+    assert q8["kld_reference"] == q4["kld_reference"] == "demo-f16"
+    assert 0 <= q8["kld_mean"] < q4["kld_mean"] and q8["top1"] >= 0.98
+    assert store.get("demo-q4_k_m").size_bytes < store.get("demo-q8_0").size_bytes < store.get("demo-f16").size_bytes
+    assert "demo-q4_k_m" in out
+
+
+def test_quickstart_lora_lifts_heldout_accuracy(quickstart):
+    """The Tune station's goal: the default LoRA on world:tune adds >= 20 points of held-out accuracy."""
+    store = Store(quickstart.home)
+    lora = store.get("demo-lora")
+    assert lora.kind == "adapter" and lora.manifest.parents[0].name == "demo"
+    m = lora.metrics
+    assert m["accuracy"] - m["accuracy_before"] >= 0.20, m
+    assert m["val_loss_after"] < m["val_loss_before"] and m["accuracy_n"] == 180
 
 
 def test_quickstart_is_tracked_in_mlflow(quickstart):
@@ -47,7 +62,7 @@ def test_second_quickstart_run_skips_everything(quickstart):
     proc = subprocess.run([sys.executable, "-m", "llmlab", "run", "recipes/quickstart.yaml", "--events"],
                           cwd=quickstart.root, env=quickstart.env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count('"status": "skipped"') == 2
+    assert proc.stdout.count('"status": "skipped"') == 4
 
 
 def test_chat_with_the_demo_model(quickstart):

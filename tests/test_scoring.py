@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from llmlab import scoring
-from llmlab.errors import ConfigError, LlmlabError
+from llmlab.errors import ConfigError
 from llmlab.runtime import load
 
 TEXTS = ["Once upon a time there was a little town by the sea.",

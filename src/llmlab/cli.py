@@ -90,8 +90,8 @@ class CliProgress:
         kind = event.get("type")
         if kind == "step":
             label = f"[{event['index'] + 1}/{event['total']}] {event['kind']}"
-            if event.get("output"):
-                label += f" → {event['output']}"
+            if event.get("outputs"):
+                label += f" → {', '.join(event['outputs'])}"
             if event["status"] == "start":
                 self.bars.console.print(f"[bold]{label}[/bold]")
             else:
@@ -120,9 +120,9 @@ def _summary_table(results, store) -> Any:
         table.add_column(col, justify="left" if col in ("artifact", "kind") else "right")
     rows: dict[str, list[str]] = {}
     for r in results:
-        name = r.subject
-        if name and store.exists(name):
-            rows.setdefault(name, []).append(f"{r.kind} {r.seconds:.0f}" + (" (skipped)" if r.status == "skipped" else ""))
+        for name in r.subjects:
+            if store.exists(name):
+                rows.setdefault(name, []).append(f"{r.kind} {r.seconds:.0f}" + (" (skipped)" if r.status == "skipped" else ""))
     for name, steps in rows.items():
         art = store.get(name)
         m = art.metrics
@@ -204,6 +204,14 @@ def cmd_build_demo(args: argparse.Namespace) -> int:
 
 def cmd_score(args: argparse.Namespace) -> int:
     return _run_one_step(args, "score", _config_from_flags(args, model=args.name))
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    return _run_one_step(args, "tune", _config_from_flags(args, model=args.model))
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    return _run_one_step(args, "quantize", _config_from_flags(args, model=args.name))
 
 
 def cmd_export_script(args: argparse.Namespace) -> int:
@@ -412,6 +420,22 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_flags(sp, ScoreConfig, skip=("model",))
     run_flags(sp)
     sp.set_defaults(fn=cmd_score)
+
+    from llmlab.tune import TuneConfig
+
+    sp = sub.add_parser("tune", help="tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned")
+    sp.add_argument("model", help="artifact name in the store, or a local Hugging Face folder")
+    _add_config_flags(sp, TuneConfig, skip=("model",))
+    run_flags(sp)
+    sp.set_defaults(fn=cmd_tune)
+
+    from llmlab.quantize import QuantizeConfig
+
+    sp = sub.add_parser("quantize", help="quantize a model to GGUF types and score every variant")
+    sp.add_argument("name", help="artifact name in the store")
+    _add_config_flags(sp, QuantizeConfig, skip=("model",))
+    run_flags(sp)
+    sp.set_defaults(fn=cmd_quantize)
 
     from llmlab.runtime import SamplingParams
 

@@ -21,10 +21,14 @@ import gzip
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmlab import settings
 from llmlab.errors import ConfigError, MissingExtraError, NotFoundError
+
+if TYPE_CHECKING:
+    from llmlab.store import Artifact, Store
+    from llmlab.world import World
 
 Record = dict[str, Any]
 SUFFIXES = (".txt", ".jsonl", ".json", ".parquet")
@@ -105,6 +109,42 @@ def record_messages(record: Record) -> list[dict[str, str]]:
         f"Name the text field, or use one of: {', '.join(TEXT_FIELDS)}, messages, "
         "instruction/output, prompt/completion, question/answer.",
     )
+
+
+NONE = ("", "none", "off")
+SPLITS = ("tune", "heldout", "rag")
+
+
+def resolve_texts(source: str | None, *, store: Store, artifact: Artifact, part: str = "eval",
+                  limit: int | None = None) -> list[str] | None:
+    """Texts named by a station option: ``world`` (the artifact's world: its held-out ``eval``
+    text or its training ``train`` texts), a local file or data set, or none (None)."""
+    if source is None or source.lower() in NONE:
+        return None
+    if source == "world":
+        w = _world_or_error(store, artifact, "texts")
+        return [w.eval_text] if part == "eval" else list(w.texts)
+    return load_texts(source, limit=limit)
+
+
+def resolve_questions(source: str | None, *, store: Store, artifact: Artifact,
+                      limit: int | None = None) -> list[Record] | None:
+    """Questions named by a station option: a world split (tune, heldout, rag), a file, or none."""
+    if source is None or source.lower() in NONE:
+        return None
+    if source in SPLITS:
+        return _world_or_error(store, artifact, "questions").split(source)[:limit]
+    return load_records(source, limit=limit)
+
+
+def _world_or_error(store: Store, artifact: Artifact, what: str) -> World:
+    from llmlab.world import find_world
+
+    w = find_world(store, artifact)
+    if w is None:
+        raise ConfigError(f"'{artifact.name}' was not trained on the demo world, so there are no world {what}.",
+                          "Give a data file instead (a .txt or .jsonl path), or none.")
+    return w
 
 
 def public_path(name: str) -> Path:

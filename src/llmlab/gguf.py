@@ -16,7 +16,9 @@ and after every conversion checks that llama.cpp tokenizes sample texts exactly 
 does, raising if not.
 
 Quantization uses ``llama_cpp.llama_model_quantize`` in-process; rows must divide into the
-type's blocks (256 values for K-quants, 32 for Q8_0/Q4_0...), which is checked first.
+type's blocks (256 values for K-quants, 32 for Q8_0/Q4_0...), which is checked first. An
+importance matrix (``compute_imatrix``) is collected through llama.cpp's eval callback, written in
+``llama-imatrix``'s GGUF format, and handed to the quantizer as ``llama_model_imatrix_data``.
 """
 
 from __future__ import annotations
@@ -46,7 +48,12 @@ QUANT_TYPES: dict[str, int] = {
     "Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_0": 32, "Q4_1": 32, "IQ4_NL": 32,
     "Q6_K": 256, "Q5_K_M": 256, "Q5_K_S": 256, "Q4_K_M": 256, "Q4_K_S": 256,
     "Q3_K_L": 256, "Q3_K_M": 256, "Q3_K_S": 256, "Q2_K": 256, "IQ4_XS": 256, "TQ1_0": 256, "TQ2_0": 256,
+    "Q2_K_S": 256, "IQ3_M": 256, "IQ3_S": 256, "IQ3_XS": 256, "IQ3_XXS": 256, "IQ2_M": 256, "IQ2_S": 256,
+    "IQ2_XS": 256, "IQ2_XXS": 256, "IQ1_M": 256, "IQ1_S": 256,
 }
+# Types llmlab makes only with an importance matrix: llama.cpp refuses most of them without one
+# (IQ1/IQ2, IQ3_XXS, Q2_K_S) and the rest lose far more quality without it.
+IMATRIX_TYPES = frozenset(t for t in QUANT_TYPES if t.startswith(("IQ1", "IQ2", "IQ3")) or t == "Q2_K_S")
 # What is unpacked from the sdist (paths below its top folder).
 SDIST_PARTS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/",
                "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
@@ -333,8 +340,9 @@ def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
 
 # ----- quantization -----
 def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, threads: int | None = None,
-             progress: Reporter | None = None) -> Path:
-    """Quantize ``src_gguf`` (f32/f16/bf16) to ``dst_gguf`` with llama.cpp (``type_name`` e.g. Q4_K_M)."""
+             imatrix: str | Path | None = None, progress: Reporter | None = None) -> Path:
+    """Quantize ``src_gguf`` (f32/f16/bf16) to ``dst_gguf`` with llama.cpp (``type_name`` e.g. Q4_K_M),
+    weighting rounding errors by the importance matrix file ``imatrix`` when given."""
     src, dst = Path(src_gguf), Path(dst_gguf)
     name = type_name.upper()
     if name not in QUANT_TYPES:
@@ -350,9 +358,16 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, thre
         raise ConfigError(
             f"{name} needs rows that are multiples of {block} values; {len(bad)} tensors are not: {listed}.",
             "Pick a type with smaller blocks (Q8_0, Q4_0: 32) or a model whose widths are multiples of 256.")
+    if name in IMATRIX_TYPES and imatrix is None:
+        raise ConfigError(f"{name} needs an importance matrix: at about 2-3 bits per weight, rounding without "
+                          "knowing which weights matter most ruins the model (llama.cpp refuses it).",
+                          "Give calibration text for an importance matrix (imatrix: world, or a file).")
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{name}")
     params.nthread = threads or settings.threads()
+    keep: list[Any] = []  # the imatrix arrays must outlive the call
+    if imatrix is not None:
+        params.imatrix = _imatrix_entries(read_imatrix(imatrix), keep)
     quiet()  # llama.cpp logs every tensor otherwise
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
@@ -367,3 +382,221 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, thre
         tmp.unlink(missing_ok=True)
     emit(progress, "log", message=f"wrote {dst.name}")
     return dst
+
+
+# ----- importance matrix -----
+# llama.cpp's importance matrix: for every weight matrix, the sum over calibration tokens of the
+# squared input activation of each column (``<weight>.in_sum2``) and the token count
+# (``<weight>.counts``), in a GGUF file of ``general.type`` "imatrix" as ``llama-imatrix`` writes
+# it. llama-cpp-python ships no ``llama-imatrix`` binary, so llmlab collects the same sums
+# through the scheduler's eval callback (``cb_eval``) while llama.cpp runs the f16 model.
+class _GGMLTensor(ctypes.Structure):
+    """``struct ggml_tensor`` of the bundled ggml (checked against ``ggml_tensor_overhead()``)."""
+
+
+_GGMLTensor._fields_ = [
+    ("type", ctypes.c_int), ("buffer", ctypes.c_void_p), ("ne", ctypes.c_int64 * 4), ("nb", ctypes.c_size_t * 4),
+    ("op", ctypes.c_int), ("op_params", ctypes.c_int32 * 16), ("flags", ctypes.c_int32),
+    ("src", ctypes.POINTER(_GGMLTensor) * 10), ("view_src", ctypes.c_void_p), ("view_offs", ctypes.c_size_t),
+    ("data", ctypes.c_void_p), ("name", ctypes.c_char * 64), ("extra", ctypes.c_void_p), ("padding", ctypes.c_char * 8),
+]
+_GGML_OBJECT_SIZE = 32  # struct ggml_object precedes each tensor in a context
+_MIN_IMATRIX_ROWS = 16  # llama-imatrix ignores smaller batches too
+
+
+def _ggml_lib() -> Any:
+    import llama_cpp
+
+    lib = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libggml-base.so"))
+    lib.ggml_op_name.restype = ctypes.c_char_p
+    lib.ggml_op_name.argtypes = [ctypes.c_int]
+    lib.ggml_tensor_overhead.restype = ctypes.c_size_t
+    lib.ggml_nbytes.restype = ctypes.c_size_t
+    lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
+    lib.ggml_backend_tensor_get.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t]
+    lib.ggml_backend_tensor_get.restype = None
+    if ctypes.sizeof(_GGMLTensor) + _GGML_OBJECT_SIZE != lib.ggml_tensor_overhead():
+        raise ConversionError("The installed llama.cpp has a ggml tensor layout llmlab does not know, so it "
+                              "cannot collect an importance matrix.", "Use the llama-cpp-python version llmlab pins.")
+    return lib
+
+
+def _weight_name(raw: bytes) -> str:
+    """``CPU#blk.0.attn_q.weight#0`` (a scheduler copy) -> ``blk.0.attn_q.weight``."""
+    name = raw.decode("utf-8", errors="replace")
+    return name.split("#")[1] if "#" in name else name
+
+
+def compute_imatrix(gguf_file: str | Path, texts: list[str], out_file: str | Path, *, chunk_tokens: int = 512,
+                    max_chunks: int | None = None, threads: int | None = None, dataset: str = "",
+                    progress: Reporter | None = None) -> dict[str, Any]:
+    """Run ``gguf_file`` (f16/f32) over ``texts`` in chunks of ``chunk_tokens`` and write the importance
+    matrix to ``out_file`` (llama-imatrix's GGUF format). Returns entries, chunks and tokens."""
+    import llama_cpp
+    import numpy as np
+
+    gguf_file, out_file = Path(gguf_file), Path(out_file)
+    header = read_header(gguf_file)
+    if header["file_type"] not in ("F16", "F32", "BF16"):
+        raise ConfigError(f"An importance matrix is computed on an unquantized model; '{gguf_file.name}' is "
+                          f"{header['file_type']}.", "Use the f16 GGUF.")
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ConfigError("The calibration set is empty: an importance matrix needs text to run the model on.",
+                          "Give calibration texts (imatrix: world, or a .txt/.jsonl file with text).")
+    lib = _ggml_lib()
+    mul_mat = next(i for i in range(200) if lib.ggml_op_name(i) == b"MUL_MAT")
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+
+    errors: list[str] = []  # an exception cannot cross llama.cpp's C frames: keep it, raise after decode
+
+    @llama_cpp.ggml_backend_sched_eval_callback
+    def collect(t_ptr: int, ask: bool, user_data: Any) -> bool:
+        t = _GGMLTensor.from_address(t_ptr)
+        if t.op != mul_mat or errors:
+            return False
+        w, x = t.src[0].contents, t.src[1].contents
+        name = _weight_name(w.name)
+        if ask:  # as llama-imatrix: repeating blocks' weights, f32 activations, batches of 16+ rows
+            return name.startswith("blk.") and x.type == 0 and x.ne[1] >= _MIN_IMATRIX_ROWS
+        if w.ne[2] * w.ne[3] != 1:
+            errors.append(f"'{name}' is a stacked (mixture-of-experts) weight; llmlab's importance matrix "
+                          "covers dense models only.")
+            return False
+        raw = ctypes.create_string_buffer(lib.ggml_nbytes(t.src[1]))
+        lib.ggml_backend_tensor_get(t.src[1], raw, 0, len(raw))
+        rows = np.lib.stride_tricks.as_strided(
+            np.frombuffer(raw, dtype=np.uint8), shape=(x.ne[3], x.ne[2], x.ne[1], x.ne[0] * 4),
+            strides=(x.nb[3], x.nb[2], x.nb[1], 1))
+        acts = rows.copy().view(np.float32).reshape(-1, x.ne[0]).astype(np.float64)
+        if not np.isfinite(acts).all():
+            errors.append(f"Non-finite activations reach '{name}' while computing the importance matrix.")
+            return False
+        sums[name] = sums.get(name, 0.0) + (acts * acts).sum(axis=0)
+        counts[name] = counts.get(name, 0) + acts.shape[0]
+        return True
+
+    quiet()
+    mparams = llama_cpp.llama_model_default_params()
+    model = llama_cpp.llama_model_load_from_file(str(gguf_file).encode(), mparams)
+    if not model:
+        raise ConversionError(f"llama.cpp could not load '{gguf_file.name}'.")
+    ctx = None
+    try:
+        vocab = llama_cpp.llama_model_get_vocab(model)
+        n_ctx = min(chunk_tokens, int(header["context_length"] or chunk_tokens))
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = cparams.n_batch = cparams.n_ubatch = n_ctx
+        cparams.n_threads = cparams.n_threads_batch = threads or settings.threads()
+        cparams.cb_eval = collect
+        ctx = llama_cpp.llama_init_from_model(model, cparams)
+        if not ctx:
+            raise ConversionError(f"llama.cpp could not create a context for '{gguf_file.name}'.")
+        ids: list[int] = []
+        for text in texts:
+            data = text.encode("utf-8")
+            buf = (llama_cpp.llama_token * (len(data) + 2))()
+            n = llama_cpp.llama_tokenize(vocab, data, len(data), buf, len(buf), True, False)
+            ids += list(buf[:n])
+        # each chunk starts with BOS, as llama-imatrix does
+        bos = llama_cpp.llama_vocab_bos(vocab)
+        body = n_ctx - 1
+        chunks = [ids[i:i + body] for i in range(0, len(ids), body)]
+        chunks = [c for c in chunks if len(c) >= _MIN_IMATRIX_ROWS][: max_chunks or None]
+        if not chunks:
+            raise ConfigError(f"The calibration set is too short: {len(ids)} tokens, fewer than "
+                              f"{_MIN_IMATRIX_ROWS} for one chunk.", "Give more calibration text.")
+        # Logits for every position, as llama-imatrix asks: otherwise llama.cpp runs the last
+        # layer's feed-forward on the final token only and those weights get no statistics.
+        batch = llama_cpp.llama_batch_init(n_ctx, 0, 1)
+        try:
+            for i, chunk in enumerate(chunks):
+                llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(ctx), True)
+                for pos, tok in enumerate([bos, *chunk]):
+                    batch.token[pos], batch.pos[pos], batch.n_seq_id[pos], batch.logits[pos] = tok, pos, 1, True
+                    batch.seq_id[pos][0] = 0
+                batch.n_tokens = len(chunk) + 1
+                if llama_cpp.llama_decode(ctx, batch) != 0:
+                    raise ConversionError(f"llama.cpp failed on calibration chunk {i + 1} of '{gguf_file.name}'.")
+                if errors:
+                    raise ConversionError(errors[0])
+                emit(progress, "progress", task="imatrix", done=i + 1, total=len(chunks))
+        finally:
+            llama_cpp.llama_batch_free(batch)
+    finally:
+        if ctx:
+            llama_cpp.llama_free(ctx)
+        llama_cpp.llama_model_free(model)
+    if not sums:
+        raise ConversionError(f"No weight matrix of '{gguf_file.name}' was seen while computing the importance matrix.")
+    _write_imatrix(out_file, sums, counts, chunks=len(chunks), chunk_size=n_ctx, dataset=dataset)
+    return {"entries": len(sums), "chunks": len(chunks), "chunk_size": n_ctx,
+            "tokens": sum(len(c) + 1 for c in chunks)}
+
+
+def _write_imatrix(path: Path, sums: dict[str, Any], counts: dict[str, int], *, chunks: int, chunk_size: int,
+                   dataset: str) -> None:
+    import numpy as np
+    from gguf import GGUFWriter
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    writer = GGUFWriter(str(tmp), arch="imatrix")
+    try:
+        writer.add_type("imatrix")
+        writer.add_array("imatrix.datasets", [dataset or "calibration"])
+        writer.add_uint32("imatrix.chunk_count", chunks)
+        writer.add_uint32("imatrix.chunk_size", chunk_size)
+        for name in sorted(sums):
+            writer.add_tensor(f"{name}.in_sum2", np.asarray(sums[name], dtype=np.float32).reshape(1, -1))
+            writer.add_tensor(f"{name}.counts", np.asarray([[counts[name]]], dtype=np.float32))
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+    finally:
+        writer.close()
+    try:
+        read_imatrix(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def read_imatrix(path: str | Path) -> dict[str, Any]:
+    """``{weight name: per-column mean squared activation}`` from an importance matrix GGUF file
+    (what ``llama-quantize --imatrix`` passes to llama.cpp)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    path = Path(path)
+    header = read_header(path)
+    if header["type"] != "imatrix":
+        raise ConfigError(f"'{path.name}' is not an importance matrix (its general.type is '{header['type']}').")
+    tensors = {t.name: np.asarray(t.data, dtype=np.float32).reshape(-1) for t in GGUFReader(path, "r").tensors}
+    out = {}
+    for key, values in tensors.items():
+        if not key.endswith(".in_sum2"):
+            continue
+        name = key.removesuffix(".in_sum2")
+        count = tensors.get(f"{name}.counts")
+        if count is None or len(count) != 1:
+            raise CorruptFileError(f"'{path.name}' has no single token count for '{name}'.",
+                                   "Compute the importance matrix again.")
+        out[name] = values / count[0] if count[0] > 0 else np.ones_like(values)
+    return out
+
+
+def _imatrix_entries(imatrix: dict[str, Any], keep: list[Any]) -> Any:
+    """A NULL-terminated ``llama_model_imatrix_data`` array for ``llama_model_quantize_params.imatrix``."""
+    import llama_cpp
+    import numpy as np
+
+    arr = (llama_cpp.llama_model_imatrix_data * (len(imatrix) + 1))()
+    for i, (name, values) in enumerate(sorted(imatrix.items())):
+        data = np.ascontiguousarray(values, dtype=np.float32)
+        keep += [data, name.encode()]
+        arr[i].name = keep[-1]
+        arr[i].data = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
+        arr[i].size = data.size
+    keep.append(arr)
+    return arr

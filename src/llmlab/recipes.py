@@ -44,7 +44,7 @@ class StepSpec:
     function: str  # "module:function" called as fn(config, store=, progress=, overwrite=, step=)
     summary: str
     inputs: tuple[str, ...] = ()  # config fields that name input artifacts (str or list of str)
-    output: str | None = "name"  # config field naming the artifact it writes (None: writes metrics)
+    output: str | None = "name"  # config field (or property) naming what it writes: one name or a list
 
     def load_config(self) -> type[BaseModel]:
         return _import(self.config)
@@ -62,6 +62,16 @@ STEPS: dict[str, StepSpec] = {
         "llmlab.scoring:ScoreConfig", "llmlab.scoring:score_step",
         "Score a model: perplexity, world-question accuracy, speed, size, memory.",
         inputs=("model", "reference"), output=None,
+    ),
+    "tune": StepSpec(
+        "llmlab.tune:TuneConfig", "llmlab.tune:tune",
+        "Tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned.",
+        inputs=("model",),
+    ),
+    "quantize": StepSpec(
+        "llmlab.quantize:QuantizeConfig", "llmlab.quantize:quantize",
+        "Quantize a model to GGUF types (optionally with an importance matrix) and score every variant.",
+        inputs=("model",), output="outputs",
     ),
 }
 
@@ -93,8 +103,9 @@ class Step(BaseModel):
             names += [value] if isinstance(value, str) else list(value or [])
         return names
 
-    def output_name(self) -> str | None:
-        return getattr(self.config, self.spec.output) if self.spec.output else None
+    def output_names(self) -> list[str]:
+        value = getattr(self.config, self.spec.output) if self.spec.output else None
+        return [value] if isinstance(value, str) else list(value or [])
 
 
 class Recipe(BaseModel):
@@ -243,16 +254,16 @@ def config_hash(step: Step, store: Store) -> str:
 @dataclass
 class StepResult:
     kind: str
-    output: str | None
+    outputs: list[str]
     status: str  # "done" | "skipped"
     seconds: float
     metrics: dict[str, Any] = field(default_factory=dict)
     inputs: list[str] = field(default_factory=list)
 
     @property
-    def subject(self) -> str | None:
-        """The artifact this step is about: what it wrote, else its first input."""
-        return self.output or (self.inputs[0] if self.inputs else None)
+    def subjects(self) -> list[str]:
+        """The artifacts this step is about: what it wrote, else its first input."""
+        return self.outputs or self.inputs[:1]
 
 
 def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
@@ -265,7 +276,7 @@ def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
     with tracking.recipe_run(recipe, store=store, enabled=track) as tracker:
         for i, step in enumerate(recipe.steps):
             emit(progress, "step", index=i, total=len(recipe.steps), kind=step.kind, status="start",
-                 output=step.output_name())
+                 outputs=step.output_names())
             t0 = time.perf_counter()
             result = run_step(step, store=store, force=force, progress=progress)
             result.inputs = step.input_names()
@@ -273,7 +284,7 @@ def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
             results.append(result)
             tracker.log_step(i, step, result)
             emit(progress, "step", index=i, total=len(recipe.steps), kind=step.kind, status=result.status,
-                 output=result.output, seconds=result.seconds, metrics=result.metrics)
+                 outputs=result.outputs, seconds=result.seconds, metrics=result.metrics)
     return results
 
 
@@ -282,26 +293,26 @@ def run_step(step: Step, *, store: Store, force: bool = False, progress: Reporte
         store.get(n)  # a missing input fails here, naming it, before any work starts
     digest = config_hash(step, store)
     record = StepRecord(kind=step.kind, config=step.config_dict(), config_hash=digest)
-    out = step.output_name()
+    outs = step.output_names()
     cache = store.root / ".cache" / "steps" / f"{digest}.json"
     if not force:
-        if out and store.exists(out):
-            made_by = store.get(out).manifest.step
-            if made_by is None:
-                raise StoreError(f"'{out}' already exists and was not made by a recipe step (imported?).",
-                                 "Choose another output name, or pass --force to replace it.")
-            if made_by.config_hash == digest:
-                return StepResult(step.kind, out, "skipped", 0.0, store.get(out).metrics)
-        if out is None and cache.is_file():
-            return StepResult(step.kind, None, "skipped", 0.0, json.loads(cache.read_text()))
+        if outs and all(store.exists(o) for o in outs):
+            made_by = [store.get(o).manifest.step for o in outs]
+            if any(m is None for m in made_by):
+                raise StoreError(f"'{outs[made_by.index(None)]}' already exists and was not made by a recipe step "
+                                 "(imported?).", "Choose another output name, or pass --force to replace it.")
+            if all(m.config_hash == digest for m in made_by):
+                return StepResult(step.kind, outs, "skipped", 0.0, store.get(outs[-1]).metrics)
+        if not outs and cache.is_file():
+            return StepResult(step.kind, [], "skipped", 0.0, json.loads(cache.read_text()))
     fn = step.spec.load_function()
     value = fn(step.config, store=store, progress=progress, overwrite=True, step=record)
-    if out is not None:
-        return StepResult(step.kind, out, "done", 0.0, store.get(out).metrics)
+    if outs:
+        return StepResult(step.kind, outs, "done", 0.0, store.get(outs[-1]).metrics)
     metrics = value if isinstance(value, dict) else {}
     cache.parent.mkdir(parents=True, exist_ok=True)
     cache.write_text(json.dumps(metrics, default=str))
-    return StepResult(step.kind, None, "done", 0.0, metrics)
+    return StepResult(step.kind, [], "done", 0.0, metrics)
 
 
 # ----- export as a script -----

@@ -38,7 +38,7 @@ from llmlab.events import Reporter, emit
 
 if TYPE_CHECKING:
     from llmlab.runtime import Model, SamplingParams
-    from llmlab.store import Artifact, StepRecord, Store
+    from llmlab.store import StepRecord, Store
 
 _WORD = re.compile(r"[a-z0-9]+")
 PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs. It's café time: naïve résumé 🚀!"
@@ -310,48 +310,23 @@ class ScoreConfig(BaseModel):
     gen_tokens: int = Field(64, ge=2, description="Generated tokens for the speed test.")
 
 
-def _find_world(store: Store, artifact: Artifact) -> Path | None:
-    """The ``world/`` folder of the artifact or its nearest ancestor that has one."""
-    todo, seen = [artifact.name], set()
-    while todo:
-        name = todo.pop(0)
-        if name in seen or not store.exists(name):
-            continue
-        seen.add(name)
-        art = store.get(name)
-        if (art.path / "world" / "meta.json").is_file():
-            return art.path / "world"
-        todo += [p.name for p in art.manifest.parents]
-    return None
-
-
-def _none(value: str | None) -> bool:
-    return value is None or value.lower() in ("", "none", "off")
-
-
 def score_step(config: ScoreConfig, *, store: Store | None = None, progress: Reporter | None = None,
                overwrite: bool = False, step: StepRecord | None = None) -> dict[str, Any]:
-    """The recipe step: resolve ``data`` and ``qa`` to texts and questions, then ``score``."""
+    """The recipe step: resolve ``data`` and ``qa`` to texts and questions, then ``score``.
+    The default ``world`` sources are skipped (with a log line) for a model without a demo world."""
     from llmlab import data as datamod
     from llmlab.store import Store
-    from llmlab.world import World
+    from llmlab.world import find_world
 
     store = store or Store()
     artifact = store.get(config.model)
-    world_dir = _find_world(store, artifact)
-    texts: list[str] | None = None
-    if not _none(config.data):
-        if config.data == "world":
-            texts = [World.load(world_dir).eval_text] if world_dir else None
-        else:
-            texts = datamod.load_texts(config.data, limit=config.data_limit)
-    qa: list[dict[str, Any]] | None = None
-    if not _none(config.qa):
-        if config.qa in ("tune", "heldout", "rag"):
-            qa = World.load(world_dir).split(config.qa) if world_dir else None
-        else:
-            qa = datamod.load_records(config.qa)
-        qa = qa[: config.qa_limit] if qa else None
-    return score(artifact, store=store, data=texts, qa=qa, reference=config.reference, engine=config.engine,
+    data, qa = config.data, config.qa
+    if find_world(store, artifact) is None and (data == "world" or qa in datamod.SPLITS):
+        emit(progress, "log", message=f"{artifact.name} has no demo world: world texts and questions are skipped")
+        data = None if data == "world" else data
+        qa = None if qa in datamod.SPLITS else qa
+    texts = datamod.resolve_texts(data, store=store, artifact=artifact, limit=config.data_limit)
+    questions = datamod.resolve_questions(qa, store=store, artifact=artifact, limit=config.qa_limit)
+    return score(artifact, store=store, data=texts, qa=questions, reference=config.reference, engine=config.engine,
                  data_label=config.data, max_len=config.max_len, speed_test=config.speed,
                  prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens, progress=progress)

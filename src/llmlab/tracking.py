@@ -2,8 +2,8 @@
 
 The store's own sqlite database (``$LLMLAB_HOME/.mlflow/mlflow.db``, artifacts beside it) is the
 default; ``LLMLAB_TRACKING_URI`` points elsewhere or switches tracking off (``off``). A run logs
-each step's config as params (``<n>.<kind>.<key>``), its metrics (``<n>.<key>``), its output's
-content hash as a tag, and the output's manifest as an artifact (a reference, not the weights).
+each step's config as params (``<n>.<kind>.<key>``), its metrics (``<n>.<key>``), its outputs'
+content hashes as tags, and their manifests as artifacts (references, not the weights).
 """
 
 from __future__ import annotations
@@ -70,8 +70,8 @@ class Tracker:
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
         metrics[f"{index + 1}.seconds"] = result.seconds
         self.mlflow.log_metrics(metrics)
-        if result.output and self.store.exists(result.output):
-            art = self.store.get(result.output)
+        for name in result.outputs:
+            art = self.store.get(name)
             self.mlflow.set_tag(f"artifact.{art.name}", f"{art.kind}:{art.content_hash}")
             self.mlflow.log_artifact(str(art.path / "manifest.json"), artifact_path=f"manifests/{art.name}")
 

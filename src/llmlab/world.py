@@ -27,7 +27,10 @@ import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from llmlab.store import Artifact, Store
 
 Size = Literal["micro", "small", "large"]
 
@@ -409,3 +412,18 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def find_world(store: Store, artifact: Artifact) -> World | None:
+    """The world an artifact was trained on: its own ``world/`` folder or its nearest ancestor's."""
+    todo, seen = [artifact.name], set()
+    while todo:
+        name = todo.pop(0)
+        if name in seen or not store.exists(name):
+            continue
+        seen.add(name)
+        art = store.get(name)
+        if (art.path / "world" / "meta.json").is_file():
+            return World.load(art.path / "world")
+        todo += [p.name for p in art.manifest.parents]
+    return None

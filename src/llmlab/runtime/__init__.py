@@ -52,7 +52,7 @@ ENGINES: dict[str, Engine] = {
 # Artifact kind -> engine; kinds not listed are decided by their files.
 KIND_ENGINES: dict[str, str] = {
     "base": "transformers", "full": "transformers", "merged": "transformers", "distilled": "transformers",
-    "gguf": "llama.cpp",
+    "adapter": "transformers", "gguf": "llama.cpp",
 }
 _ALIASES = {"hf": "transformers", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp", "gguf": "llama.cpp"}
 
@@ -91,6 +91,10 @@ def resolve(source: str | Path | Artifact, *, store: Store | None = None,
             path = Path(source)
     if artifact is not None:
         path = artifact.path
+        if artifact.kind == "adapter":  # base + adapter merged once, cached by content hash
+            from llmlab.tune import merged_folder
+
+            path = merged_folder(artifact, store or Store(artifact.path.parent))
     if engine is not None:
         name = _ALIASES.get(engine, engine)
         if name not in ENGINES:

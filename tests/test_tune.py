@@ -1,0 +1,262 @@
+"""The Tune station: data formatting and masking, methods, artifacts, backend choice, resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+pytest.importorskip("peft")
+
+from llmlab import tune as T  # noqa: E402
+from llmlab import world  # noqa: E402
+from llmlab.errors import ConfigError, NotFoundError, StoreError  # noqa: E402
+from llmlab.store import Store  # noqa: E402
+
+
+def _jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def micro_store(store: Store, micro_model_dir: Path, tmp_path: Path) -> tuple[Store, Path]:
+    """A store holding the micro model as 'micro', and its world's tuning questions as a file."""
+    store.add(micro_model_dir, "micro")
+    qa = world.World.load(micro_model_dir / "world").split("tune")
+    return store, _jsonl(tmp_path / "qa.jsonl", qa)
+
+
+@pytest.fixture(scope="module")
+def tok(micro_model_dir: Path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(micro_model_dir, local_files_only=True)
+
+
+def _cfg(data: Path | str, **kw) -> T.TuneConfig:
+    return T.TuneConfig(**{"name": "t", "model": "micro", "data": str(data), "steps": 3, "batch_size": 8,
+                           "rank": 8, "evaluate": False, "eval_every": 2, **kw})
+
+
+def test_import_does_not_load_torch():
+    code = ("import sys, llmlab.tune; heavy = {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules); "
+            "assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("method,kind", [("lora", "adapter"), ("dora", "adapter"), ("full", "full")])
+def test_methods_write_valid_artifacts(micro_store, method, kind):
+    store, qa = micro_store
+    events: list[dict] = []
+    art = T.tune(_cfg(qa, name=f"t-{method}", method=method), store=store, progress=events.append)
+    assert art.kind == kind and store.verify(art.name) == []
+    assert [(p.name, p.role) for p in art.manifest.parents] == [("micro", "base")]
+    assert art.manifest.parents[0].content_hash == store.get("micro").content_hash
+    assert store.lineage(art.name)["parents"][0]["name"] == "micro"
+    files = set(art.manifest.files)
+    if kind == "adapter":
+        assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
+        cfg = json.loads((art.path / "adapter_config.json").read_text())
+        assert cfg["base_model_name_or_path"] == "micro" and cfg["use_dora"] == (method == "dora")
+    else:
+        assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
+    rows = [json.loads(x) for x in (art.path / "training_log.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == 3 and set(rows[-1]) == {"step", "loss", "val_loss"}
+    assert art.metrics["val_loss_after"] < art.metrics["val_loss_before"]
+    assert art.manifest.info["tok_s"] > 0 and 0 <= art.manifest.info["padding_fraction"] < 0.5
+    assert any(e["type"] == "metric" and e["task"] == "tune" and "tok_s" in e for e in events)
+    assert {"type": "progress", "task": "tune", "done": 3, "total": 3} in events
+    assert not (store.root / ".cache" / "tune" / art.name).exists()  # checkpoints go once it is written
+
+
+def test_labels_mask_exactly_the_prompt(tok):
+    msgs = world.chat_messages("Where does Ada Voss live?", "Dunmere")
+    ex = T.tokenize(tok, msgs, answer_only=True)
+    prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
+    n = len(tok(prompt, add_special_tokens=False)["input_ids"])
+    assert ex.labels[:n] == [-100] * n
+    assert ex.labels[n:] == ex.input_ids[n:] and -100 not in ex.labels[n:]
+    assert tok.decode(ex.input_ids[n:]) == "Dunmere<|end|>\n"
+    assert tok.decode(ex.input_ids) == T._segments(tok, msgs, True)[0][0] + "Dunmere<|end|>\n"
+    everything = T.tokenize(tok, msgs, answer_only=False)
+    assert everything.labels == everything.input_ids == ex.input_ids
+    text = T.tokenize(tok, "Plain text to continue.", answer_only=True)
+    assert text.labels == text.input_ids and text.input_ids[-1] == tok.eos_token_id
+
+
+def test_preview_marks_the_masked_part(micro_model_dir):
+    rows = T.preview(T.TuneConfig(name="p", model=str(micro_model_dir)), 2)
+    first = world.World.load(micro_model_dir / "world").split("tune")[0]
+    r = rows[0]
+    assert len(rows) == 2 and r["text"].startswith("<|bos|><|system|>")
+    assert r["marked"] == f"{T.MASK_OPEN}{r['segments'][0]['text']}{T.MASK_CLOSE}{first['answer']}<|end|>\n"
+    assert [s["trained"] for s in r["segments"]] == [False, True]
+    assert first["question"] in r["segments"][0]["text"]
+    assert 0 < r["trained_tokens"] < r["tokens"]
+
+
+def test_bad_data_names_record_and_field(micro_store, tmp_path):
+    store, _ = micro_store
+    bad = _jsonl(tmp_path / "bad.jsonl", [{"instruction": "Say hi", "output": "hi"}, {"instruction": "Say bye"}])
+    with pytest.raises(ConfigError, match="Record 2 has 'instruction' but no 'output'"):
+        T.tune(_cfg(bad), store=store)
+    odd = _jsonl(tmp_path / "odd.jsonl", [{"foo": 1, "bar": 2}])
+    with pytest.raises(ConfigError, match=r"Record 1 has fields \['bar', 'foo'\]"):
+        T.tune(_cfg(odd), store=store)
+    turns = _jsonl(tmp_path / "turns.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
+    with pytest.raises(ConfigError, match="Record 1: the last turn"):
+        T.tune(_cfg(turns), store=store)
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a"}])
+    with pytest.raises(ConfigError, match="Record 1 has no 'rejected' field"):
+        T.tune(_cfg(pairs, method="dpo"), store=store)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(ConfigError, match="holds no records"):
+        T.tune(_cfg(empty), store=store)
+    with pytest.raises(NotFoundError, match="no demo world"):
+        T.tune(_cfg("world:tune"), store=store)  # imported without its world/ folder
+    with pytest.raises(NotFoundError, match="No artifact named 'nope'"):
+        T.tune(_cfg(bad, model="nope"), store=store)
+    assert not store.exists("t")
+
+
+def test_long_sequences_are_truncated_and_counted(tok):
+    records = [{"text": "word " * 200}, {"text": "short"}, {"question": "Q " * 100, "answer": "A"}]
+    events: list[dict] = []
+    prepared = T.prepare(_cfg("x", max_len=32, val_fraction=0), tok, records, False, events.append)
+    assert prepared.truncated == 2 and prepared.dropped == 1  # the long question lost its answer
+    assert all(len(e.input_ids) <= 32 for e in prepared.train) and len(prepared.train) == 2
+    assert any(e["type"] == "log" and "2 of 3 sequences" in e["message"] for e in events)
+
+
+def test_split_is_seeded():
+    assert T._split(50, 0.2, 1) == T._split(50, 0.2, 1)
+    train, val = T._split(50, 0.2, 1)
+    assert len(val) == 10 and not set(train) & set(val) and T._split(50, 0.2, 2) != (train, val)
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("rank", 0, "rank must be at least 1"), ("learning_rate", -1e-4, "learning_rate must be positive"),
+    ("learning_rate", 0, "learning_rate must be positive"), ("alpha", -2, "alpha must be positive"),
+])
+def test_bad_options_are_errors_with_hints(field, value, match):
+    with pytest.raises(ValidationError, match=match):
+        T.TuneConfig(name="x", model="m", **{field: value})
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        T.TuneConfig(name="x", model="m", ranks=8)
+
+
+def test_target_modules_from_a_flag():
+    assert T.TuneConfig(name="x", model="m", target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
+    assert T.TuneConfig(name="x", model="m").target_modules == "all-linear"
+
+
+def test_backend_selection_without_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    plan = T.select_backend(T.TuneConfig(name="x", model="m", method="qlora"))
+    assert (plan.backend, plan.method, plan.device) == ("peft", "lora", "cpu")
+    assert "pip install 'llmlab[qlora]'" in plan.messages[0] and "NVIDIA GPU" in plan.messages[0]
+    assert T.select_backend(T.TuneConfig(name="x", model="m")).backend == "peft"
+    with pytest.raises(ConfigError, match=r"NVIDIA GPU.*pip install 'llmlab\[unsloth\]'"):
+        T.select_backend(T.TuneConfig(name="x", model="m", backend="unsloth"))
+    with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
+        T.select_backend(T.TuneConfig(name="x", model="m", device="cuda"))
+
+
+def test_backend_selection_with_cuda_but_no_extras(monkeypatch):
+    import importlib.util
+
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda n, *a: None if n in ("unsloth", "bitsandbytes") else real(n, *a))
+    plan = T.select_backend(T.TuneConfig(name="x", model="m", method="qlora"))
+    assert (plan.backend, plan.method, plan.device) == ("peft", "lora", "cuda")
+    assert "bitsandbytes is not installed" in plan.messages[0]
+    with pytest.raises(ConfigError, match="unsloth is not installed"):
+        T.select_backend(T.TuneConfig(name="x", model="m", backend="unsloth"))
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "unsloth" else real(n, *a))
+    assert T.select_backend(T.TuneConfig(name="x", model="m")).backend == "unsloth"
+    assert T.select_backend(T.TuneConfig(name="x", model="m", method="full")).backend == "peft"
+
+
+def test_dpo_on_synthetic_pairs(micro_store, tmp_path):
+    store, _ = micro_store
+    pairs = _jsonl(tmp_path / "pairs.jsonl", [
+        {"prompt": f"What colour is item {i}?", "chosen": "red", "rejected": "I do not know"} for i in range(4)])
+    rows = T.preview(_cfg(pairs, method="dpo"), 1, store=store)
+    assert rows[0]["chosen"] == "red" and rows[0]["prompt"].endswith("<|assistant|>\n")
+    art = T.tune(_cfg(pairs, name="t-dpo", method="dpo", steps=2, batch_size=2), store=store)
+    assert art.kind == "adapter" and store.verify(art.name) == []
+    assert art.manifest.info["method"] == "dpo" and art.manifest.parents[0].role == "base"
+    assert len((art.path / "training_log.jsonl").read_text().splitlines()) == 2
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_resume_continues_from_the_checkpoint(micro_store):
+    from safetensors.torch import load_file
+
+    store, qa = micro_store
+    cfg = _cfg(qa, name="t-resume", steps=6, checkpoint_every=2)
+
+    def crash_at_5(event: dict) -> None:
+        if event["type"] == "progress" and event["done"] == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        T.tune(cfg, store=store, progress=crash_at_5)
+    assert not store.exists("t-resume")
+    assert (store.root / ".cache" / "tune" / "t-resume" / T.CHECKPOINT).is_file()
+    events: list[dict] = []
+    resumed = T.tune(cfg, store=store, progress=events.append)
+    assert any("resumed from the checkpoint at step 5" in e.get("message", "") for e in events)
+    assert resumed.manifest.info["resumed_from_step"] == 5
+    assert [e["done"] for e in events if e["type"] == "progress"] == [6]
+    straight = T.tune(cfg.model_copy(update={"name": "t-straight"}), store=store)
+    a = load_file(resumed.path / "adapter_model.safetensors")
+    b = load_file(straight.path / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+    log_of = lambda art: [json.loads(x) for x in (art.path / "training_log.jsonl").read_text().splitlines()]  # noqa: E731
+    assert [r["step"] for r in log_of(resumed)] == [r["step"] for r in log_of(straight)] == [1, 2, 4, 6]
+    assert all(abs(x["loss"] - y["loss"]) < 1e-3 for x, y in zip(log_of(resumed), log_of(straight)))
+    # A checkpoint from other settings is not resumed.
+    with pytest.raises(_Stop):
+        T.tune(cfg.model_copy(update={"name": "t-other"}), store=store, progress=crash_at_5)
+    other = T.tune(cfg.model_copy(update={"name": "t-other", "learning_rate": 1e-3}), store=store)
+    assert other.manifest.info["resumed_from_step"] is None
+
+
+def test_evaluate_and_adapter_loading(micro_model_dir, store):
+    from llmlab.runtime import load
+
+    base = store.add(micro_model_dir, "micro")
+    art = T.tune(T.TuneConfig(name="t-eval", model=str(micro_model_dir), steps=2, rank=4, qa_limit=3),
+                 store=store)
+    m = art.metrics
+    assert {"accuracy", "accuracy_before", "ppl", "ppl_before", "val_loss_before", "val_loss_after"} <= set(m)
+    assert m["accuracy_n"] == 3 and art.manifest.info["base_path"] == str(micro_model_dir)
+    # An adapter on a store base loads through merged_folder (what the runtime calls).
+    qa = world.World.load(micro_model_dir / "world").split("tune")
+    adapter = T.tune(_cfg(_jsonl(store.root.parent / "qa.jsonl", qa), name="t-ad", steps=1), store=store)
+    folder = T.merged_folder(adapter, store)
+    assert T.merged_folder(adapter, store) == folder  # cached
+    with load(folder) as model:
+        assert model.chat(world.chat_messages("Hi?"))  # runs
+    manifest = json.loads((adapter.path / "manifest.json").read_text())
+    manifest["parents"][0]["content_hash"] = "0" * 64
+    (adapter.path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(StoreError, match="the base does not match"):
+        T.base_of(store.get("t-ad"), store)
+    assert base.kind == "base"
