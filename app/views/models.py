@@ -14,9 +14,10 @@ import streamlit as st
 
 from llmlab import world
 from llmlab.errors import LlmlabError
+from llmlab.runtime import KIND_ENGINES  # no torch: engines are imported when a model loads
 from llmlab.store import Artifact, Store
 
-CHAT_KINDS = ("base", "full", "merged", "distilled", "gguf")  # what llmlab.runtime.load accepts
+CHAT_KINDS = tuple(KIND_ENGINES)  # the kinds llmlab.runtime.load can run
 KEY_METRICS = ("ppl", "accuracy", "gen_tok_s")
 
 

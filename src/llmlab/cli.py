@@ -1,9 +1,10 @@
 """The ``llmlab`` command: thin sub-commands over the library.
 
-Each sub-command parses its arguments, calls one API function and prints the result. Station
-commands (``build-demo``, ``score``) run as one-step recipes, so they are recorded as jobs and
-tracked like ``llmlab run``; their flags are generated from the station's pydantic config, the
-same model that validates recipe YAML and app forms.
+Each sub-command parses its arguments, calls one API function and prints the result. Every
+recipe step kind is also a command (``build-demo``, ``score``, ``tune``, ``quantize``...) that runs
+as a one-step recipe, so it is recorded as a job and tracked like ``llmlab run``; its flags are
+generated from the station's pydantic config, the same model that validates recipe YAML and app
+forms.
 
 Exit codes: 0 success; 1 a user-facing error; 2 invalid configuration; 3 not found; 4 store
 problem; 5 missing optional dependency; 6 not enough memory/disk; 130 interrupted; 70 an
@@ -116,7 +117,7 @@ def _summary_table(results, store) -> Any:
     from rich.table import Table
 
     table = Table(title="Summary")
-    for col in ("artifact", "kind", "size MB", "ppl", "accuracy", "gen tok/s", "steps (s)"):
+    for col in ("artifact", "kind", "size MB", "ppl", "KLD", "accuracy", "gen tok/s", "steps (s)"):
         table.add_column(col, justify="left" if col in ("artifact", "kind") else "right")
     rows: dict[str, list[str]] = {}
     for r in results:
@@ -130,8 +131,8 @@ def _summary_table(results, store) -> Any:
         def fmt(key: str, spec: str) -> str:
             return format(m[key], spec) if isinstance(m.get(key), (int, float)) else "-"
 
-        table.add_row(name, art.kind, f"{art.size_bytes / 1e6:.1f}", fmt("ppl", ".2f"), fmt("accuracy", ".1%"),
-                      fmt("gen_tok_s", ".0f"), ", ".join(steps))
+        table.add_row(name, art.kind, f"{art.size_bytes / 1e6:.1f}", fmt("ppl", ".2f"), fmt("kld_mean", ".4f"),
+                      fmt("accuracy", ".1%"), fmt("gen_tok_s", ".0f"), ", ".join(steps))
     return table
 
 
@@ -198,20 +199,10 @@ def _run_one_step(args: argparse.Namespace, kind: str, config: dict[str, Any]) -
     return _run_recipe(recipes.Recipe(name=kind, steps=[step]), args)
 
 
-def cmd_build_demo(args: argparse.Namespace) -> int:
-    return _run_one_step(args, "build-demo", _config_from_flags(args))
-
-
-def cmd_score(args: argparse.Namespace) -> int:
-    return _run_one_step(args, "score", _config_from_flags(args, model=args.name))
-
-
-def cmd_tune(args: argparse.Namespace) -> int:
-    return _run_one_step(args, "tune", _config_from_flags(args, model=args.model))
-
-
-def cmd_quantize(args: argparse.Namespace) -> int:
-    return _run_one_step(args, "quantize", _config_from_flags(args, model=args.name))
+def cmd_step(args: argparse.Namespace) -> int:
+    """A station command: the step of the same name, configured from flags."""
+    fixed = {args.positional: getattr(args, args.positional)} if args.positional else {}
+    return _run_one_step(args, args.step_kind, _config_from_flags(args, **fixed))
 
 
 def cmd_export_script(args: argparse.Namespace) -> int:
@@ -406,36 +397,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("-o", "--output", help="file to write (default: stdout)")
     sp.set_defaults(fn=cmd_export_script)
 
-    from llmlab.build import BuildDemoConfig
+    # One command per recipe step kind (build-demo, score, tune, quantize, ...), flags from its config.
+    from llmlab.recipes import STEPS
 
-    sp = sub.add_parser("build-demo", help="train the demo tokenizer and model from scratch")
-    _add_config_flags(sp, BuildDemoConfig)
-    run_flags(sp)
-    sp.set_defaults(fn=cmd_build_demo)
-
-    from llmlab.scoring import ScoreConfig
-
-    sp = sub.add_parser("score", help="score a model (perplexity, accuracy, speed, memory)")
-    sp.add_argument("name", help="artifact name in the store")
-    _add_config_flags(sp, ScoreConfig, skip=("model",))
-    run_flags(sp)
-    sp.set_defaults(fn=cmd_score)
-
-    from llmlab.tune import TuneConfig
-
-    sp = sub.add_parser("tune", help="tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned")
-    sp.add_argument("model", help="artifact name in the store, or a local Hugging Face folder")
-    _add_config_flags(sp, TuneConfig, skip=("model",))
-    run_flags(sp)
-    sp.set_defaults(fn=cmd_tune)
-
-    from llmlab.quantize import QuantizeConfig
-
-    sp = sub.add_parser("quantize", help="quantize a model to GGUF types and score every variant")
-    sp.add_argument("name", help="artifact name in the store")
-    _add_config_flags(sp, QuantizeConfig, skip=("model",))
-    run_flags(sp)
-    sp.set_defaults(fn=cmd_quantize)
+    for kind, spec in STEPS.items():
+        config = spec.load_config()
+        model_field = config.model_fields.get("model")
+        positional = "model" if model_field is not None and model_field.is_required() else None
+        sp = sub.add_parser(kind, help=spec.summary, description=spec.summary)
+        if positional:
+            sp.add_argument(positional, help="artifact name in the store (or a local model folder where supported)")
+        _add_config_flags(sp, config, skip=(positional,) if positional else ())
+        run_flags(sp)
+        sp.set_defaults(fn=cmd_step, step_kind=kind, positional=positional)
 
     from llmlab.runtime import SamplingParams
 

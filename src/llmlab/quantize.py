@@ -112,7 +112,7 @@ class QuantizeConfig(BaseModel):
                            "or a data file.")
     qa: str | None = Field("heldout", description="Questions for accuracy: a world split (heldout...), a .jsonl "
                            "file of {question, answer}, or none.")
-    qa_limit: int = Field(100, ge=1, description="Most questions asked per variant.")
+    qa_limit: int = Field(200, ge=1, description="Most questions asked per variant.")
 
     @field_validator("types")
     @classmethod
@@ -309,7 +309,7 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
         return []
     first = store.get(names[0])
     texts = texts if texts is not None else datamod.resolve_texts("world", store=store, artifact=first)
-    qa = qa if qa is not None else datamod.resolve_questions("heldout", store=store, artifact=first, limit=100)
+    qa = qa if qa is not None else datamod.resolve_questions("heldout", store=store, artifact=first, limit=200)
     rows = []
     with contextlib.ExitStack() as stack:
         refs: dict[str, Any] = {}
