@@ -2,8 +2,10 @@
 
 Usage: python benchmarks/quickstart.py [--home DIR]
 Writes benchmarks/results/quickstart.json: ``steps`` ({name, seconds} per step), the demo model's
-``ppl`` and ``accuracy`` (held-out world questions), and ``settings`` (machine, threads, versions)
-so the figures can be reproduced. It runs in a fresh temporary store unless --home is given.
+``ppl`` and ``accuracy`` (held-out world questions), ``variants`` (every artifact the quickstart
+made, with its size and scores: the tuned adapter's accuracy, the quantized files' KL divergence),
+and ``settings`` (machine, threads, versions) so the figures can be reproduced. It runs in a fresh
+temporary store unless --home is given.
 """
 
 from __future__ import annotations
@@ -46,9 +48,14 @@ def main() -> None:
         "gen_tok_s": metrics.get("gen_tok_s"),
         "size_bytes": demo.size_bytes,
         "n_params": demo.manifest.info.get("n_params"),
+        "variants": [
+            {"name": a.name, "kind": a.kind, "size_bytes": a.size_bytes,
+             **{k: a.metrics.get(k) for k in ("ppl", "kld_mean", "top1", "accuracy", "gen_tok_s")}}
+            for a in sorted(store.list(), key=lambda a: a.manifest.created)
+        ],
         "settings": {
             "recipe": "recipes/quickstart.yaml",
-            "model": {k: demo.manifest.info.get(k) for k in ("architecture", "n_params", "size", "train_steps")},
+            "model": {k: demo.manifest.info.get(k) for k in ("architecture", "n_params", "size", "steps")},
             "threads": settings.threads(),
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlab import data
+from llmlab import data, settings
 from llmlab.errors import ConfigError, NotFoundError
 
 
@@ -95,3 +95,15 @@ def test_public_sets(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         data.load_public("tinystories")
     with pytest.raises(ConfigError):
         data.public_path("no-such-set")
+
+
+@pytest.mark.skipif(settings.data_dir() is None, reason="../shared/data (LLMLAB_DATA) is not beside this checkout")
+def test_real_public_sets_load() -> None:
+    """The shared public data sets read through LLMLAB_DATA: the real files, as benchmarks use them."""
+    assert len(data.load_public("scifact-corpus")) == 5183  # gzipped JSONL
+    alpaca = data.load_public("alpaca")
+    assert len(alpaca) == 999 and data.record_messages(alpaca[0])[-1]["role"] == "assistant"
+    squad = data.load_public("squad-questions", limit=5)
+    assert len(squad) == 5 and {"question", "answers", "gold_passage_id"} <= set(squad[0])
+    stories = data.load_texts(data.public_path("tinystories-valid"), limit=10)
+    assert len(stories) == 10 and all(s.strip() for s in stories)

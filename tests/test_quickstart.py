@@ -24,7 +24,7 @@ def test_quickstart_builds_scores_and_summarizes(quickstart):
     m = demo.metrics
     assert math.isfinite(m["ppl"]) and 1 < m["ppl"] < 200
     assert 0 <= m["accuracy"] <= 1 and m["accuracy_n"] > 0
-    assert m["gen_tok_s"] > 0 and m["size_bytes"] == demo.size_bytes
+    assert m["gen_tok_s"] > 0 and 0 < m["size_bytes"] <= demo.size_bytes  # weights vs every file
     out = quickstart.stdout
     assert "Summary" in out and "demo" in out and "llmlab app" in out
     assert (demo.path / "training_log.jsonl").is_file()

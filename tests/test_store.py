@@ -151,3 +151,21 @@ def test_leftovers_of_dead_writers_are_cleaned(tmp_path):
     alive.mkdir()
     assert Store(tmp_path).clean_leftovers() == [] and not dead.exists() and alive.exists()
     assert store.list() == []
+
+
+def test_leftover_of_a_killed_but_unreaped_writer_is_cleaned(tmp_path):
+    """A writer killed by SIGKILL stays a zombie until its parent reaps it: that counts as gone."""
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(["sleep", "60"])
+    try:
+        os.kill(proc.pid, signal.SIGKILL)
+        time.sleep(0.2)  # dead, not reaped: os.kill(pid, 0) would still succeed
+        left = tmp_path / ".tmp" / f"x.{proc.pid}.abcd1234"
+        left.mkdir(parents=True)
+        Store(tmp_path)
+        assert not left.exists()
+    finally:
+        proc.wait()

@@ -37,7 +37,7 @@ import yaml
 from pydantic import BaseModel
 
 from llmlab.errors import NotFoundError
-from llmlab.store import Store, _write_json
+from llmlab.store import Store, write_json, process_alive
 
 Status = Literal["queued", "running", "done", "failed", "cancelled", "died"]
 FINAL = ("done", "failed", "cancelled", "died")
@@ -69,20 +69,6 @@ class JobInfo(BaseModel):
 
 def _now() -> float:
     return round(time.time(), 3)
-
-
-def _process_alive(pid: int | None, started: float | None) -> bool:
-    import psutil
-
-    if pid is None:
-        return False
-    try:
-        p = psutil.Process(pid)
-        if p.status() == psutil.STATUS_ZOMBIE:
-            return False
-        return started is None or abs(p.create_time() - started) < 1.0
-    except psutil.NoSuchProcess:
-        return False
 
 
 def max_jobs() -> int:
@@ -123,7 +109,7 @@ class JobQueue:
         folder.mkdir()
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
         job = JobInfo(id=job_id, title=title or recipe.name, created=_now(), queued=queued, dir=str(folder))
-        _write_json(folder / "job.json", job.model_dump())
+        write_json(folder / "job.json", job.model_dump())
         return job
 
     # ----- reading -----
@@ -135,7 +121,7 @@ class JobQueue:
         job = JobInfo.model_validate_json((folder / "job.json").read_text())
         if job.status not in FINAL:
             waiting_to_spawn = job.pid is None and time.time() - job.created < 30
-            if not waiting_to_spawn and not _process_alive(job.pid, job.pid_started):
+            if not waiting_to_spawn and not process_alive(job.pid, job.pid_started):
                 job.status = "cancelled" if (folder / "cancel").exists() else "died"
                 job.error = job.error or "the job's process ended without reporting (killed?)"
         return job
@@ -194,14 +180,14 @@ class JobQueue:
         if job.status in FINAL:
             return job
         (Path(job.dir) / "cancel").touch()
-        if job.pid and _process_alive(job.pid, job.pid_started):
+        if job.pid and process_alive(job.pid, job.pid_started):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(job.pid, signal.SIGTERM)
             end = time.monotonic() + grace
-            while time.monotonic() < end and _process_alive(job.pid, job.pid_started):
+            while time.monotonic() < end and process_alive(job.pid, job.pid_started):
                 self._reap()
                 time.sleep(0.1)
-            if _process_alive(job.pid, job.pid_started):
+            if process_alive(job.pid, job.pid_started):
                 with contextlib.suppress(ProcessLookupError):
                     os.killpg(job.pid, signal.SIGKILL)
         return self.wait(job_id, timeout=5)
@@ -221,7 +207,7 @@ class RunningJob:
         self._slot_fd: int | None = None
 
     def _save(self) -> None:
-        _write_json(self.folder / "job.json", self.info.model_dump())
+        write_json(self.folder / "job.json", self.info.model_dump())
 
     def start(self, poll: float = 0.3) -> None:
         """Record this process, wait for a free slot (queued jobs only), then mark running."""

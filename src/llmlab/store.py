@@ -186,14 +186,20 @@ class Writer:
         self.metrics: dict[str, Any] = {}
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+def process_alive(pid: int | None, started: float | None = None) -> bool:
+    """True while process ``pid`` runs: not gone, not a zombie (killed but not yet reaped by its
+    parent), and, when ``started`` is given, not another process that reused the pid."""
+    import psutil
+
+    if pid is None:
         return False
-    except PermissionError:
-        return True
-    return True
+    try:
+        p = psutil.Process(pid)
+        if p.status() == psutil.STATUS_ZOMBIE:
+            return False
+        return started is None or abs(p.create_time() - started) < 1.0
+    except psutil.NoSuchProcess:
+        return False
 
 
 class Store:
@@ -345,9 +351,9 @@ class Store:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             info=w.info,
         )
-        _write_json(w.path / MANIFEST, manifest.model_dump(mode="json"))
+        write_json(w.path / MANIFEST, manifest.model_dump(mode="json"))
         if w.metrics:
-            _write_json(w.path / METRICS, w.metrics)
+            write_json(w.path / METRICS, w.metrics)
         _fsync_tree(w.path)
         old = None
         if final.exists():  # overwrite: move the old one aside first, then swap
@@ -385,7 +391,7 @@ class Store:
         for d in self._tmp.iterdir():
             parts = d.name.split(".")
             pid = int(parts[-2]) if len(parts) >= 3 and parts[-2].isdigit() else None
-            if pid is None or not _pid_alive(pid) or parts[-2] == "old":
+            if pid is None or not process_alive(pid) or parts[-2] == "old":
                 shutil.rmtree(d, ignore_errors=True)
                 removed.append(d.name)
         return removed
@@ -411,7 +417,7 @@ class Store:
         """Merge ``metrics`` into the artifact's ``metrics.json`` (atomically) and return all."""
         art = self.get(name)
         merged = {**art.metrics, **metrics}
-        _write_json(art.path / METRICS, merged)
+        write_json(art.path / METRICS, merged)
         return merged
 
     def add(self, source: str | Path, name: str | None = None, *, kind: str | None = None) -> Artifact:
@@ -429,7 +435,7 @@ def _first_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
-def _write_json(path: Path, data: Any) -> None:
+def write_json(path: Path, data: Any) -> None:
     """Write JSON atomically (temporary file, fsync, rename)."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
