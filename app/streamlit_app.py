@@ -22,6 +22,7 @@ page = st.navigation(
         "Lab": [st.Page(VIEWS / "home.py", title="Home", icon=":material/home:", default=True)],
         "Store": [st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_2:")],
         "Work": [st.Page(VIEWS / "jobs.py", title="Jobs", icon=":material/play_circle:")],
+        "Stations": [st.Page(VIEWS / "tune.py", title="Tune", icon=":material/tune:")],
     }
 )
 

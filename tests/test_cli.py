@@ -103,3 +103,17 @@ def test_models_add_refuses_bad_folders(micro_model_dir, tmp_path, capsys):
     assert main([*home, "models", "add", str(tmp_path / "nowhere")]) == 3
     assert main([*home, "models", "ls", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_models_add_gguf_and_refuse_a_truncated_one(micro_gguf, tmp_path, capsys):
+    home = ["--home", str(tmp_path / "models")]
+    good = micro_gguf("f16")
+    assert main([*home, "models", "add", str(good), "--name", "micro-f16"]) == 0
+    assert "added micro-f16 (gguf, " in capsys.readouterr().out
+    cut = tmp_path / "cut.gguf"
+    cut.write_bytes(good.read_bytes()[: good.stat().st_size - 1000])
+    assert main([*home, "models", "add", str(cut)]) == 4
+    err = capsys.readouterr().err
+    assert "cut.gguf" in err and "Traceback" not in err
+    assert main([*home, "models", "ls", "--json"]) == 0
+    assert [a["name"] for a in json.loads(capsys.readouterr().out)] == ["micro-f16"]

@@ -358,7 +358,7 @@ def cmd_app(args: argparse.Namespace) -> int:
                           "Run `llmlab app` from a clone of the llmlab repository (pip install -e .).")
     argv = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", args.host,
             "--server.port", str(args.port), "--server.headless", "true",
-            "--browser.gatherUsageStats", "false"]
+            "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     print(f"llmlab app on http://{args.host}:{args.port}  (Ctrl-C to stop)")
     return subprocess.call(argv)
 

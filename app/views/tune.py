@@ -1,0 +1,382 @@
+"""Tune: pick a model, data and method, preview the data, start a tuning job, watch it learn, chat.
+
+Every option widget is built from a ``llmlab.tune.TuneConfig`` field (its type, default and
+description), and the form is validated by ``TuneConfig`` itself (through ``recipes.make_step``),
+so the page and a recipe's ``tune`` step accept and reject the same things. "Start" submits a
+one-step recipe as a job (``llmlab.jobs.JobQueue``); the live part of the page is a fragment
+that reruns every second while the job is active and draws its progress, loss curve and
+tokens/s from the job's events. Resuming is submitting the same settings again: ``resume`` is
+on by default, so the step continues from the last checkpoint of a cancelled or crashed run.
+When the job is done, the artifact's metrics (base vs tuned) and a side-by-side chat follow.
+
+torch is imported only by library calls made while the page runs (the backend plan, the
+preview, the chat), never when the page is imported.
+"""
+
+from __future__ import annotations
+
+import types
+from pathlib import Path
+from typing import Any, Literal, Union, get_args, get_origin
+
+import pandas as pd
+import streamlit as st
+
+from llmlab import recipes, world
+from llmlab.errors import LlmlabError
+from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.store import Artifact, Store
+from llmlab.tune import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TUNABLE_KINDS, TuneConfig
+
+# Fields set in the first section, the main options, and (everything else) the folded ones.
+SETUP = ("name", "model", "data", "method")
+MAIN = ("rank", "alpha", "learning_rate", "epochs", "batch_size")
+ADVANCED = tuple(f for f in TuneConfig.model_fields if f not in SETUP + MAIN)
+# Steps for the + / - buttons of float fields whose default step (0.01) would not fit.
+STEPS: dict[str, float] = {"learning_rate": 1e-4, "alpha": 1.0, "epochs": 1.0, "dropout": 0.05,
+                           "val_fraction": 0.05, "beta": 0.05}
+LOCAL = "(a local folder)"
+
+
+@st.cache_resource
+def job_queue(store_root: str) -> JobQueue:
+    """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
+    return JobQueue(Store(store_root))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def load_model(store_root: str, source: str, content_hash: str) -> Any:
+    """A runtime model for an artifact name or folder (``content_hash`` is part of the cache key)."""
+    from llmlab.runtime import load
+
+    return load(source, store=Store(store_root))
+
+
+@st.cache_data(show_spinner=False)
+def backend_plan(method: str, backend: str, device: str) -> tuple[str, list[str]]:
+    """What ``select_backend`` will run for these settings, as a line, and its messages."""
+    from llmlab.tune import select_backend
+
+    plan = select_backend(TuneConfig(name="plan", model="plan", method=method, backend=backend, device=device))
+    return f"Runs **{plan.method}** with **{plan.backend}** on **{plan.device}**.", plan.messages
+
+
+def _label(name: str) -> str:
+    return name.replace("_", " ").capitalize()
+
+
+def field_widget(name: str, container: Any = st) -> Any:
+    """A widget for one ``TuneConfig`` field, from its type, default and description.
+
+    No bounds are set on the widgets: ``TuneConfig`` checks the values and says what is wrong."""
+    f = TuneConfig.model_fields[name]
+    ann, default, key, helptext = f.annotation, f.default, f"tune:{name}", f.description
+    args = get_args(ann)
+    is_union = get_origin(ann) in (Union, types.UnionType)
+    inner = [a for a in args if a is not type(None)] if is_union else [ann]
+    optional = is_union and type(None) in args
+    if get_origin(ann) is Literal:
+        options = list(args)
+        return container.selectbox(_label(name), options, index=options.index(default), key=key, help=helptext)
+    if ann is bool:
+        return container.checkbox(_label(name), value=default, key=key, help=helptext)
+    if inner == [int]:
+        return container.number_input(_label(name), value=default, step=1, key=key, help=helptext,
+                                      placeholder="auto" if optional else None)
+    if inner == [float]:
+        return container.number_input(_label(name), value=default, step=STEPS.get(name, 0.01), format="%g",
+                                      key=key, help=helptext, placeholder="auto" if optional else None)
+    text = ",".join(default) if isinstance(default, list) else ("" if default is None else str(default))
+    value = container.text_input(_label(name), value=text, key=key, help=helptext)
+    return value if value or not optional else None
+
+
+def pick_model(store: Store) -> str:
+    models = [a.name for a in store.list() if a.kind in TUNABLE_KINDS]
+    if not models:
+        st.info(f"The store at `{store.root}` holds no model to tune ({', '.join(TUNABLE_KINDS)}): run the "
+                "quickstart on the Jobs page, or give a local Hugging Face folder.")
+    choice = st.selectbox("Model", [*models, LOCAL], key="tune:model",
+                          help=TuneConfig.model_fields["model"].description)
+    if choice != LOCAL:
+        return choice
+    return st.text_input("Model folder", key="tune:model_path", placeholder="/path/to/hf-model").strip()
+
+
+def form(store: Store) -> TuneConfig | None:
+    """The form, validated by ``TuneConfig`` (None, with the error shown, when invalid)."""
+    c1, c2, c3 = st.columns([2, 2, 1])
+    with c1:
+        model = pick_model(store)
+    data = c2.text_input("Data", "world:tune", key="tune:data", help=TuneConfig.model_fields["data"].description)
+    method = field_widget("method", c3)
+    default_name = f"{Path(model).name or 'model'}-{method}"
+    name = st.text_input("Output artifact name", key="tune:name", placeholder=default_name,
+                         help=TuneConfig.model_fields["name"].description).strip() or default_name
+    values: dict[str, Any] = {"name": name, "model": model, "data": data.strip(), "method": method}
+    st.markdown("**Main options**")
+    for col, field in zip(st.columns(len(MAIN)), MAIN):
+        values[field] = field_widget(field, col)
+    with st.expander("More options"):
+        cols = st.columns(4)
+        for i, field in enumerate(ADVANCED):
+            values[field] = field_widget(field, cols[i % len(cols)])
+    if not model:
+        st.info("Choose a model (or give a model folder) to preview and start.")
+        return None
+    try:
+        config = recipes.make_step("tune", values, where="The tune settings").config
+    except LlmlabError as e:
+        st.error(str(e))
+        return None
+    assert isinstance(config, TuneConfig)
+    return config
+
+
+def show_plan(config: TuneConfig) -> bool:
+    """The backend plan and its messages; False when the settings cannot run here."""
+    try:
+        line, messages = backend_plan(config.method, config.backend, config.device)
+    except LlmlabError as e:
+        st.error(str(e))
+        return False
+    st.caption(line)
+    for m in messages:
+        st.warning(m)
+    return True
+
+
+def show_preview(config: TuneConfig, store: Store) -> None:
+    from llmlab.tune import preview
+
+    try:
+        with st.spinner("Formatting the first records…"):
+            rows = preview(config, 3, store=store)
+    except LlmlabError as e:
+        st.error(str(e))
+        return
+    if config.method in PREFERENCE_METHODS:
+        for row in rows:
+            st.code(row["prompt"], language=None)
+            c1, c2 = st.columns(2)
+            c1.success(f"chosen: {row['chosen']}")
+            c2.error(f"rejected: {row['rejected']}")
+        return
+    st.caption(f"Exactly what the model sees. The part between {MASK_OPEN} and {MASK_CLOSE} is masked: it "
+               "carries no loss; the rest is trained on.")
+    for i, row in enumerate(rows, 1):
+        st.markdown(f"**Sample {i}**: {row['tokens']} tokens, {row['trained_tokens']} trained"
+                    + (" (truncated)" if row["truncated"] else ""))
+        st.code(row["marked"], language=None)
+
+
+def start(queue: JobQueue, config: TuneConfig, store: Store) -> None:
+    if store.exists(config.name):
+        st.warning(f"`{config.name}` is already in the store: Start replaces it, unless it was made with these "
+                   "same settings (then the step is skipped and its results show below).")
+    st.caption("Start again with the same settings to resume a cancelled or crashed run from its last "
+               "checkpoint." if config.resume else "Resume is off: a new start begins from step 0.")
+    if st.button("Start", type="primary", key="tune:start"):
+        step = recipes.make_step("tune", config)
+        try:
+            job = queue.submit(recipes.Recipe(name=f"tune-{config.name}", steps=[step]), title=f"tune {config.name}")
+        except LlmlabError as e:
+            st.error(str(e))
+        else:
+            st.session_state["tune:job"] = job.id
+            st.success(f"Started job {job.id}.")
+
+
+def tune_settings(queue: JobQueue, job_id: str) -> dict[str, Any] | None:
+    """The tune step's config of a job's recipe (None if the job runs no tune step)."""
+    try:
+        steps = queue.recipe(job_id).get("steps") or []
+    except (OSError, ValueError, AttributeError):
+        return None
+    return next((s["tune"] for s in steps if isinstance(s, dict) and "tune" in s), None)
+
+
+def tune_events(queue: JobQueue, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """The tune metric events (step, loss, val_loss, tok_s...) and the last tune progress event."""
+    metrics, last = [], None
+    for e in queue.events(job_id):
+        if e.get("task") != "tune":
+            continue
+        if e.get("type") == "metric":
+            metrics.append(e)
+        elif e.get("type") == "progress":
+            last = e
+    return metrics, last
+
+
+def loss_chart(rows: list[dict[str, Any]]) -> None:
+    frame = pd.DataFrame(rows)
+    ys = [c for c in ("loss", "val_loss") if c in frame and frame[c].notna().any()]
+    if "step" in frame and ys:
+        st.line_chart(frame, x="step", y=ys, x_label="optimizer step", y_label="loss")
+
+
+def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
+    """The job's status, progress, loss chart and tokens/s; Cancel and Resume."""
+    job = queue.get(job_id)
+    st.markdown(f"**{job.title}** · `{job.id}` · status **{job.status}**"
+                + (f" · {job.seconds} s" if job.seconds is not None else ""))
+    if job.error:
+        (st.info if job.status == "cancelled" else st.error)(job.error)
+    if job.status not in FINAL and st.button("Cancel", key=f"tune:cancel:{job.id}"):
+        job = queue.cancel(job.id)
+        st.toast(f"Job {job.id}: {job.status}")
+        st.rerun()
+    if job.status in ("cancelled", "failed", "died") and st.button("Resume", key=f"tune:resume:{job.id}",
+                                                                   help="Submit the same settings again."):
+        try:
+            again = queue.submit(queue.recipe(job.id), title=job.title)
+        except LlmlabError as e:
+            st.error(str(e))
+        else:
+            st.session_state["tune:job"] = again.id
+            st.rerun()
+    metrics, last = tune_events(queue, job.id)
+    if last and last.get("total"):
+        st.progress(min(1.0, last["done"] / last["total"]), text=f"training step {last['done']}/{last['total']}")
+    elif job.status not in FINAL:
+        st.caption("Waiting for the first training step (loading the model and data)…")
+    p = queue.progress(job.id)
+    if job.status not in FINAL and p.get("task") not in (None, "tune") and p["of"]:
+        st.progress(min(1.0, p["done"] / p["of"]), text=f"scoring: {p['task']} {p['done']}/{p['of']}")
+    if metrics:
+        latest = metrics[-1]
+        cols = st.columns(4)
+        cols[0].metric("step", latest.get("step"))
+        cols[1].metric("loss", latest.get("loss"))
+        cols[2].metric("val loss", latest.get("val_loss") if latest.get("val_loss") is not None else "–")
+        cols[3].metric("tokens/s", latest.get("tok_s") if latest.get("tok_s") is not None else "–")
+        loss_chart([{k: e.get(k) for k in ("step", "loss", "val_loss")} for e in metrics])
+    if was_active and job.status in FINAL:
+        st.rerun()  # the whole page: stop polling and show the results
+
+
+def show_metrics(art: Artifact) -> None:
+    m, info = art.metrics, art.manifest.info
+    pairs = [("held-out accuracy", "accuracy_before", "accuracy", "normal"),
+             ("validation loss", "val_loss_before", "val_loss_after", "inverse"),
+             ("world-text perplexity", "ppl_before", "ppl", "inverse")]
+    shown = [(label, m[b], m[a], color) for label, b, a, color in pairs
+             if isinstance(m.get(b), (int, float)) and isinstance(m.get(a), (int, float))]
+    if shown:
+        cols = st.columns(len(shown))
+        for col, (label, before, after, color) in zip(cols, shown):
+            if label.endswith("accuracy"):
+                col.metric(f"{label} (tuned)", f"{after:.0%}", f"{(after - before) * 100:+.0f} points vs base "
+                           f"{before:.0%}", delta_color=color)
+            else:
+                col.metric(f"{label} (tuned)", f"{after:.4g}", f"{after - before:+.3g} vs base {before:.4g}",
+                           delta_color=color)
+    if "accuracy" not in m:
+        st.caption("No held-out accuracy: the model has no demo world (or evaluate was off).")
+    facts = {k: info[k] for k in ("method", "backend", "device", "steps", "epochs", "train_seconds", "tok_s",
+                                  "trainable_params", "resumed_from_step") if info.get(k) is not None}
+    st.caption(" · ".join(f"{k} {v}" for k, v in facts.items()))
+    log_file = art.path / "training_log.jsonl"
+    if log_file.is_file():
+        loss_chart(pd.read_json(log_file, lines=True).to_dict("records"))
+    with st.expander("All metrics"):
+        st.json(m)
+
+
+def side_by_side(store: Store, base: str, tuned: Artifact) -> None:
+    """The same prompt to the base and the tuned model, answers streamed in two columns."""
+    from llmlab.runtime import SamplingParams
+
+    st.subheader("Chat with base and tuned")
+    key = f"tune:chat:{tuned.name}:{tuned.content_hash[:12]}"
+    base_hash = store.get(base).content_hash if store.exists(base) else base
+    the_world = world.find_world(store, tuned)
+    example = the_world.split("heldout")[0]["question"] if the_world and the_world.split("heldout") else "Hello!"
+    c1, c2, c3 = st.columns([4, 1, 1])
+    prompt = c1.text_input("Prompt", example, key=f"{key}:prompt")
+    temperature = c2.number_input("Temperature", value=0.0, step=0.1, key=f"{key}:t",
+                                  help="0 is greedy: each model's likeliest answer.")
+    max_tokens = c3.number_input("Max new tokens", value=32, step=8, key=f"{key}:n")
+    system = st.text_input("System prompt", world.SYSTEM_PROMPT, key=f"{key}:system")
+    history: list[dict[str, str]] = st.session_state.setdefault(key, [])
+    left, right = st.columns(2)
+    left.markdown(f"**base** `{base}`")
+    right.markdown(f"**tuned** `{tuned.name}`")
+    for turn in history:
+        for col, who in ((left, "base"), (right, "tuned")):
+            col.chat_message("user").markdown(turn["prompt"])
+            col.chat_message("assistant").markdown(turn[who])
+    if not st.button("Ask both", key=f"{key}:ask") or not prompt.strip():
+        return
+    try:
+        params = SamplingParams(temperature=temperature, max_tokens=int(max_tokens), seed=0)
+        messages = ([{"role": "system", "content": system}] if system else []) + [
+            {"role": "user", "content": prompt}]
+        turn = {"prompt": prompt}
+        for col, who, source, digest in ((left, "base", base, base_hash),
+                                         (right, "tuned", tuned.name, tuned.content_hash)):
+            model = load_model(str(store.root), source, digest)
+            col.chat_message("user").markdown(prompt)
+            with col.chat_message("assistant"):
+                reply = st.write_stream(model.stream_chat(messages, params))
+            turn[who] = reply if isinstance(reply, str) else str(reply)
+    except (LlmlabError, ValueError) as e:
+        st.error(str(e))
+        return
+    history.append(turn)
+
+
+def results(store: Store, settings: dict[str, Any]) -> None:
+    name = settings.get("name", "")
+    if not store.exists(name):
+        st.warning(f"The job finished but `{name}` is not in the store (removed since?).")
+        return
+    art = store.get(name)
+    st.subheader(f"Results: {name}")
+    show_metrics(art)
+    side_by_side(store, str(settings.get("model", "")), art)
+
+
+def runs(store: Store, queue: JobQueue) -> None:
+    """Tune jobs of this store: pick one, follow it live, then its results."""
+    jobs: list[tuple[JobInfo, dict[str, Any]]] = []
+    for j in queue.list()[:30]:
+        settings = tune_settings(queue, j.id)
+        if settings is not None:
+            jobs.append((j, settings))
+    if not jobs:
+        st.caption("No tuning jobs yet: set the options above and press Start.")
+        return
+    by_id = {j.id: (j, s) for j, s in jobs}
+    ids = list(by_id)
+    wanted = st.session_state.get("tune:job")
+    job_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in by_id else 0,
+                          format_func=lambda i: f"{i} · {by_id[i][0].title} · {by_id[i][0].status}")
+    st.session_state["tune:job"] = job_id
+    job, settings = by_id[job_id]
+    active = job.status not in FINAL
+    # Refresh every second only while the job is queued or running.
+    st.fragment(run_every=1 if active else None)(live)(queue, job_id, active)
+    if queue.get(job_id).status == "done":
+        results(store, settings)
+
+
+store = Store()
+queue = job_queue(str(store.root))
+st.title("Tune")
+st.markdown("Teach a model new facts or a new style with **LoRA**, **DoRA**, **QLoRA**, **full** fine-tuning or "
+            "preference tuning (**DPO**, **ORPO**). The result is an adapter (or a full model) in the store, with "
+            "its lineage and base-vs-tuned scores.")
+for folder, reason in store.problems().items():
+    st.warning(f"`{folder}` is not readable: {reason}")
+
+st.subheader("Model, data and method")
+config = form(store)
+if config is not None and show_plan(config):
+    if st.button("Preview", key="tune:preview", help="Format the first records the way training will."):
+        show_preview(config, store)
+    start(queue, config, store)
+
+st.subheader("Runs")
+runs(store, queue)
