@@ -22,7 +22,8 @@ page = st.navigation(
         "Lab": [st.Page(VIEWS / "home.py", title="Home", icon=":material/home:", default=True)],
         "Store": [st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_2:")],
         "Work": [st.Page(VIEWS / "jobs.py", title="Jobs", icon=":material/play_circle:")],
-        "Stations": [st.Page(VIEWS / "tune.py", title="Tune", icon=":material/tune:")],
+        "Stations": [st.Page(VIEWS / "tune.py", title="Tune", icon=":material/tune:"),
+                     st.Page(VIEWS / "quantize.py", title="Quantize", icon=":material/compress:")],
     }
 )
 

@@ -43,6 +43,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmlab import settings
 from llmlab.errors import ConfigError, NotFoundError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
+from llmlab.noise import quiet_peft
 from llmlab.store import Artifact, Parent, StepRecord, Store
 
 if TYPE_CHECKING:
@@ -496,6 +497,7 @@ def _load_model(base: Path, config: TuneConfig, plan: Plan) -> tuple[Any, Any]:
         return model, tok
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
 
+    quiet_peft()  # peft imports GPTQModel when wrapping layers: keep its banner out of our output
     if plan.method == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=config.gradient_checkpointing)
     elif config.gradient_checkpointing:
@@ -677,6 +679,7 @@ def _train_preference(base: Path, records: list[dict[str, Any]], config: TuneCon
     from transformers import AutoModelForCausalLM, AutoTokenizer, PrinterCallback, TrainerCallback
     from transformers.trainer_utils import get_last_checkpoint
 
+    quiet_peft()
     if plan.method == "dpo":
         from trl import DPOConfig as ArgsClass
         from trl import DPOTrainer as TrainerClass
@@ -752,6 +755,7 @@ def _merge(base: Path, adapter_dir: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    quiet_peft()
     hf_logging.disable_progress_bar()  # no loading/writing bars inside llmlab's own work
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)

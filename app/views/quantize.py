@@ -1,0 +1,427 @@
+"""Quantize: GGUF variants of a model, their quality table, a size-vs-quality chart, and a chat.
+
+Pick a model (kind base, full, merged or distilled), tick quant types (each with its one-line
+explanation from ``llmlab.quantize.TYPE_INFO`` and its expected size, parameters x bits / 8),
+choose where the importance matrix comes from, and start a one-step ``quantize`` recipe as a job;
+a fragment follows its progress. Below, the model's GGUF variants are read back from the store
+(``gguf`` artifacts whose parents include the model, with their ``metrics.json``) as a table and
+a chart of size against KL divergence or perplexity with the Pareto front highlighted, and any
+variant can be chatted with. Nothing imports torch or llama.cpp until a chat loads a model.
+
+The functions above ``main`` are pure helpers that the tests import; the page body runs only when
+Streamlit executes this file (as ``__main__``).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from llmlab import recipes, world
+from llmlab.data import SPLITS
+from llmlab.errors import LlmlabError
+from llmlab.gguf import IMATRIX_TYPES, QUANT_TYPES
+from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.quantize import DEFAULT_TYPES, SOURCE_KINDS, TYPE_INFO, QuantizeConfig, check_shapes
+from llmlab.store import Artifact, Store
+
+MB = 1e6  # sizes are shown in decimal megabytes, as on the Models page
+IMATRIX_SOURCES = {
+    "none": "none: plain rounding",
+    "world": "world: the demo world's training texts",
+    "file": "a calibration text file (.txt or .jsonl)",
+}
+# Chart axes: a row field -> its axis title (lower is better for each).
+QUALITY_AXES = {
+    "kld_mean": "mean KL divergence vs the reference",
+    "kld_p99": "99th-percentile KL divergence",
+    "ppl": "perplexity on the held-out text",
+}
+TABLE_COLUMNS = ("name", "type", "size_mb", "bpw", "ppl", "kld_mean", "kld_p99", "top1", "accuracy",
+                 "gen_tok_s", "prompt_tok_s", "peak_rss_mb", "reference", "imatrix")
+HELP = {name: f.description for name, f in QuantizeConfig.model_fields.items()}
+
+
+# ----- helpers (pure: no Streamlit calls) -----
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, None or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
+    """The rows that no other row beats on both ``x`` and ``y`` (lower is better for both), by ``x``.
+
+    A row is dominated when another row is no worse on both and strictly better on one; rows whose
+    ``x`` or ``y`` is missing (None, NaN) are left out, and equal points are all kept."""
+    points = [r for r in rows if is_number(r.get(x)) and is_number(r.get(y))]
+    front = [r for r in points
+             if not any(o[x] <= r[x] and o[y] <= r[y] and (o[x] < r[x] or o[y] < r[y]) for o in points)]
+    return sorted(front, key=lambda r: (r[x], r[y]))
+
+
+def human_size(n_bytes: float) -> str:
+    """'812 KB', '3.4 MB', '1.2 GB' (decimal units)."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
+        if n_bytes >= scale:
+            return f"{n_bytes / scale:.3g} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+def model_shapes(art: Artifact) -> dict[str, list[int]]:
+    """Every tensor's shape from the model's safetensors headers (no weights are read)."""
+    from llmlab.quantize import _hf_tensors  # no public name yet; see the report to the library owner
+
+    return _hf_tensors(art.path)
+
+
+def type_options(shapes: dict[str, list[int]], *, imatrix: bool) -> list[dict[str, Any]]:
+    """One entry per quant type, in TYPE_INFO order (most bits first): its approximate bits per
+    weight, explanation, expected size for a model of these ``shapes``, and ``reason`` why it
+    cannot be picked (a shape the blocks do not divide, or no importance matrix), else None."""
+    n_params = sum(math.prod(s) for s in shapes.values())
+    out = []
+    for name, (bits, explanation) in TYPE_INFO.items():
+        if name not in QUANT_TYPES:
+            continue
+        reason = None
+        try:
+            check_shapes(shapes, [name])
+        except LlmlabError as e:
+            reason = e.message
+        if reason is None and name in IMATRIX_TYPES and not imatrix:
+            reason = (f"{name} needs an importance matrix: at 1-3 bits per weight, rounding without knowing "
+                      "which weights matter most ruins the model. Choose an imatrix source to enable it.")
+        out.append({"type": name, "bits": bits, "explanation": explanation,
+                    "needs_imatrix": name in IMATRIX_TYPES, "expected_bytes": int(n_params * bits / 8),
+                    "reason": reason})
+    return out
+
+
+def _accuracy(value: Any) -> float | None:
+    """A stored accuracy: a number, or a per-split dict (heldout preferred, else the only split)."""
+    if is_number(value):
+        return float(value)
+    if isinstance(value, dict):
+        pick = value.get("heldout", next(iter(value.values())) if len(value) == 1 else None)
+        return float(pick) if is_number(pick) else None
+    return None
+
+
+def stored_row(art: Artifact) -> dict[str, Any]:
+    """One quality-table row (the columns of ``llmlab.quantize.quality_table``) read from an
+    artifact's manifest and metrics.json, without scoring anything."""
+    info, m = art.manifest.info, art.metrics
+    size = info.get("size_bytes") or m.get("size_bytes") or art.size_bytes
+    bpw = info.get("bpw") or m.get("bpw")
+    if bpw is None and is_number(m.get("n_params")) and m["n_params"]:
+        bpw = 8 * size / m["n_params"]
+    return {
+        "name": art.name, "kind": art.kind, "type": info.get("type") or m.get("quant_type") or art.kind,
+        "reference": m.get("kld_reference") or info.get("reference"), "imatrix": info.get("imatrix"),
+        "size_bytes": size, "size_mb": round(size / MB, 3),
+        "bpw": round(float(bpw), 3) if is_number(bpw) else None,
+        "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
+        "top1": m.get("top1"),
+        "accuracy": _accuracy(m.get("accuracy")), "gen_tok_s": m.get("gen_tok_s"),
+        "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+    }
+
+
+def variant_rows(store: Store, model: str) -> list[dict[str, Any]]:
+    """The stored quality table of ``model``: a row per ``gguf`` artifact whose parents include it
+    (the f16 reference and every quantized variant), largest first, after the model's own row when
+    the model was scored on the same text as its variants (so its perplexity compares)."""
+    children = [a for a in store.children(model) if a.kind == "gguf"]
+    rows = sorted((stored_row(a) for a in children), key=lambda r: -r["size_bytes"])
+    if rows and store.exists(model):
+        source = store.get(model)
+        texts = {(a.metrics.get("ppl_data") or {}).get("sha256") for a in children} - {None}
+        if (source.metrics.get("ppl_data") or {}).get("sha256") in texts:
+            rows.insert(0, stored_row(source))
+    return rows
+
+
+def latest_job(queue: JobQueue, model: str) -> JobInfo | None:
+    """The newest job whose recipe quantizes ``model`` (started here, on the Jobs page or the CLI)."""
+    for job in queue.list():
+        try:
+            steps = queue.recipe(job.id).get("steps") or []
+        except (OSError, ValueError, AttributeError):
+            continue
+        if any(isinstance(s, dict) and (s.get("quantize") or {}).get("model") == model for s in steps):
+            return job
+    return None
+
+
+def quality_chart(rows: Sequence[dict[str, Any]], y: str, *, log: bool = False) -> alt.LayerChart:
+    """Size (MB) against ``y`` for every row that has both, the Pareto front drawn as a line and
+    its points filled; each point is labelled with its type."""
+    points = [r for r in rows
+              if is_number(r.get("size_mb")) and is_number(r.get(y)) and (not log or r[y] > 0)]
+    front = {r["name"] for r in pareto_front(points, "size_mb", y)}
+    data = pd.DataFrame([{"name": r["name"], "type": r["type"], "size_mb": r["size_mb"], y: r[y],
+                          "bpw": r.get("bpw"),
+                          "Pareto front": "on the front" if r["name"] in front else "dominated"}
+                         for r in points], columns=["name", "type", "size_mb", y, "bpw", "Pareto front"])
+    x_enc = alt.X("size_mb:Q", title="size (MB)")
+    y_enc = alt.Y(f"{y}:Q", title=QUALITY_AXES.get(y, y),
+                  scale=alt.Scale(type="log" if log else "linear", zero=False))
+    base = alt.Chart(data)
+    line = alt.Chart(data[data["Pareto front"] == "on the front"]).mark_line(strokeDash=[5, 3]).encode(
+        x=x_enc, y=y_enc, order="size_mb:Q")
+    dots = base.mark_point(size=90, filled=True).encode(
+        x=x_enc, y=y_enc,
+        color=alt.Color("Pareto front:N", scale=alt.Scale(domain=["on the front", "dominated"],
+                                                           range=["#d62728", "#9e9e9e"])),
+        tooltip=["name", "type", "size_mb", y, "bpw"])
+    labels = base.mark_text(align="left", dx=7, dy=-7).encode(x=x_enc, y=y_enc, text="type:N")
+    return (line + dots + labels).properties(height=340)
+
+
+# ----- the page -----
+@st.cache_resource
+def job_queue(store_root: str) -> JobQueue:
+    """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
+    return JobQueue(Store(store_root))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
+def load_model(store_root: str, name: str, content_hash: str) -> Any:
+    """The runtime model for one artifact version (``content_hash`` is part of the cache key)."""
+    from llmlab.runtime import load
+
+    return load(name, store=Store(store_root))
+
+
+def type_picker(options: list[dict[str, Any]], imatrix_chosen: bool) -> list[str]:
+    """Checkboxes for the types, in two groups; returns the ticked types that can be made."""
+    ticked: list[str] = []
+    defaults = {t.upper() for t in DEFAULT_TYPES}
+
+    def row(o: dict[str, Any]) -> None:
+        c1, c2 = st.columns([2, 5])
+        value = c1.checkbox(f"{o['type']} · ≈{human_size(o['expected_bytes'])}",
+                            value=o["type"] in defaults, key=f"quantize:type:{o['type']}",
+                            disabled=o["reason"] is not None, help=o["reason"] or o["explanation"])
+        note = f"≈{o['bits']} bits per weight. {o['explanation']}"
+        c2.caption(note + (f"  \n:orange[Not available: {o['reason']}]" if o["reason"] else ""))
+        if value and o["reason"] is None:
+            ticked.append(o["type"])
+
+    st.markdown("**Types** (expected size = parameters × bits per weight / 8)")
+    for o in options:
+        if not o["needs_imatrix"]:
+            row(o)
+    with st.expander("Types that need an importance matrix (IQ1, IQ2, IQ3, Q2_K_S)", expanded=imatrix_chosen):
+        if not imatrix_chosen:
+            st.info("These types need an importance matrix: at 1-3 bits per weight, plain rounding ruins "
+                    "the model, so llama.cpp refuses them without one. Choose an imatrix source above to "
+                    "enable them.")
+        for o in options:
+            if o["needs_imatrix"]:
+                row(o)
+    return ticked
+
+
+def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
+    """The form: types, imatrix source, evaluation options; submits a one-step recipe."""
+    try:
+        shapes = model_shapes(art)
+    except LlmlabError as e:
+        st.error(f"Cannot read the shapes of '{art.name}': {e}")
+        return
+    n_params = sum(math.prod(s) for s in shapes.values())
+    has_world = world.find_world(store, art) is not None
+    st.caption(f"{art.name}: {n_params:,} parameters; the f16 GGUF reference is about "
+               f"{human_size(n_params * 2)}."
+               + ("" if has_world else " It was not trained on the demo world: give evaluation texts below."))
+
+    source = st.selectbox("Importance matrix from", list(IMATRIX_SOURCES), format_func=IMATRIX_SOURCES.get,
+                          key="quantize:imatrix", help=HELP["imatrix"])
+    imatrix: str | None = None if source == "none" else source
+    if source == "file":
+        imatrix = st.text_input("Calibration file", key="quantize:imatrix_file", help=HELP["imatrix"]).strip()
+    types = type_picker(type_options(shapes, imatrix=source != "none"), source != "none")
+
+    with st.expander("Options", expanded=not has_world):
+        c1, c2 = st.columns(2)
+        prefix = c1.text_input("Name prefix", "", placeholder=art.name, key="quantize:prefix",
+                               help=HELP["name_prefix"]).strip()
+        chunks = c2.number_input("Calibration chunks", 1, 10_000,
+                                 QuantizeConfig.model_fields["imatrix_chunks"].default, key="quantize:chunks",
+                                 help=HELP["imatrix_chunks"])
+        score = st.checkbox("Score every variant (the quality table)", True, key="quantize:score",
+                            help=HELP["score"])
+        c3, c4 = st.columns(2)
+        eval_data = c3.text_input("Evaluation texts", "world" if has_world else "", key="quantize:eval_data",
+                                  placeholder="a .txt or .jsonl file", help=HELP["eval_data"]).strip()
+        qa = c4.text_input("Questions", "heldout" if has_world else "none", key="quantize:qa",
+                           help=HELP["qa"]).strip()
+
+    problems = []
+    if not types:
+        problems.append("Tick at least one type.")
+    if source == "file" and not imatrix:
+        problems.append("Give the calibration file for the importance matrix, or choose another source.")
+    if score and not eval_data:
+        problems.append("Give the evaluation texts (a .txt or .jsonl file) for the quality table, or untick "
+                        "scoring.")
+    needs_world = [what for what, value in (("the importance matrix", imatrix), ("the evaluation texts",
+                   eval_data if score else None), ("the questions", qa if score else None))
+                   if value == "world" or (what == "the questions" and value in SPLITS)]
+    if needs_world and not has_world:
+        problems.append(f"'{art.name}' has no demo world, so {' and '.join(needs_world)} cannot come from "
+                        "it: give a file instead.")
+    for p in problems:
+        st.warning(p)
+
+    config: dict[str, Any] = {"model": art.name, "types": [t.lower() for t in types], "imatrix": imatrix,
+                              "imatrix_chunks": int(chunks), "score": score,
+                              "eval_data": eval_data or "world", "qa": qa or None}
+    if prefix:
+        config["name_prefix"] = prefix
+    if types and not problems:
+        try:
+            existing = [o for o in QuantizeConfig.model_validate(config).outputs if store.exists(o)]
+        except (LlmlabError, ValueError) as e:  # e.g. a name prefix that is not a valid artifact name
+            problems.append(str(e))
+            st.warning(str(e))
+        else:
+            if existing:
+                st.caption("Already in the store (replaced, unless made with the same settings): "
+                           f"{', '.join(existing)}.")
+    if st.button("Start quantizing", type="primary", key="quantize:start", disabled=bool(problems)):
+        try:
+            step = recipes.make_step("quantize", config, where="the Quantize form")
+            job = queue.submit(recipes.Recipe(name=f"quantize {art.name}", steps=[step]))
+        except LlmlabError as e:
+            st.error(str(e))
+        else:
+            st.session_state["job"] = job.id  # the Jobs page opens on it too
+            st.success(f"Started job {job.id}: {', '.join(types)} of {art.name}. Follow it below or on the "
+                       "Jobs page.")
+
+
+def job_panel(queue: JobQueue, job_id: str) -> None:
+    """Progress of one quantize job (a fragment that reruns every second while it is active)."""
+    job = queue.get(job_id)
+    took = f" · {job.seconds} s" if job.seconds is not None else ""
+    st.markdown(f"Job `{job.id}` · **{job.status}**{took}")
+    if job.error:
+        (st.info if job.status == "cancelled" else st.error)(job.error)
+    p = queue.progress(job.id)
+    if p["of"]:
+        st.progress(min(1.0, p["done"] / p["of"]), text=f"{p.get('task') or 'task'} {p['done']}/{p['of']}")
+    last = next((e.get("message") for e in reversed(queue.events(job.id)) if e.get("type") == "log"), None)
+    if last:
+        st.caption(str(last))
+    running_key = f"quantize:running:{job.id}"
+    if job.status not in FINAL:
+        st.session_state[running_key] = True
+        if st.button("Cancel", key=f"quantize:cancel:{job.id}"):
+            queue.cancel(job.id)
+            st.rerun()
+    elif st.session_state.pop(running_key, False):
+        st.rerun()  # it just finished: rerun the whole page so the table shows the new variants
+
+
+def results(store: Store, model: str) -> None:
+    """The stored quality table, the size-vs-quality chart and a chat with any variant."""
+    st.subheader(f"Variants of {model}")
+    rows = variant_rows(store, model)
+    if not rows:
+        st.caption(f"No GGUF variants of {model} in the store yet: start a quantize job above.")
+        return
+    st.dataframe([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], hide_index=True, column_config={
+        "size_mb": st.column_config.NumberColumn("size (MB)", format="%.3f"),
+        "kld_mean": st.column_config.NumberColumn("KLD mean", format="%.5f", help=QUALITY_AXES["kld_mean"]),
+        "kld_p99": st.column_config.NumberColumn("KLD p99", format="%.5f", help=QUALITY_AXES["kld_p99"]),
+        "top1": st.column_config.NumberColumn("top-1", format="%.3f",
+                                              help="How often the variant's likeliest next token is the "
+                                              "reference's."),
+        "gen_tok_s": st.column_config.NumberColumn("gen tok/s", format="%.1f"),
+        "prompt_tok_s": st.column_config.NumberColumn("prompt tok/s", format="%.1f"),
+    })
+    st.caption("KL divergence and top-1 compare each variant's next-token distribution with its reference "
+               "(the f16 GGUF for quantized variants, the source model for the f16 itself) on the same "
+               "held-out text; lower KLD and higher top-1 are better.")
+    axes = [a for a in QUALITY_AXES if any(is_number(r.get(a)) for r in rows)]
+    if axes:
+        c1, c2 = st.columns([3, 1])
+        y = c1.radio("Quality axis", axes, format_func=QUALITY_AXES.get, horizontal=True, key="quantize:axis")
+        log = c2.toggle("Log scale", y.startswith("kld"), key=f"quantize:log:{y}")
+        st.altair_chart(quality_chart(rows, y, log=log), width="stretch")
+        front = pareto_front([r for r in rows if not log or (is_number(r.get(y)) and r[y] > 0)], "size_mb", y)
+        st.caption("Pareto front (nothing else is both smaller and better): "
+                   + ", ".join(f"{r['type']} ({r['size_mb']:.3g} MB)" for r in front) + ".")
+    else:
+        st.caption("No quality numbers yet: the variants were not scored (score was off).")
+    chat_panel(store, rows)
+
+
+def chat_panel(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Chat with one of the rows' artifacts (streamed through the runtime)."""
+    from llmlab.runtime import SamplingParams
+
+    st.subheader("Chat with a variant")
+    names = [r["name"] for r in rows]
+    name = st.selectbox("Variant", names, index=len(names) - 1, key="quantize:chat")  # default: the smallest
+    art = store.get(name)
+    key = f"quantize:chat:{art.name}:{art.content_hash}"
+    c1, c2 = st.columns([3, 1])
+    system = c1.text_input("System prompt", world.SYSTEM_PROMPT, key=f"{key}:system")
+    temperature = c2.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key=f"{key}:t", help="0 is greedy.")
+    history: list[dict[str, str]] = st.session_state.setdefault(key, [])
+    for message in history:
+        st.chat_message(message["role"]).markdown(message["content"])
+    prompt = st.chat_input(f"Ask {art.name} something", key=f"{key}:input")
+    if not prompt:
+        return
+    st.chat_message("user").markdown(prompt)
+    history.append({"role": "user", "content": prompt})
+    messages = ([{"role": "system", "content": system}] if system else []) + history
+    try:
+        model = load_model(str(store.root), art.name, art.content_hash)
+        with st.chat_message("assistant"):
+            params = SamplingParams(temperature=temperature, max_tokens=64)
+            reply = st.write_stream(model.stream_chat(messages, params))
+    except LlmlabError as e:
+        history.pop()
+        st.error(str(e))
+        return
+    history.append({"role": "assistant", "content": reply if isinstance(reply, str) else str(reply)})
+
+
+def main() -> None:
+    store = Store()
+    queue = job_queue(str(store.root))
+    st.title("Quantize")
+    st.markdown("Make GGUF variants of a model with llama.cpp, score each against the f16 reference on the "
+                "same held-out text, and pick the smallest one whose quality you can accept.")
+    models = [a for a in store.list() if a.kind in SOURCE_KINDS]
+    if not models:
+        st.info(f"The store has no model to quantize (kinds {', '.join(SOURCE_KINDS)}). Build the demo model "
+                "with the quickstart (`llmlab run recipes/quickstart.yaml`) or import one with "
+                "`llmlab models add`.")
+        return
+    name = st.selectbox("Model", [a.name for a in models], key="quantize:model",
+                        format_func=lambda n: f"{n} ({store.get(n).kind})")
+    art = store.get(name)
+    st.subheader("New variants")
+    with st.container(border=True):
+        quantize_form(store, queue, art)
+
+    job = latest_job(queue, art.name)
+    if job is not None:
+        st.subheader("Job")
+        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job.id)
+    results(store, art.name)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""The Quantize front ends: the app page (``app/views/quantize.py``) and ``notebooks/quantize.py``.
+
+The page's pure helpers (the Pareto front, the type options, the stored quality table) are
+tested by loading the page file as a module (its body runs only as Streamlit's ``__main__``).
+The page itself is driven through ``AppTest`` on a temporary store: empty, with the imported
+micro model (which has no demo world, so evaluation texts come from a file), and with fake
+GGUF children whose metrics fill the table and chart. The slow tests run a real one-type
+quantize job started from the page, and the notebook headless with the micro model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from llmlab.gguf import QUANT_TYPES  # noqa: E402
+from llmlab.jobs import JobQueue  # noqa: E402
+from llmlab.store import Parent, Store  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app" / "streamlit_app.py"
+PAGE = "views/quantize.py"
+NOTEBOOK = ROOT / "notebooks" / "quantize.py"
+EVAL_TEXT = """Ana lives in Dunmere. She works as a baker and walks to the market every morning.
+
+The town of Dunmere sits by a river. Its bridge is old, and the mill beside it still turns.
+
+Bo keeps a red lantern on his boat. At night he rows past the mill and waves to the baker.
+"""
+
+# Runs the notebook's app and prints the definitions the test checks, as one JSON line.
+RUN_NOTEBOOK = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("quantize_notebook", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+_, defs = module.app.run()
+rows = defs.get("rows") or []
+print(json.dumps({
+    "names": [r["name"] for r in rows],
+    "kld": {r["name"]: r["kld_mean"] for r in rows},
+    "front": [r["name"] for r in defs.get("front") or []],
+    "table_rows": len(defs["table"]) if "table" in defs else 0,
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def page() -> ModuleType:
+    """The page file as a module: its helpers, without running the page."""
+    spec = importlib.util.spec_from_file_location("quantize_page", ROOT / "app" / PAGE)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def empty_home(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
+    return store
+
+
+@pytest.fixture
+def micro_home(empty_home: Store, micro_model_dir: Path) -> Store:
+    empty_home.add(micro_model_dir, "micro")
+    return empty_home
+
+
+def open_page(timeout: float = 60) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page wrote as markdown, captions, alerts and code, joined."""
+    parts = [*at.markdown, *at.caption, *at.info, *at.success, *at.error, *at.warning, *at.code]
+    return "\n".join(str(p.value) for p in parts)
+
+
+def charts(at: AppTest) -> list:
+    """The Altair (Vega-Lite) charts on the page."""
+    return list(at.get("vega_lite_chart"))
+
+
+def fake_variant(store: Store, name: str, type_name: str, size: int, kld: float | None) -> None:
+    """A gguf child of 'micro' with the manifest facts and metrics a quantize step records."""
+    source = store.get("micro")
+    with store.write(name, "gguf") as w:
+        (w.path / f"{name}.gguf").write_bytes(b"GGUF")
+        w.parents = [Parent(name="micro", content_hash=source.content_hash, role="source")]
+        w.info = {"type": type_name, "bpw": 8.0 * size / 1_000_000, "size_bytes": size,
+                  "reference": "micro-f16"}
+    # (the file is a stand-in: the row's size comes from the manifest's size_bytes, as for a real variant)
+    store.record_metrics(name, {"ppl": 20.0, "kld_mean": kld, "kld_p99": None if kld is None else 5 * kld,
+                                "top1": 0.9, "kld_reference": "micro-f16",
+                                "ppl_data": {"sha256": "same-text"}})
+
+
+# ----- the helpers -----
+def test_pareto_front_keeps_the_undominated_rows(page: ModuleType):
+    rows = [{"name": "a", "s": 1, "k": 0.5}, {"name": "b", "s": 2, "k": 0.1}, {"name": "c", "s": 3, "k": 0.2},
+            {"name": "d", "s": 2, "k": 0.1}, {"name": "e", "s": 0.5, "k": None},
+            {"name": "f", "s": 4, "k": float("nan")},
+            {"name": "g", "s": 5, "k": 0.01}, {"name": "h", "s": 5, "k": 0.02}]
+    # c is beaten by b on both; h by g on quality at the same size; e and f have no quality number
+    assert [r["name"] for r in page.pareto_front(rows, "s", "k")] == ["a", "b", "d", "g"]
+    assert page.pareto_front([], "s", "k") == []
+    assert page.pareto_front([{"name": "x", "s": 1, "k": 1}], "s", "k") == [{"name": "x", "s": 1, "k": 1}]
+    assert page.pareto_front([{"name": "t", "s": True, "k": 1}], "s", "k") == []  # bools are not numbers
+
+
+def test_type_options_give_sizes_and_reasons(page: ModuleType):
+    narrow = {"model.embed_tokens.weight": [512, 96], "model.norm.weight": [96]}
+    options = {o["type"]: o for o in page.type_options(narrow, imatrix=False)}
+    assert set(options) == set(QUANT_TYPES)
+    n_params = 512 * 96 + 96
+    assert options["Q8_0"]["reason"] is None and options["Q8_0"]["expected_bytes"] == int(n_params * 8.5 / 8)
+    assert "rows of 96" in options["Q4_K_M"]["reason"] and "blocks of 256" in options["Q4_K_M"]["reason"]
+    wide = {"w": [512, 256]}
+    plain = {o["type"]: o for o in page.type_options(wide, imatrix=False)}
+    assert plain["Q4_K_M"]["reason"] is None
+    assert "needs an importance matrix" in plain["IQ2_XS"]["reason"] and plain["IQ2_XS"]["needs_imatrix"]
+    assert all(o["reason"] is None for o in page.type_options(wide, imatrix=True))
+
+
+# ----- the page -----
+def test_page_renders_on_an_empty_store(empty_home: Store):
+    at = open_page()
+    assert "no model to quantize" in texts(at)
+
+
+def test_page_offers_types_with_sizes_and_explains_the_imatrix_ones(micro_home: Store, tmp_path: Path):
+    at = open_page()
+    q8 = at.checkbox(key="quantize:type:Q8_0")
+    assert q8.value and not q8.disabled and "lossless" in q8.help
+    assert re.fullmatch(r"Q8_0 · ≈[\d.]+ [KM]B", q8.label), q8.label  # its expected size
+    iq2 = at.checkbox(key="quantize:type:IQ2_XS")
+    assert iq2.disabled and "needs an importance matrix" in iq2.help
+    assert "need an importance matrix" in texts(at) and "Not available: IQ2_XS needs" in texts(at)
+    # the imported micro model has no demo world: the page asks for evaluation texts first
+    assert any("evaluation texts" in w.value for w in at.warning) and at.button(key="quantize:start").disabled
+    at.selectbox(key="quantize:imatrix").select("world").run()
+    assert not at.checkbox(key="quantize:type:IQ2_XS").disabled
+    assert any("has no demo world" in w.value for w in at.warning)
+    calib = tmp_path / "calib.txt"
+    calib.write_text(EVAL_TEXT)
+    at.selectbox(key="quantize:imatrix").select("file").run()
+    at.text_input(key="quantize:imatrix_file").input(str(calib)).run()
+    at.text_input(key="quantize:eval_data").input(str(calib)).run()
+    at.text_input(key="quantize:qa").input("none").run()
+    assert not at.exception and not at.warning
+    assert not at.button(key="quantize:start").disabled
+
+
+def test_table_and_chart_come_from_the_stored_variants(micro_home: Store, page: ModuleType):
+    fake_variant(micro_home, "micro-f16", "F16", 2_000_000, 1e-6)
+    fake_variant(micro_home, "micro-q8_0", "Q8_0", 1_100_000, 1e-4)
+    fake_variant(micro_home, "micro-q5_0", "Q5_0", 900_000, 0.05)  # beaten by q4_k_m on both
+    fake_variant(micro_home, "micro-q4_k_m", "Q4_K_M", 600_000, 0.01)
+    rows = page.variant_rows(micro_home, "micro")
+    assert [r["name"] for r in rows] == ["micro-f16", "micro-q8_0", "micro-q5_0", "micro-q4_k_m"]
+    micro_home.record_metrics("micro", {"ppl": 19.5, "ppl_data": {"sha256": "same-text"}})
+    rows = page.variant_rows(micro_home, "micro")
+    assert rows[0]["name"] == "micro" and rows[0]["kld_mean"] is None  # scored on the same text: shown first
+    assert [r["type"] for r in page.pareto_front(rows, "size_mb", "kld_mean")] == ["Q4_K_M", "Q8_0", "F16"]
+
+    at = open_page()
+    table = at.dataframe[0].value
+    assert list(table["name"]) == ["micro", "micro-f16", "micro-q8_0", "micro-q5_0", "micro-q4_k_m"]
+    assert table.set_index("name").loc["micro-q4_k_m", "kld_mean"] == 0.01
+    assert charts(at), "the size-vs-quality chart is drawn"
+    assert "Pareto front" in texts(at) and "Q4_K_M (0.6 MB), Q8_0 (1.1 MB), F16 (2 MB)" in texts(at)
+    assert at.selectbox(key="quantize:chat").value == "micro-q4_k_m"  # the smallest, by default
+    at.radio(key="quantize:axis").set_value("ppl").run()
+    assert not at.exception and charts(at)
+
+
+@pytest.mark.slow
+def test_a_job_started_on_the_page_quantizes_and_fills_the_table(micro_home: Store, tmp_path: Path):
+    pytest.importorskip("llama_cpp")
+    eval_file = tmp_path / "eval.txt"
+    eval_file.write_text(EVAL_TEXT)
+    at = open_page()
+    for box in at.checkbox:
+        if (box.key or "").startswith("quantize:type:") and box.key != "quantize:type:Q8_0" and box.value:
+            box.uncheck()
+    at.text_input(key="quantize:eval_data").input(str(eval_file))
+    at.text_input(key="quantize:qa").input("none")
+    at.run()
+    assert not at.warning, [w.value for w in at.warning]
+    at.button(key="quantize:start").click().run()
+    assert not at.exception and "Started job" in at.success[0].value
+    queue = JobQueue(micro_home)
+    [job] = queue.list()
+    step = queue.recipe(job.id)["steps"][0]["quantize"]
+    assert step["types"] == ["q8_0"] and step["imatrix"] is None and step["eval_data"] == str(eval_file)
+    assert queue.wait(job.id, timeout=600).status == "done", queue.log(job.id)
+
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "**done**" in texts(at)
+    table = at.dataframe[0].value.set_index("name")
+    assert {"micro", "micro-f16", "micro-q8_0"} <= set(table.index)
+    assert table.loc["micro-q8_0", "type"] == "Q8_0" and table.loc["micro-q8_0", "top1"] > 0.5
+    assert 0 <= table.loc["micro-q8_0", "kld_mean"] < 0.1
+    assert charts(at)
+    # chat with the q8_0 variant through llama.cpp
+    art = micro_home.get("micro-q8_0")
+    at.selectbox(key="quantize:chat").select("micro-q8_0").run()
+    chat = at.chat_input(key=f"quantize:chat:micro-q8_0:{art.content_hash}:input")
+    chat.set_value("Where does Ana live?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [m.name for m in at.chat_message] == ["user", "assistant"]
+
+
+# ----- the notebook -----
+@pytest.mark.slow
+def test_notebook_runs_headless_with_the_micro_model(tmp_path: Path):
+    pytest.importorskip("marimo")
+    pytest.importorskip("llama_cpp")
+    env = {**os.environ, "LLMLAB_HOME": str(tmp_path / "models"), "LLMLAB_NOTEBOOK_AUTORUN": "1",
+           "LLMLAB_NOTEBOOK_SIZE": "micro", "LLMLAB_TRACKING_URI": "off"}
+    result = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, str(NOTEBOOK)], capture_output=True,
+                            text=True, env=env, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    defs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert defs["names"] == ["demo-micro", "demo-micro-f16", "demo-micro-q8_0", "demo-micro-q4_k_m",
+                             "demo-micro-q2_k"]
+    assert defs["table_rows"] == 5
+    assert defs["kld"]["demo-micro-q8_0"] < defs["kld"]["demo-micro-q2_k"]
+    assert defs["front"] and set(defs["front"]) <= set(defs["names"][1:])

@@ -1,0 +1,202 @@
+"""The Tune station's front ends: the app's Tune page (through ``AppTest``) and ``notebooks/tune.py``.
+
+The page tests point ``LLMLAB_HOME`` at a temporary store holding the micro model (imported with
+``store.add``, so it has no demo world: the data is a small QA file written to the test's
+folder). Starting a job and running the notebook headless are marked slow.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("streamlit")
+from streamlit.testing.v1 import AppTest  # noqa: E402
+
+from llmlab import world  # noqa: E402
+from llmlab.jobs import JobQueue  # noqa: E402
+from llmlab.store import Store  # noqa: E402
+from llmlab.tune import MASK_CLOSE, MASK_OPEN  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+APP = ROOT / "app" / "streamlit_app.py"
+PAGE = "views/tune.py"
+NOTEBOOK = ROOT / "notebooks" / "tune.py"
+
+
+def open_page(timeout: float = 120) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=timeout)
+    at.run()
+    at.switch_page(PAGE)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def texts(at: AppTest) -> str:
+    """Everything the page wrote as markdown, captions, alerts and code, joined."""
+    parts = [*at.markdown, *at.caption, *at.info, *at.success, *at.error, *at.warning, *at.code]
+    return "\n".join(str(p.value) for p in parts)
+
+
+@pytest.fixture
+def empty_home(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
+    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
+    return store
+
+
+@pytest.fixture
+def micro_home(empty_home: Store, micro_model_dir: Path) -> Store:
+    empty_home.add(micro_model_dir, "micro")
+    return empty_home
+
+
+@pytest.fixture
+def qa_file(tmp_path: Path, micro_model_dir: Path) -> Path:
+    """The micro world's tuning questions as a question/answer JSONL file."""
+    rows = world.World.load(micro_model_dir / "world").split("tune")
+    path = tmp_path / "qa.jsonl"
+    path.write_text("".join(json.dumps({"question": r["question"], "answer": r["answer"]}) + "\n" for r in rows))
+    return path
+
+
+def test_page_imports_no_torch():
+    """The page's module-level imports leave torch (and transformers, peft) unloaded."""
+    tree = ast.parse((ROOT / "app" / PAGE).read_text())
+    imports = "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
+    code = imports + "\nimport sys\nheavy = {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules)\n" \
+                     "assert not heavy, heavy\n"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_page_renders_on_an_empty_store(empty_home: Store):
+    at = open_page()
+    assert "holds no model to tune" in texts(at)
+    assert at.selectbox(key="tune:model").value == "(a local folder)"
+    assert "No tuning jobs yet" in texts(at)
+    assert all(b.key != "tune:start" for b in at.button)  # nothing to start yet
+
+
+def test_page_renders_with_the_micro_model(micro_home: Store):
+    at = open_page()
+    assert at.selectbox(key="tune:model").value == "micro"
+    assert at.selectbox(key="tune:method").value == "lora"
+    assert at.number_input(key="tune:rank").value == 32  # TuneConfig's default
+    assert at.text_input(key="tune:data").value == "world:tune"
+    assert "Runs **lora** with **" in texts(at)  # the backend plan
+    assert at.button(key="tune:start") and at.button(key="tune:preview")
+    # the folded options come from TuneConfig too
+    assert at.checkbox(key="tune:resume").value is True
+    assert at.selectbox(key="tune:schedule").value == "cosine"
+
+
+def test_an_invalid_option_shows_an_error_not_an_exception(micro_home: Store):
+    at = open_page()
+    at.number_input(key="tune:rank").set_value(0).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "rank must be at least 1" in at.error[0].value
+    assert all(b.key != "tune:start" for b in at.button)  # invalid settings cannot start
+    at.number_input(key="tune:rank").set_value(8).number_input(key="tune:learning_rate").set_value(-1.0).run()
+    assert not at.exception and "learning_rate must be positive" in at.error[0].value
+
+
+def test_qlora_on_cpu_shows_the_fallback_message(micro_home: Store, monkeypatch: pytest.MonkeyPatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    at = open_page()
+    at.selectbox(key="tune:method").select("qlora").run()
+    assert not at.exception
+    assert any("QLoRA needs an NVIDIA GPU" in w.value for w in at.warning)
+
+
+def test_preview_marks_the_masked_part(micro_home: Store, qa_file: Path):
+    at = open_page()
+    at.button(key="tune:preview").click().run()  # world:tune, but this micro model has no world
+    assert not at.exception and "has no demo world" in at.error[0].value
+    at.text_input(key="tune:data").input(str(qa_file)).run()
+    at.button(key="tune:preview").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    samples = [c.value for c in at.code if MASK_OPEN in c.value]
+    assert len(samples) == 3
+    first = json.loads(qa_file.read_text().splitlines()[0])
+    masked, _, trained = samples[0].partition(MASK_CLOSE)
+    assert first["question"] in masked and first["answer"] in trained
+    assert "trained" in texts(at)
+
+
+@pytest.mark.slow
+def test_start_runs_a_job_and_the_page_shows_its_results(micro_home: Store, qa_file: Path):
+    at = open_page()
+    at.text_input(key="tune:data").input(str(qa_file)).run()
+    at.number_input(key="tune:epochs").set_value(1.0).run()
+    at.number_input(key="tune:rank").set_value(4).run()
+    at.button(key="tune:start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "Started job" in at.success[0].value
+    job_id = at.session_state["tune:job"]
+    queue = JobQueue(micro_home)
+    job = queue.wait(job_id, timeout=600)
+    assert job.status == "done", queue.log(job_id)
+    recipe = queue.recipe(job_id)
+    assert recipe["steps"][0]["tune"]["epochs"] == 1.0 and recipe["steps"][0]["tune"]["rank"] == 4
+    art = micro_home.get("micro-lora")
+    assert art.kind == "adapter" and [p.name for p in art.manifest.parents] == ["micro"]
+
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "status **done**" in texts(at)
+    assert any(m.label == "validation loss (tuned)" for m in at.metric)  # base vs tuned
+    assert any(m.label == "tokens/s" for m in at.metric)  # from the job's metric events
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart"), "the loss chart is drawn"
+    # the same prompt to base and tuned, side by side
+    key = f"tune:chat:micro-lora:{art.content_hash[:12]}"
+    at.number_input(key=f"{key}:n").set_value(4)
+    at.button(key=f"{key}:ask").click().run(timeout=300)
+    assert not at.exception, [e.value for e in at.exception]
+    [turn] = at.session_state[key]
+    assert set(turn) == {"prompt", "base", "tuned"} and all(isinstance(v, str) for v in turn.values())
+    assert len(at.chat_message) == 4  # question and answer in each column
+
+
+# Runs the notebook's app and prints the definitions the test checks, as one JSON line.
+RUN_NOTEBOOK = """
+import importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("tune_notebook", sys.argv[1])
+module = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(module)
+_, defs = module.app.run()
+tuned = defs.get("tuned")
+print(json.dumps({
+    "tuned": tuned.name if tuned is not None else None,
+    "kind": tuned.kind if tuned is not None else None,
+    "parents": [p.name for p in tuned.manifest.parents] if tuned is not None else [],
+    "exists": tuned is not None and defs["store"].exists(tuned.name),
+    "samples": [s.get("marked") for s in defs.get("samples") or []],
+    "log_rows": len(defs["tune_log"]) if "tune_log" in defs else 0,
+    "scores": defs.get("scores"),
+    "answers": [defs.get("base_answer"), defs.get("tuned_answer")],
+}))
+"""
+
+
+@pytest.mark.slow
+def test_notebook_tunes_headless_with_the_micro_model(tmp_path: Path):
+    env = {**os.environ, "LLMLAB_HOME": str(tmp_path / "models"), "LLMLAB_NOTEBOOK_AUTORUN": "1",
+           "LLMLAB_NOTEBOOK_SIZE": "micro", "LLMLAB_TRACKING_URI": "off"}
+    result = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, str(NOTEBOOK)], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=900)
+    assert result.returncode == 0, result.stderr[-4000:]
+    defs = json.loads(result.stdout.strip().splitlines()[-1])
+    assert defs["tuned"] == "demo-micro-lora" and defs["kind"] == "adapter" and defs["exists"]
+    assert defs["parents"] == ["demo-micro"]
+    assert defs["samples"] and all(MASK_OPEN in s and MASK_CLOSE in s for s in defs["samples"])
+    assert defs["log_rows"] > 0
+    assert set(defs["scores"]) == {"base", "tuned"} and all(0 <= v <= 1 for v in defs["scores"].values())
+    assert all(isinstance(a, str) for a in defs["answers"])
