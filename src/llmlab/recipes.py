@@ -336,8 +336,8 @@ def export_script(recipe: Recipe) -> str:
         "Run it with `python this_file.py`. It writes to the store at $LLMLAB_HOME (default ./models)",
         'and makes the same calls as `llmlab run`; edit it freely."""',
         "",
-        "from llmlab.events import json_lines",
     ]
     head += [f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())]
-    head += ["from llmlab.store import Store", "", "store = Store()", "progress = None  # or json_lines() to see progress events"]
+    head += ["from llmlab.store import Store", "", "store = Store()",
+             "progress = None  # or llmlab.events.json_lines() to print progress events"]
     return "\n".join(head + body) + "\n"
