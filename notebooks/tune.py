@@ -278,9 +278,11 @@ def _(alt, mo, pd, tuned):
     if None in scores.values():
         _view = mo.md("No held-out accuracy was measured (the model has no demo world, or `evaluate` was off).")
     else:
-        _bars = alt.Chart(pd.DataFrame([{"model": k, "accuracy": v} for k, v in scores.items()])).mark_bar().encode(
-            x=alt.X("model:N", title=None), y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]),
-                                                   axis=alt.Axis(format="%")), color=alt.Color("model:N", legend=None),
+        _frame = pd.DataFrame({"model": list(scores), "accuracy": list(scores.values())})
+        _bars = alt.Chart(_frame).mark_bar().encode(
+            x=alt.X("model:N", title=None),
+            y=alt.Y("accuracy:Q", scale=alt.Scale(domain=[0, 1]), axis=alt.Axis(format="%")),
+            color=alt.Color("model:N", legend=None),
         ).properties(height=220, width=240)
         _view = mo.vstack([
             mo.hstack([

@@ -194,14 +194,18 @@ def test_table_and_chart_come_from_the_stored_variants(micro_home: Store, page: 
 @pytest.mark.slow
 def test_a_job_started_on_the_page_quantizes_and_fills_the_table(micro_home: Store, tmp_path: Path):
     pytest.importorskip("llama_cpp")
-    eval_file = tmp_path / "eval.txt"
+    eval_file, qa_file = tmp_path / "eval.txt", tmp_path / "qa.jsonl"
     eval_file.write_text(EVAL_TEXT)
+    # (qa "none" would do, but quality_table reads qa=None as "the world's heldout questions", which an
+    # imported model without a world does not have; a small file of questions works either way)
+    qa_file.write_text('{"question": "Where does Ana live?", "answer": "Dunmere"}\n'
+                       '{"question": "What does Bo keep on his boat?", "answer": "a red lantern"}\n')
     at = open_page()
     for box in at.checkbox:
         if (box.key or "").startswith("quantize:type:") and box.key != "quantize:type:Q8_0" and box.value:
             box.uncheck()
     at.text_input(key="quantize:eval_data").input(str(eval_file))
-    at.text_input(key="quantize:qa").input("none")
+    at.text_input(key="quantize:qa").input(str(qa_file))
     at.run()
     assert not at.warning, [w.value for w in at.warning]
     at.button(key="quantize:start").click().run()
@@ -209,7 +213,8 @@ def test_a_job_started_on_the_page_quantizes_and_fills_the_table(micro_home: Sto
     queue = JobQueue(micro_home)
     [job] = queue.list()
     step = queue.recipe(job.id)["steps"][0]["quantize"]
-    assert step["types"] == ["q8_0"] and step["imatrix"] is None and step["eval_data"] == str(eval_file)
+    assert step["types"] == ["q8_0"] and step["imatrix"] is None
+    assert step["eval_data"] == str(eval_file) and step["qa"] == str(qa_file)
     assert queue.wait(job.id, timeout=600).status == "done", queue.log(job.id)
 
     at.run()

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -102,7 +103,8 @@ def test_an_invalid_option_shows_an_error_not_an_exception(micro_home: Store):
     assert not at.exception, [e.value for e in at.exception]
     assert "rank must be at least 1" in at.error[0].value
     assert all(b.key != "tune:start" for b in at.button)  # invalid settings cannot start
-    at.number_input(key="tune:rank").set_value(8).number_input(key="tune:learning_rate").set_value(-1.0).run()
+    at.number_input(key="tune:rank").set_value(8)
+    at.number_input(key="tune:learning_rate").set_value(-1.0).run()
     assert not at.exception and "learning_rate must be positive" in at.error[0].value
 
 
@@ -163,6 +165,33 @@ def test_start_runs_a_job_and_the_page_shows_its_results(micro_home: Store, qa_f
     [turn] = at.session_state[key]
     assert set(turn) == {"prompt", "base", "tuned"} and all(isinstance(v, str) for v in turn.values())
     assert len(at.chat_message) == 4  # question and answer in each column
+
+
+@pytest.mark.slow
+def test_cancel_then_resume_continues_from_the_checkpoint(micro_home: Store, qa_file: Path):
+    at = open_page()
+    at.text_input(key="tune:data").input(str(qa_file)).run()
+    at.number_input(key="tune:steps").set_value(20)
+    at.number_input(key="tune:rank").set_value(4)
+    at.checkbox(key="tune:evaluate").uncheck().run()
+    at.button(key="tune:start").click().run()
+    job_id = at.session_state["tune:job"]
+    queue = JobQueue(micro_home)
+    end = time.monotonic() + 300
+    while not any(e.get("type") == "progress" and e.get("task") == "tune" and e.get("done", 0) >= 2
+                  for e in queue.events(job_id)):
+        assert time.monotonic() < end and queue.get(job_id).status in ("queued", "running"), queue.log(job_id)
+        time.sleep(0.2)
+    at.run()
+    at.button(key=f"tune:cancel:{job_id}").click().run(timeout=60)
+    assert not at.exception, [e.value for e in at.exception]
+    assert queue.get(job_id).status == "cancelled" and not micro_home.exists("micro-lora")
+    at.button(key=f"tune:resume:{job_id}").click().run()  # the same settings, submitted again
+    assert not at.exception, [e.value for e in at.exception]
+    again = at.session_state["tune:job"]
+    assert again != job_id and queue.recipe(again) == queue.recipe(job_id)
+    assert queue.wait(again, timeout=300).status == "done", queue.log(again)
+    assert micro_home.get("micro-lora").manifest.info["resumed_from_step"] >= 2
 
 
 # Runs the notebook's app and prints the definitions the test checks, as one JSON line.

@@ -57,7 +57,8 @@ def backend_plan(method: str, backend: str, device: str) -> tuple[str, list[str]
     """What ``select_backend`` will run for these settings, as a line, and its messages."""
     from llmlab.tune import select_backend
 
-    plan = select_backend(TuneConfig(name="plan", model="plan", method=method, backend=backend, device=device))
+    config = TuneConfig(name="plan", model="plan", method=method, backend=backend, device=device)
+    plan = select_backend(config)
     return f"Runs **{plan.method}** with **{plan.backend}** on **{plan.device}**.", plan.messages
 
 
@@ -179,7 +180,8 @@ def start(queue: JobQueue, config: TuneConfig, store: Store) -> None:
     if st.button("Start", type="primary", key="tune:start"):
         step = recipes.make_step("tune", config)
         try:
-            job = queue.submit(recipes.Recipe(name=f"tune-{config.name}", steps=[step]), title=f"tune {config.name}")
+            recipe = recipes.Recipe(name=f"tune-{config.name}", steps=[step])
+            job = queue.submit(recipe, title=f"tune {config.name}")
         except LlmlabError as e:
             st.error(str(e))
         else:
@@ -292,7 +294,8 @@ def side_by_side(store: Store, base: str, tuned: Artifact) -> None:
     key = f"tune:chat:{tuned.name}:{tuned.content_hash[:12]}"
     base_hash = store.get(base).content_hash if store.exists(base) else base
     the_world = world.find_world(store, tuned)
-    example = the_world.split("heldout")[0]["question"] if the_world and the_world.split("heldout") else "Hello!"
+    heldout = the_world.split("heldout") if the_world is not None else []
+    example = heldout[0]["question"] if heldout else "Hello!"
     c1, c2, c3 = st.columns([4, 1, 1])
     prompt = c1.text_input("Prompt", example, key=f"{key}:prompt")
     temperature = c2.number_input("Temperature", value=0.0, step=0.1, key=f"{key}:t",

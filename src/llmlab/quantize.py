@@ -29,7 +29,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from llmlab import data as datamod
 from llmlab.errors import ConfigError, ResourceError, StoreError
@@ -113,6 +113,13 @@ class QuantizeConfig(BaseModel):
     qa: str | None = Field("heldout", description="Questions for accuracy: a world split (heldout...), a .jsonl "
                            "file of {question, answer}, or none.")
     qa_limit: int = Field(200, ge=1, description="Most questions asked per variant.")
+
+    @field_validator("eval_data")
+    @classmethod
+    def _some_eval_text(cls, v: str, info: ValidationInfo) -> str:
+        if info.data.get("score", True) and v.strip().lower() in ("", "none", "off"):
+            raise ValueError("the quality table needs held-out text: use 'world', a data file, or score: false")
+        return v
 
     @field_validator("types")
     @classmethod
@@ -283,8 +290,9 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
         texts = datamod.resolve_texts(config.eval_data, store=store, artifact=source)
         qa = datamod.resolve_questions(config.qa, store=store, artifact=source, limit=config.qa_limit)
         reference = None if config.reference == "f16" else config.reference
-        table = quality_table([source.name, f16.name, *variants], store, texts=texts, qa=qa, reference=reference,
-                              progress=progress)
+        # [] (not None) when the config says none: quality_table reads None as "the world's defaults".
+        table = quality_table([source.name, f16.name, *variants], store, texts=texts, qa=qa or [],
+                              reference=reference, progress=progress)
     return {"source": source.name, "f16": f16.name, "imatrix": imatrix_name, "variants": variants, "table": table}
 
 
