@@ -78,3 +78,17 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Quickstart:
     sys.__stderr__.write(f"\n== quickstart fixture: {seconds:.0f} s (exit {proc.returncode})\n")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return Quickstart(root, home, env, proc.stdout, seconds)
+
+
+@pytest.fixture
+def empty_home(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
+    """An empty store that ``Store()`` (and so the app) opens: LLMLAB_HOME points at it."""
+    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
+    return store
+
+
+@pytest.fixture
+def micro_home(empty_home: Store, micro_model_dir: Path) -> Store:
+    """``empty_home`` holding the micro model as the artifact ``micro``."""
+    empty_home.add(micro_model_dir, "micro")
+    return empty_home

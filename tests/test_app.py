@@ -7,18 +7,16 @@ to a page the way its navigation does. Tests that load a model or run a job are 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from apptest import open_page, texts  # noqa: E402
 
 from llmlab import recipes  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
-APP = Path(__file__).resolve().parents[1] / "app" / "streamlit_app.py"
 PAGES = ("views/home.py", "views/models.py", "views/jobs.py")
 
 
@@ -27,34 +25,6 @@ def micro_recipe(name: str = "x", steps: int | None = None) -> recipes.Recipe:
     if steps:
         cfg["steps"] = steps
     return recipes.load({"name": "t", "steps": [{"build-demo": cfg}]})
-
-
-def open_page(page: str, timeout: float = 60) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    at.run()
-    if page != PAGES[0]:
-        at.switch_page(page)
-        at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    """Everything the page wrote as markdown, captions, alerts and code, joined."""
-    parts = [*at.markdown, *at.caption, *at.info, *at.success, *at.error, *at.warning, *at.code]
-    return "\n".join(str(p.value) for p in parts)
-
-
-@pytest.fixture
-def empty_home(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
-    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
-    return store
-
-
-@pytest.fixture
-def micro_home(empty_home: Store, micro_model_dir: Path) -> Store:
-    empty_home.add(micro_model_dir, "micro")
-    return empty_home
 
 
 @pytest.mark.parametrize("page", PAGES)

@@ -22,6 +22,7 @@ from types import ModuleType
 import pytest
 
 pytest.importorskip("streamlit")
+from apptest import open_page, texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from llmlab.gguf import QUANT_TYPES  # noqa: E402
@@ -29,7 +30,6 @@ from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "app" / "streamlit_app.py"
 PAGE = "views/quantize.py"
 NOTEBOOK = ROOT / "notebooks" / "quantize.py"
 EVAL_TEXT = """Ana lives in Dunmere. She works as a baker and walks to the market every morning.
@@ -64,33 +64,6 @@ def page() -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture
-def empty_home(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
-    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
-    return store
-
-
-@pytest.fixture
-def micro_home(empty_home: Store, micro_model_dir: Path) -> Store:
-    empty_home.add(micro_model_dir, "micro")
-    return empty_home
-
-
-def open_page(timeout: float = 60) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    """Everything the page wrote as markdown, captions, alerts and code, joined."""
-    parts = [*at.markdown, *at.caption, *at.info, *at.success, *at.error, *at.warning, *at.code]
-    return "\n".join(str(p.value) for p in parts)
 
 
 def charts(at: AppTest) -> list:
@@ -141,12 +114,12 @@ def test_type_options_give_sizes_and_reasons(page: ModuleType):
 
 # ----- the page -----
 def test_page_renders_on_an_empty_store(empty_home: Store):
-    at = open_page()
+    at = open_page(PAGE, timeout=60)
     assert "no model to quantize" in texts(at)
 
 
 def test_page_offers_types_with_sizes_and_explains_the_imatrix_ones(micro_home: Store, tmp_path: Path):
-    at = open_page()
+    at = open_page(PAGE, timeout=60)
     q8 = at.checkbox(key="quantize:type:Q8_0")
     assert q8.value and not q8.disabled and "lossless" in q8.help
     assert re.fullmatch(r"Q8_0 · ≈[\d.]+ [KM]B", q8.label), q8.label  # its expected size
@@ -180,7 +153,7 @@ def test_table_and_chart_come_from_the_stored_variants(micro_home: Store, page: 
     assert rows[0]["name"] == "micro" and rows[0]["kld_mean"] is None  # scored on the same text: shown first
     assert [r["type"] for r in page.pareto_front(rows, "size_mb", "kld_mean")] == ["Q4_K_M", "Q8_0", "F16"]
 
-    at = open_page()
+    at = open_page(PAGE, timeout=60)
     table = at.dataframe[0].value
     assert list(table["name"]) == ["micro", "micro-f16", "micro-q8_0", "micro-q5_0", "micro-q4_k_m"]
     assert table.set_index("name").loc["micro-q4_k_m", "kld_mean"] == 0.01
@@ -200,7 +173,7 @@ def test_a_job_started_on_the_page_quantizes_and_fills_the_table(micro_home: Sto
     # imported model without a world does not have; a small file of questions works either way)
     qa_file.write_text('{"question": "Where does Ana live?", "answer": "Dunmere"}\n'
                        '{"question": "What does Bo keep on his boat?", "answer": "a red lantern"}\n')
-    at = open_page()
+    at = open_page(PAGE, timeout=60)
     for box in at.checkbox:
         if (box.key or "").startswith("quantize:type:") and box.key != "quantize:type:Q8_0" and box.value:
             box.uncheck()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
-from streamlit.testing.v1 import AppTest  # noqa: E402
+from apptest import open_page, texts  # noqa: E402
 
 from llmlab import world  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
@@ -26,36 +26,8 @@ from llmlab.store import Store  # noqa: E402
 from llmlab.tune import MASK_CLOSE, MASK_OPEN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-APP = ROOT / "app" / "streamlit_app.py"
 PAGE = "views/tune.py"
 NOTEBOOK = ROOT / "notebooks" / "tune.py"
-
-
-def open_page(timeout: float = 120) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=timeout)
-    at.run()
-    at.switch_page(PAGE)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def texts(at: AppTest) -> str:
-    """Everything the page wrote as markdown, captions, alerts and code, joined."""
-    parts = [*at.markdown, *at.caption, *at.info, *at.success, *at.error, *at.warning, *at.code]
-    return "\n".join(str(p.value) for p in parts)
-
-
-@pytest.fixture
-def empty_home(store: Store, monkeypatch: pytest.MonkeyPatch) -> Store:
-    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
-    return store
-
-
-@pytest.fixture
-def micro_home(empty_home: Store, micro_model_dir: Path) -> Store:
-    empty_home.add(micro_model_dir, "micro")
-    return empty_home
 
 
 @pytest.fixture
@@ -77,7 +49,7 @@ def test_page_imports_no_torch():
 
 
 def test_page_renders_on_an_empty_store(empty_home: Store):
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     assert "holds no model to tune" in texts(at)
     assert at.selectbox(key="tune:model").value == "(a local folder)"
     assert "No tuning jobs yet" in texts(at)
@@ -85,7 +57,7 @@ def test_page_renders_on_an_empty_store(empty_home: Store):
 
 
 def test_page_renders_with_the_micro_model(micro_home: Store):
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     assert at.selectbox(key="tune:model").value == "micro"
     assert at.selectbox(key="tune:method").value == "lora"
     assert at.number_input(key="tune:rank").value == 32  # TuneConfig's default
@@ -98,7 +70,7 @@ def test_page_renders_with_the_micro_model(micro_home: Store):
 
 
 def test_an_invalid_option_shows_an_error_not_an_exception(micro_home: Store):
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     at.number_input(key="tune:rank").set_value(0).run()
     assert not at.exception, [e.value for e in at.exception]
     assert "rank must be at least 1" in at.error[0].value
@@ -112,14 +84,14 @@ def test_qlora_on_cpu_shows_the_fallback_message(micro_home: Store, monkeypatch:
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     at.selectbox(key="tune:method").select("qlora").run()
     assert not at.exception
     assert any("QLoRA needs an NVIDIA GPU" in w.value for w in at.warning)
 
 
 def test_preview_marks_the_masked_part(micro_home: Store, qa_file: Path):
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     at.button(key="tune:preview").click().run()  # world:tune, but this micro model has no world
     assert not at.exception and "has no demo world" in at.error[0].value
     at.text_input(key="tune:data").input(str(qa_file)).run()
@@ -135,7 +107,7 @@ def test_preview_marks_the_masked_part(micro_home: Store, qa_file: Path):
 
 @pytest.mark.slow
 def test_start_runs_a_job_and_the_page_shows_its_results(micro_home: Store, qa_file: Path):
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     at.text_input(key="tune:data").input(str(qa_file)).run()
     at.number_input(key="tune:epochs").set_value(1.0).run()
     at.number_input(key="tune:rank").set_value(4).run()
@@ -169,7 +141,7 @@ def test_start_runs_a_job_and_the_page_shows_its_results(micro_home: Store, qa_f
 
 @pytest.mark.slow
 def test_cancel_then_resume_continues_from_the_checkpoint(micro_home: Store, qa_file: Path):
-    at = open_page()
+    at = open_page(PAGE, timeout=120)
     at.text_input(key="tune:data").input(str(qa_file)).run()
     at.number_input(key="tune:steps").set_value(20)
     at.number_input(key="tune:rank").set_value(4)
