@@ -45,7 +45,7 @@ def test_page_imports_no_torch():
     imports = "\n".join(ast.unparse(n) for n in tree.body if isinstance(n, (ast.Import, ast.ImportFrom)))
     code = imports + "\nimport sys\nheavy = {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules)\n" \
                      "assert not heavy, heavy\n"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=ROOT / "app")  # app/: widgets
 
 
 def test_page_renders_on_an_empty_store(empty_home: Store):

@@ -19,15 +19,10 @@ from llmlab import recipes
 from llmlab.errors import LlmlabError
 from llmlab.jobs import FINAL, JobInfo, JobQueue
 from llmlab.store import Store
+from widgets import job_queue, job_status, task_bar
 
 EXAMPLE = "name: micro\nsteps:\n  - build-demo: {name: micro, size: micro}\n"
 OWN = "(write your own)"
-
-
-@st.cache_resource
-def job_queue(store_root: str) -> JobQueue:
-    """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
-    return JobQueue(Store(store_root))
 
 
 def submit_form(queue: JobQueue) -> None:
@@ -62,8 +57,7 @@ def progress_view(queue: JobQueue, job: JobInfo) -> None:
     p = queue.progress(job.id)
     if p["total"]:
         st.progress(min(1.0, p["index"] / p["total"]), text=f"step {p['index']}/{p['total']}: {p['step'] or ''}")
-    if p["of"]:
-        st.progress(min(1.0, p["done"] / p["of"]), text=f"{p.get('task') or 'task'} {p['done']}/{p['of']}")
+    task_bar(p)
     numbers = {k: v for k, v in p["metrics"].items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     if numbers:
         cols = st.columns(min(len(numbers), 6))
@@ -72,14 +66,7 @@ def progress_view(queue: JobQueue, job: JobInfo) -> None:
 
 
 def job_details(queue: JobQueue, job: JobInfo) -> None:
-    st.markdown(f"**{job.title}** · `{job.id}` · status **{job.status}**"
-                + (f" · {job.seconds} s" if job.seconds is not None else ""))
-    if job.error:
-        (st.info if job.status == "cancelled" else st.error)(job.error)
-    if job.status not in FINAL and st.button("Cancel", key=f"jobs:cancel:{job.id}"):
-        job = queue.cancel(job.id)
-        st.toast(f"Job {job.id}: {job.status}")
-        st.rerun()
+    job = job_status(queue, job, "jobs")
     progress_view(queue, job)
     events_tab, log_tab, recipe_tab = st.tabs(["Events", "Log", "Recipe"])
     with events_tab:

@@ -22,13 +22,14 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from llmlab import recipes, world
+from llmlab import world
 from llmlab.data import SPLITS
 from llmlab.errors import LlmlabError
 from llmlab.gguf import IMATRIX_TYPES, QUANT_TYPES
 from llmlab.jobs import FINAL, JobInfo, JobQueue
 from llmlab.quantize import DEFAULT_TYPES, SOURCE_KINDS, TYPE_INFO, QuantizeConfig, check_shapes
 from llmlab.store import Artifact, Store
+from widgets import chat_panel, job_queue, job_status, start_button, task_bar
 
 MB = 1e6  # sizes are shown in decimal megabytes, as on the Models page
 IMATRIX_SOURCES = {
@@ -184,20 +185,6 @@ def quality_chart(rows: Sequence[dict[str, Any]], y: str, *, log: bool = False) 
 
 
 # ----- the page -----
-@st.cache_resource
-def job_queue(store_root: str) -> JobQueue:
-    """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
-    return JobQueue(Store(store_root))
-
-
-@st.cache_resource(max_entries=2, show_spinner="Loading the model…")
-def load_model(store_root: str, name: str, content_hash: str) -> Any:
-    """The runtime model for one artifact version (``content_hash`` is part of the cache key)."""
-    from llmlab.runtime import load
-
-    return load(name, store=Store(store_root))
-
-
 def type_picker(options: list[dict[str, Any]], imatrix_chosen: bool) -> list[str]:
     """Checkboxes for the types, in two groups; returns the ticked types that can be made."""
     ticked: list[str] = []
@@ -295,37 +282,20 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
             if existing:
                 st.caption("Already in the store (replaced, unless made with the same settings): "
                            f"{', '.join(existing)}.")
-    if st.button("Start quantizing", type="primary", key="quantize:start", disabled=bool(problems)):
-        try:
-            step = recipes.make_step("quantize", config, where="the Quantize form")
-            job = queue.submit(recipes.Recipe(name=f"quantize {art.name}", steps=[step]))
-        except LlmlabError as e:
-            st.error(str(e))
-        else:
-            st.session_state["job"] = job.id  # the Jobs page opens on it too
-            st.success(f"Started job {job.id}: {', '.join(types)} of {art.name}. Follow it below or on the "
-                       "Jobs page.")
+    start_button(queue, "quantize", config, label="Start quantizing", title=f"quantize {art.name}",
+                 session_key="quantize:job", disabled=bool(problems), where="the Quantize form")
 
 
 def job_panel(queue: JobQueue, job_id: str) -> None:
     """Progress of one quantize job (a fragment that reruns every second while it is active)."""
-    job = queue.get(job_id)
-    took = f" · {job.seconds} s" if job.seconds is not None else ""
-    st.markdown(f"Job `{job.id}` · **{job.status}**{took}")
-    if job.error:
-        (st.info if job.status == "cancelled" else st.error)(job.error)
-    p = queue.progress(job.id)
-    if p["of"]:
-        st.progress(min(1.0, p["done"] / p["of"]), text=f"{p.get('task') or 'task'} {p['done']}/{p['of']}")
+    job = job_status(queue, queue.get(job_id), "quantize")
+    task_bar(queue.progress(job.id))
     last = next((e.get("message") for e in reversed(queue.events(job.id)) if e.get("type") == "log"), None)
     if last:
         st.caption(str(last))
     running_key = f"quantize:running:{job.id}"
     if job.status not in FINAL:
         st.session_state[running_key] = True
-        if st.button("Cancel", key=f"quantize:cancel:{job.id}"):
-            queue.cancel(job.id)
-            st.rerun()
     elif st.session_state.pop(running_key, False):
         st.rerun()  # it just finished: rerun the whole page so the table shows the new variants
 
@@ -361,40 +331,15 @@ def results(store: Store, model: str) -> None:
                    + ", ".join(f"{r['type']} ({r['size_mb']:.3g} MB)" for r in front) + ".")
     else:
         st.caption("No quality numbers yet: the variants were not scored (score was off).")
-    chat_panel(store, rows)
+    variant_chat(store, rows)
 
 
-def chat_panel(store: Store, rows: list[dict[str, Any]]) -> None:
-    """Chat with one of the rows' artifacts (streamed through the runtime)."""
-    from llmlab.runtime import SamplingParams
-
+def variant_chat(store: Store, rows: list[dict[str, Any]]) -> None:
+    """Chat with one of the rows' artifacts (default: the smallest)."""
     st.subheader("Chat with a variant")
     names = [r["name"] for r in rows]
-    name = st.selectbox("Variant", names, index=len(names) - 1, key="quantize:chat")  # default: the smallest
-    art = store.get(name)
-    key = f"quantize:chat:{art.name}:{art.content_hash}"
-    c1, c2 = st.columns([3, 1])
-    system = c1.text_input("System prompt", world.SYSTEM_PROMPT, key=f"{key}:system")
-    temperature = c2.slider("Temperature", 0.0, 2.0, 0.0, 0.05, key=f"{key}:t", help="0 is greedy.")
-    history: list[dict[str, str]] = st.session_state.setdefault(key, [])
-    for message in history:
-        st.chat_message(message["role"]).markdown(message["content"])
-    prompt = st.chat_input(f"Ask {art.name} something", key=f"{key}:input")
-    if not prompt:
-        return
-    st.chat_message("user").markdown(prompt)
-    history.append({"role": "user", "content": prompt})
-    messages = ([{"role": "system", "content": system}] if system else []) + history
-    try:
-        model = load_model(str(store.root), art.name, art.content_hash)
-        with st.chat_message("assistant"):
-            params = SamplingParams(temperature=temperature, max_tokens=64)
-            reply = st.write_stream(model.stream_chat(messages, params))
-    except LlmlabError as e:
-        history.pop()
-        st.error(str(e))
-        return
-    history.append({"role": "assistant", "content": reply if isinstance(reply, str) else str(reply)})
+    name = st.selectbox("Variant", names, index=len(names) - 1, key="quantize:chat")
+    chat_panel(store, store.get(name), key="quantize:chat")
 
 
 def main() -> None:

@@ -27,6 +27,7 @@ from llmlab.errors import LlmlabError
 from llmlab.jobs import FINAL, JobInfo, JobQueue
 from llmlab.store import Artifact, Store
 from llmlab.tune import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TUNABLE_KINDS, TuneConfig
+from widgets import job_queue, job_status, load_model, start_button, task_bar
 
 # Fields set in the first section, the main options, and (everything else) the folded ones.
 SETUP = ("name", "model", "data", "method")
@@ -36,20 +37,6 @@ ADVANCED = tuple(f for f in TuneConfig.model_fields if f not in SETUP + MAIN)
 STEPS: dict[str, float] = {"learning_rate": 1e-4, "alpha": 1.0, "epochs": 1.0, "dropout": 0.05,
                            "val_fraction": 0.05, "beta": 0.05}
 LOCAL = "(a local folder)"
-
-
-@st.cache_resource
-def job_queue(store_root: str) -> JobQueue:
-    """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
-    return JobQueue(Store(store_root))
-
-
-@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def load_model(store_root: str, source: str, content_hash: str) -> Any:
-    """A runtime model for an artifact name or folder (``content_hash`` is part of the cache key)."""
-    from llmlab.runtime import load
-
-    return load(source, store=Store(store_root))
 
 
 @st.cache_data(show_spinner=False)
@@ -177,16 +164,7 @@ def start(queue: JobQueue, config: TuneConfig, store: Store) -> None:
                    "same settings (then the step is skipped and its results show below).")
     st.caption("Start again with the same settings to resume a cancelled or crashed run from its last "
                "checkpoint." if config.resume else "Resume is off: a new start begins from step 0.")
-    if st.button("Start", type="primary", key="tune:start"):
-        step = recipes.make_step("tune", config)
-        try:
-            recipe = recipes.Recipe(name=f"tune-{config.name}", steps=[step])
-            job = queue.submit(recipe, title=f"tune {config.name}")
-        except LlmlabError as e:
-            st.error(str(e))
-        else:
-            st.session_state["tune:job"] = job.id
-            st.success(f"Started job {job.id}.")
+    start_button(queue, "tune", config, label="Start", title=f"tune {config.name}", session_key="tune:job")
 
 
 def tune_settings(queue: JobQueue, job_id: str) -> dict[str, Any] | None:
@@ -220,15 +198,7 @@ def loss_chart(rows: list[dict[str, Any]]) -> None:
 
 def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
     """The job's status, progress, loss chart and tokens/s; Cancel and Resume."""
-    job = queue.get(job_id)
-    st.markdown(f"**{job.title}** · `{job.id}` · status **{job.status}**"
-                + (f" · {job.seconds} s" if job.seconds is not None else ""))
-    if job.error:
-        (st.info if job.status == "cancelled" else st.error)(job.error)
-    if job.status not in FINAL and st.button("Cancel", key=f"tune:cancel:{job.id}"):
-        job = queue.cancel(job.id)
-        st.toast(f"Job {job.id}: {job.status}")
-        st.rerun()
+    job = job_status(queue, queue.get(job_id), "tune")
     if job.status in ("cancelled", "failed", "died") and st.button("Resume", key=f"tune:resume:{job.id}",
                                                                    help="Submit the same settings again."):
         try:
@@ -244,8 +214,8 @@ def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
     elif job.status not in FINAL:
         st.caption("Waiting for the first training step (loading the model and data)…")
     p = queue.progress(job.id)
-    if job.status not in FINAL and p.get("task") not in (None, "tune") and p["of"]:
-        st.progress(min(1.0, p["done"] / p["of"]), text=f"scoring: {p['task']} {p['done']}/{p['of']}")
+    if job.status not in FINAL and p.get("task") not in (None, "tune"):
+        task_bar(p, label=f"scoring: {p['task']}")
     if metrics:
         latest = metrics[-1]
         cols = st.columns(4)

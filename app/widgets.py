@@ -1,0 +1,129 @@
+"""Widgets that several pages share: the job queue, a cached model loader, a chat panel, a job's
+status line with its Cancel button, progress bars and a form's Start button.
+
+Streamlit puts this folder on ``sys.path`` when it runs ``streamlit_app.py``, so pages import this
+module as ``widgets`` (pytest gets the same through ``pythonpath`` in ``pyproject.toml``). Nothing
+here imports torch: the runtime is imported when a chat first loads a model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+from pydantic import BaseModel
+
+from llmlab import recipes, world
+from llmlab.errors import LlmlabError
+from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.runtime import KIND_ENGINES  # a table: no engine is imported
+from llmlab.store import Artifact, Store
+
+CHAT_KINDS = tuple(KIND_ENGINES)  # the kinds llmlab.runtime.load can run
+
+
+@st.cache_resource
+def job_queue(store_root: str) -> JobQueue:
+    """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
+    return JobQueue(Store(store_root))
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def load_model(store_root: str, source: str, content_hash: str) -> Any:
+    """The runtime model for an artifact name or folder; ``content_hash`` is part of the cache key, so
+    a rebuilt artifact gets a fresh model and reruns of a page reuse the loaded one."""
+    from llmlab.runtime import load
+
+    return load(source, store=Store(store_root))
+
+
+def sampling_controls(key: str) -> Any:
+    """Widgets for every ``SamplingParams`` field (library defaults and help); returns the params."""
+    from llmlab.runtime import SamplingParams
+
+    d = SamplingParams()
+    helps = {n: f.description for n, f in SamplingParams.model_fields.items()}
+    with st.expander("Sampling", expanded=False):
+        c1, c2, c3, c4 = st.columns(4)
+        temperature = c1.slider("Temperature", 0.0, 2.0, d.temperature, 0.05, key=f"{key}:t",
+                                help=helps["temperature"])
+        top_p = c2.slider("Top-p", 0.05, 1.0, d.top_p, 0.05, key=f"{key}:p", help=helps["top_p"])
+        top_k = c3.number_input("Top-k", 0, 100_000, d.top_k, key=f"{key}:k", help=helps["top_k"])
+        repetition_penalty = c4.slider("Repetition penalty", 1.0, 2.0, d.repetition_penalty, 0.05,
+                                       key=f"{key}:r", help=helps["repetition_penalty"])
+        c5, c6, c7 = st.columns([1, 1, 2])
+        max_tokens = c5.number_input("Max new tokens", 1, 8192, d.max_tokens, key=f"{key}:n",
+                                     help=helps["max_tokens"])
+        seed = c6.number_input("Seed", 0, 2**31 - 1, d.seed, key=f"{key}:s", help=helps["seed"],
+                               placeholder="random")
+        stop = c7.text_input("Stop strings (comma separated)", ", ".join(d.stop), key=f"{key}:stop",
+                             help=helps["stop"])
+    return SamplingParams(
+        temperature=temperature, top_p=top_p, top_k=int(top_k), repetition_penalty=repetition_penalty,
+        max_tokens=int(max_tokens), seed=None if seed is None else int(seed),
+        stop=[s for s in (x.strip() for x in stop.split(",")) if s],
+    )
+
+
+def chat_panel(store: Store, art: Artifact, *, key: str = "chat") -> None:
+    """A streamed multi-turn chat with one artifact: sampling controls, system prompt, history."""
+    key = f"{key}:{art.name}:{art.content_hash}"
+    params = sampling_controls(key)
+    system = st.text_input("System prompt", world.SYSTEM_PROMPT, key=f"{key}:system")
+    history: list[dict[str, str]] = st.session_state.setdefault(key, [])
+    if history and st.button("Clear the conversation", key=f"{key}:clear"):
+        history.clear()
+    for message in history:
+        st.chat_message(message["role"]).markdown(message["content"])
+    prompt = st.chat_input(f"Ask {art.name} something", key=f"{key}:input")
+    if not prompt:
+        return
+    st.chat_message("user").markdown(prompt)
+    history.append({"role": "user", "content": prompt})
+    messages = ([{"role": "system", "content": system}] if system else []) + history
+    try:
+        model = load_model(str(store.root), art.name, art.content_hash)
+        with st.chat_message("assistant"):
+            reply = st.write_stream(model.stream_chat(messages, params))
+    except LlmlabError as e:
+        history.pop()
+        st.error(str(e))
+        return
+    history.append({"role": "assistant", "content": reply if isinstance(reply, str) else str(reply)})
+
+
+def job_status(queue: JobQueue, job: JobInfo, key: str) -> JobInfo:
+    """A job's title, status and time, its error, and a Cancel button while it runs."""
+    took = f" · {job.seconds} s" if job.seconds is not None else ""
+    st.markdown(f"**{job.title}** · `{job.id}` · status **{job.status}**{took}")
+    if job.error:
+        (st.info if job.status == "cancelled" else st.error)(job.error)
+    if job.status not in FINAL and st.button("Cancel", key=f"{key}:cancel:{job.id}"):
+        job = queue.cancel(job.id)
+        st.toast(f"Job {job.id}: {job.status}")
+        st.rerun()
+    return job
+
+
+def task_bar(progress: dict[str, Any], label: str | None = None) -> None:
+    """The bar of a job's current task (``JobQueue.progress``), if it has a counter."""
+    if progress.get("of"):
+        text = f"{label or progress.get('task') or 'task'} {progress['done']}/{progress['of']}"
+        st.progress(min(1.0, progress["done"] / progress["of"]), text=text)
+
+
+def start_button(queue: JobQueue, kind: str, config: dict[str, Any] | BaseModel, *, label: str, title: str,
+                 session_key: str, disabled: bool = False, where: str | None = None) -> JobInfo | None:
+    """A Start button that submits a one-step recipe (``kind`` with ``config``) as a job."""
+    if not st.button(label, type="primary", key=f"{kind}:start", disabled=disabled):
+        return None
+    try:
+        step = recipes.make_step(kind, config, where=where or f"the {kind} form")
+        job = queue.submit(recipes.Recipe(name=title, steps=[step]), title=title)
+    except LlmlabError as e:
+        st.error(str(e))
+        return None
+    st.session_state[session_key] = job.id
+    st.session_state["job"] = job.id  # the Jobs page opens on it too
+    st.success(f"Started job {job.id}: {title}. Follow it below or on the Jobs page.")
+    return job
