@@ -23,7 +23,12 @@ page = st.navigation(
         "Store": [st.Page(VIEWS / "models.py", title="Models", icon=":material/inventory_2:")],
         "Work": [st.Page(VIEWS / "jobs.py", title="Jobs", icon=":material/play_circle:")],
         "Stations": [st.Page(VIEWS / "tune.py", title="Tune", icon=":material/tune:"),
-                     st.Page(VIEWS / "quantize.py", title="Quantize", icon=":material/compress:")],
+                     st.Page(VIEWS / "quantize.py", title="Quantize", icon=":material/compress:"),
+                     st.Page(VIEWS / "merge.py", title="Merge", icon=":material/merge:"),
+                     st.Page(VIEWS / "agents.py", title="Agents", icon=":material/smart_toy:"),
+                     st.Page(VIEWS / "leaderboard.py", title="Leaderboard", icon=":material/leaderboard:"),
+                     st.Page(VIEWS / "arena.py", title="Arena", icon=":material/swords:"),
+                     st.Page(VIEWS / "export.py", title="Export", icon=":material/rocket_launch:")],
     }
 )
 

@@ -112,6 +112,21 @@ def task_bar(progress: dict[str, Any], label: str | None = None) -> None:
         st.progress(min(1.0, progress["done"] / progress["of"]), text=text)
 
 
+def job_panel(queue: JobQueue, job_id: str, key: str) -> None:
+    """One job's status, task bar and latest log line, as the body of a fragment that reruns every
+    second while the job is active; when the job ends, the whole page reruns to show its results."""
+    job = job_status(queue, queue.get(job_id), key)
+    task_bar(queue.progress(job.id))
+    last = next((e.get("message") for e in reversed(queue.events(job.id)) if e.get("type") == "log"), None)
+    if last:
+        st.caption(str(last))
+    running_key = f"{key}:running:{job.id}"
+    if job.status not in FINAL:
+        st.session_state[running_key] = True
+    elif st.session_state.pop(running_key, False):
+        st.rerun()
+
+
 def start_button(queue: JobQueue, kind: str, config: dict[str, Any] | BaseModel, *, label: str, title: str,
                  session_key: str, disabled: bool = False, where: str | None = None) -> JobInfo | None:
     """A Start button that submits a one-step recipe (``kind`` with ``config``) as a job."""

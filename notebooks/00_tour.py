@@ -35,10 +35,10 @@ def _():
     import pandas as pd
 
     from llmlab import scoring, world
-    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.build import open_or_build
     from llmlab.store import Store
 
-    return BuildDemoConfig, Store, alt, build_demo, mo, os, pd, scoring, world
+    return Store, alt, mo, open_or_build, os, pd, scoring, world
 
 
 @app.cell
@@ -110,32 +110,11 @@ def _(MODEL_NAME, mo):
 
 
 @app.cell
-def _(
-    AUTORUN,
-    BuildDemoConfig,
-    MODEL_NAME,
-    SIZE,
-    build_button,
-    build_demo,
-    mo,
-    store,
-):
+def _(AUTORUN, MODEL_NAME, SIZE, build_button, mo, open_or_build, store):
     mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to open or build the model.*"))
-    if store.exists(MODEL_NAME):
-        artifact = store.get(MODEL_NAME)
-    else:
-        _config = BuildDemoConfig(name=MODEL_NAME, size=SIZE)
-        with mo.status.progress_bar(total=_config.steps or _config.preset().steps,
-                                    title=f"Training {MODEL_NAME}", show_eta=True) as _bar:
-            _seen = [0]
-
-            def _on_event(event):
-                # build_demo reports {"type": "progress", "done": i, "total": n} as it trains
-                if event.get("type") == "progress":
-                    _bar.update(increment=event["done"] - _seen[0], subtitle=f"step {event['done']}/{event['total']}")
-                    _seen[0] = event["done"]
-
-            artifact = build_demo(_config, store=store, progress=_on_event)
+    # build_demo reports {"type": "progress", "done": i, "total": n} as it trains; open_or_build
+    # turns those into steps of the progress bar (llmlab.events.bar_updates).
+    artifact = open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
     _info = artifact.manifest.info
     mo.md(f"""
     **{artifact.name}** ({artifact.kind}): {_info.get('n_params', 0):,} parameters, {_info.get('layers')} layers,

@@ -1,4 +1,5 @@
-"""The Quantize station: GGUF variants of the demo model, their quality table and the size/quality trade-off.
+"""The Quantize station: GGUF variants of the demo model, their quality table and the size/quality trade-off,
+then GPTQ against round-to-nearest (RTN) through GPTQModel: what calibration buys.
 
 Run it with `marimo edit notebooks/quantize.py` (or `marimo run`, or plain `python`). Environment:
 LLMLAB_HOME (the store), LLMLAB_NOTEBOOK_SIZE (demo model size, default "small"; micro quantizes
@@ -14,7 +15,7 @@ app = marimo.App(width="medium")
 @app.cell(hide_code=True)
 def _(mo):
     mo.md(r"""
-    # Quantizing a model to GGUF
+    # Quantizing a model: GGUF, and GPTQ against RTN
 
     A model's weights are stored as 16- or 32-bit floats; llama.cpp's **GGUF quant types** store
     them in blocks of 32 or 256 numbers that share a scale, at 8 down to under 2 bits per weight.
@@ -37,20 +38,21 @@ def _():
     import marimo as mo
     import pandas as pd
 
-    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.build import open_or_build
     from llmlab.quantize import DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, quality_table, quantize
+    from llmlab.scoring import pareto_front
     from llmlab.store import Store
 
     return (
-        BuildDemoConfig,
         DEFAULT_TYPES,
         QuantizeConfig,
         Store,
         TYPE_INFO,
         alt,
-        build_demo,
         mo,
+        open_or_build,
         os,
+        pareto_front,
         pd,
         quality_table,
         quantize,
@@ -86,33 +88,10 @@ def _(MODEL_NAME, mo):
 
 
 @app.cell
-def _(
-    AUTORUN,
-    BuildDemoConfig,
-    MODEL_NAME,
-    SIZE,
-    build_button,
-    build_demo,
-    mo,
-    store,
-):
+def _(AUTORUN, MODEL_NAME, SIZE, build_button, mo, open_or_build, store):
     mo.stop(not (build_button.value or AUTORUN),
             mo.md("*Press the button above to open or build the model.*"))
-    if store.exists(MODEL_NAME):
-        artifact = store.get(MODEL_NAME)
-    else:
-        _config = BuildDemoConfig(name=MODEL_NAME, size=SIZE)
-        with mo.status.progress_bar(total=_config.steps or _config.preset().steps,
-                                    title=f"Training {MODEL_NAME}", show_eta=True) as _bar:
-            _seen = [0]
-
-            def _on_event(event):
-                if event.get("type") == "progress":
-                    _bar.update(increment=event["done"] - _seen[0],
-                                subtitle=f"step {event['done']}/{event['total']}")
-                    _seen[0] = event["done"]
-
-            artifact = build_demo(_config, store=store, progress=_on_event)
+    artifact = open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
     mo.md(f"**{artifact.name}** ({artifact.kind}): {artifact.manifest.info.get('n_params', 0):,} parameters, "
           f"content hash `{artifact.content_hash[:12]}`.")
     return (artifact,)
@@ -218,14 +197,11 @@ def _(mo):
 
 
 @app.cell
-def _(alt, mo, pd, rows):
+def _(alt, mo, pareto_front, pd, rows):
     _points = [r for r in rows if isinstance(r.get("kld_mean"), (int, float)) and r["kld_mean"] > 0]
     mo.stop(not _points, mo.md("*No KL divergence numbers to plot (was scoring switched off?).*"))
     # a point is dominated when another is no larger and no worse, and strictly better on one of the two
-    front = sorted((r for r in _points if not any(
-        o["size_bytes"] <= r["size_bytes"] and o["kld_mean"] <= r["kld_mean"]
-        and (o["size_bytes"] < r["size_bytes"] or o["kld_mean"] < r["kld_mean"]) for o in _points)),
-        key=lambda r: r["size_bytes"])
+    front = pareto_front(_points, "size_bytes", "kld_mean")
     _front_names = {r["name"] for r in front}
     _data = pd.DataFrame([{"name": r["name"], "type": r["type"], "size_mb": r["size_bytes"] / 1e6,
                            "kld_mean": r["kld_mean"], "top1": r["top1"],
@@ -249,6 +225,50 @@ def _(front, mo):
     mo.md("On the front, smallest first: " + ", ".join(f"**{r['type']}** ({r['size_bytes'] / 1e6:.3g} MB, "
                                                         f"KLD {r['kld_mean']:.2g})" for r in front) + ".")
     return
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    gptq_button = mo.ui.run_button(label="Make GPTQ and RTN variants", kind="success")
+    mo.vstack([
+        mo.md(r"""
+    ## What calibration buys: GPTQ against RTN
+
+    GPU servers (vLLM, TGI, transformers) load **GPTQ** and **AWQ** safetensors rather than GGUF.
+    `quantize` makes them through GPTQModel, straight from the source model, with
+    `types=["gptq", "awq", "rtn"]`, `bits` and `group_size`. **RTN** rounds every weight to the
+    nearest of 16 levels in its group; **GPTQ** rounds one column at a time and shifts the
+    rounding error onto the columns not yet rounded, using the layer's inputs on **calibration
+    text** (the world's training texts, never the evaluation text). Same bits, same group size,
+    same file format: the difference between the two rows below is what calibration buys. Their
+    reference is the source model.
+    """),
+        gptq_button,
+    ])
+    return (gptq_button,)
+
+
+@app.cell
+def _(AUTORUN, QuantizeConfig, SIZE, artifact, gptq_button, mo, quality_table, quantize, store):
+    mo.stop(not (gptq_button.value or AUTORUN), mo.md("*Press the button above to make the GPTQ and RTN variants.*"))
+    gptq_config = QuantizeConfig(model=artifact.name, types=["gptq", "rtn"], bits=4,
+                                 group_size=64 if SIZE == "micro" else 128, calibration="world",
+                                 calibration_samples=16 if SIZE == "micro" else 128, score=False)
+    with mo.status.spinner(title="GPTQ and RTN through GPTQModel (its first run compiles a CPU extension)"):
+        if not all(store.exists(_o) for _o in gptq_config.outputs):
+            quantize(gptq_config, store=store, overwrite=True)
+        gptq_rows = quality_table([artifact.name, *gptq_config.outputs], store, qa=[], speed=False)
+    _g, _r = gptq_rows[1], gptq_rows[2]
+    mo.vstack([
+        mo.ui.table([{_k: _row.get(_k) for _k in ("name", "type", "size_bytes", "bpw", "ppl", "kld_mean", "top1",
+                                                  "seconds")} for _row in gptq_rows],
+                    selection=None, show_download=False),
+        mo.md(f"At {gptq_config.bits} bits in groups of {gptq_config.group_size}, GPTQ's mean KL divergence from "
+              f"the source is **{_g['kld_mean']:.2g}** and RTN's **{_r['kld_mean']:.2g}** (top-1 agreement "
+              f"{_g['top1']:.3f} and {_r['top1']:.3f}): "
+              + ("calibration pays." if _g["kld_mean"] < _r["kld_mean"] else "here calibration did not pay.")),
+    ])
+    return (gptq_rows,)
 
 
 @app.cell(hide_code=True)
@@ -287,6 +307,8 @@ def _(mo):
       imatrix="world", name_prefix="demo-im")` calibrates on the world's training texts (never the
       evaluation text); compare `demo-im-q4_k_m` with `demo-q4_k_m`, and try the IQ2/IQ3 types,
       which need one.
+    - Add **AWQ**: `types=["gptq", "awq", "rtn"]`, and try `bits=8` or smaller groups
+      (`group_size=32`): each is one more row against the same source.
     - Set `LLMLAB_NOTEBOOK_SIZE=large` (or pass more `types`) to see the differences grow: a
       bigger model spreads the types further apart.
     - Open the app's **Quantize** page (`streamlit run app/streamlit_app.py`): the same table and

@@ -40,20 +40,24 @@ def _():
     import pandas as pd
 
     from llmlab import world
-    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.build import open_or_build
+    from llmlab.distill import DistillConfig, distill
+    from llmlab.events import bar_updates
     from llmlab.store import Store
     from llmlab.tune import MASK_CLOSE, MASK_OPEN, TuneConfig, preview, select_backend, tune
 
     return (
-        BuildDemoConfig,
+        DistillConfig,
         MASK_CLOSE,
         MASK_OPEN,
         Store,
         TuneConfig,
         alt,
-        build_demo,
+        bar_updates,
+        distill,
         html,
         mo,
+        open_or_build,
         os,
         pd,
         preview,
@@ -91,31 +95,9 @@ def _(MODEL_NAME, mo):
 
 
 @app.cell
-def _(
-    AUTORUN,
-    BuildDemoConfig,
-    MODEL_NAME,
-    SIZE,
-    build_button,
-    build_demo,
-    mo,
-    store,
-):
+def _(AUTORUN, MODEL_NAME, SIZE, build_button, mo, open_or_build, store):
     mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to open or build the model.*"))
-    if store.exists(MODEL_NAME):
-        base_artifact = store.get(MODEL_NAME)
-    else:
-        _config = BuildDemoConfig(name=MODEL_NAME, size=SIZE)
-        with mo.status.progress_bar(total=_config.steps or _config.preset().steps,
-                                    title=f"Training {MODEL_NAME}", show_eta=True) as _bar:
-            _seen = [0]
-
-            def _on_build_event(event):
-                if event.get("type") == "progress":
-                    _bar.update(increment=event["done"] - _seen[0], subtitle=f"step {event['done']}/{event['total']}")
-                    _seen[0] = event["done"]
-
-            base_artifact = build_demo(_config, store=store, progress=_on_build_event)
+    base_artifact = open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
     mo.md(f"**{base_artifact.name}** ({base_artifact.kind}), {base_artifact.manifest.info.get('n_params', 0):,} "
           f"parameters, content hash `{base_artifact.content_hash[:12]}`.")
     return (base_artifact,)
@@ -342,6 +324,47 @@ def _(SamplingParams, base_model, mo, question, tuned_model, world):
 
 
 @app.cell(hide_code=True)
+def _(MODEL_NAME, mo):
+    distill_button = mo.ui.run_button(label=f"Open or distil '{MODEL_NAME}-student'", kind="success")
+    mo.vstack([
+        mo.md(r"""
+    ## A smaller student: distillation
+
+    `distill` trains a fresh *micro* demo model (one layer instead of four, on the same tokenizer)
+    to copy the teacher's next-token distribution on the world's texts: the loss is the KL
+    divergence to the teacher's temperature-softened probabilities (weight `alpha`) plus the plain
+    next-token loss. The result is a `distilled` artifact whose parent is the teacher, scored beside
+    it: size, speed, perplexity, KL divergence and top-1 agreement with the teacher.
+    """),
+        distill_button,
+    ])
+    return (distill_button,)
+
+
+@app.cell
+def _(AUTORUN, DistillConfig, MODEL_NAME, SIZE, bar_updates, distill, distill_button, mo, store):
+    mo.stop(not (distill_button.value or AUTORUN), mo.md("*Press the button above to distil the model.*"))
+    student_config = DistillConfig(name=f"{MODEL_NAME}-student", teacher=MODEL_NAME, student_size="micro",
+                                   temperature=2.0, alpha=0.9, steps=8 if SIZE == "micro" else 300,
+                                   qa_limit=20 if SIZE == "micro" else 200)
+    if store.exists(student_config.name):
+        student = store.get(student_config.name)
+    else:
+        with mo.status.progress_bar(total=student_config.steps, title=f"Distilling {MODEL_NAME}") as _bar:
+            student = distill(student_config, store=store, progress=bar_updates(_bar, task="distill"))
+    _m = student.metrics
+    _rows = [{"measure": k, "student": _m.get(k), "teacher": _m.get(k + "_teacher")}
+             for k in ("params", "gen_tok_s", "ppl", "accuracy") if k in _m]
+    mo.vstack([
+        mo.md(f"**{student.name}** ({student.kind}): {_m.get('size_ratio', 0):.0%} of the teacher's parameters, "
+              f"{_m.get('speedup')}x its generation speed; KL divergence to the teacher "
+              f"{_m.get('kld_mean', 0):.3f} nats per token, top-1 agreement {_m.get('top1', 0):.0%}."),
+        mo.ui.table(_rows, selection=None, show_download=False),
+    ])
+    return (student,)
+
+
+@app.cell(hide_code=True)
 def _(mo):
     mo.md(r"""
     ## What to try next
@@ -353,6 +376,8 @@ def _(mo):
       `question`/`answer` records (`dpo`/`orpo` take `prompt`/`chosen`/`rejected` pairs).
     - Open the app's **Tune** page (`streamlit run app/streamlit_app.py`) to run the same thing as a
       background job with a live loss chart, cancel and resume it, and chat with both models.
+    - Distil longer (`steps`, `epochs`), from the tuned model (`teacher="demo-lora"`: an adapter is
+      merged first), or into a `small` student, and watch KL and top-1 move.
     - Put it in a recipe: a `tune` step in `recipes/` runs the same call (`llmlab run`), and
       `llmlab export-script` turns it into plain Python.
     """)

@@ -11,13 +11,14 @@ import time
 import pytest
 
 pytest.importorskip("streamlit")
-from apptest import open_page, texts  # noqa: E402
+from apptest import APP, open_page, texts  # noqa: E402
 
 from llmlab import recipes  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
-PAGES = ("views/home.py", "views/models.py", "views/jobs.py")
+# Every page the app registers: each renders on an empty store and with a micro model.
+PAGES = tuple(f"views/{p.name}" for p in sorted((APP.parent / "views").glob("*.py")))
 
 
 def micro_recipe(name: str = "x", steps: int | None = None) -> recipes.Recipe:

@@ -87,3 +87,21 @@ def test_second_writer_of_the_same_artifact_fails_cleanly(store):
         failed = queue.wait(job.id, 300)
     assert failed.status == "failed" and "being written by another job" in failed.error
     assert store.verify("f") == [] and list(store.get("f").manifest.files) == ["x"]
+
+
+def test_progress_keeps_one_counter_per_task(store):
+    import json
+
+    queue = JobQueue(store)
+    job = queue.create(_recipe("p"))
+    events = [
+        {"type": "step", "index": 0, "total": 1, "kind": "tune", "status": "start"},
+        {"type": "progress", "task": "tune", "done": 3, "total": 10},
+        {"type": "metric", "task": "tune", "step": 3, "loss": 1.5},
+        {"type": "progress", "task": "accuracy", "done": 2, "total": 50},
+    ]
+    (queue.root / job.id / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events))
+    p = queue.progress(job.id)
+    assert p["tasks"]["tune"] == {"done": 3, "of": 10, "metrics": {"task": "tune", "step": 3, "loss": 1.5}}
+    assert p["tasks"]["accuracy"] == {"done": 2, "of": 50, "metrics": {}}
+    assert (p["task"], p["done"], p["of"]) == ("accuracy", 2, 50)  # the latest counter, as before

@@ -52,6 +52,7 @@ print(json.dumps({
     "kld": {r["name"]: r["kld_mean"] for r in rows},
     "front": [r["name"] for r in defs.get("front") or []],
     "table_rows": len(defs["table"]) if "table" in defs else 0,
+    "gptq": {r["name"]: r["kld_mean"] for r in defs.get("gptq_rows") or []},
 }))
 """
 
@@ -113,6 +114,34 @@ def test_type_options_give_sizes_and_reasons(page: ModuleType):
 
 
 # ----- the page -----
+def test_method_options_give_sizes_and_reasons(page: ModuleType):
+    shapes = {"model.embed_tokens.weight": [512, 256], "model.layers.0.self_attn.q_proj.weight": [256, 256],
+              "model.layers.0.mlp.down_proj.weight": [256, 96], "model.norm.weight": [256]}
+    fine = {o["method"]: o for o in page.method_options(shapes, 4, 32)}
+    assert list(fine) == ["gptq", "awq", "rtn"] and all(o["reason"] is None for o in fine.values())
+    assert fine["gptq"]["calibrated"] and not fine["rtn"]["calibrated"]
+    assert 0 < fine["rtn"]["expected_bytes"] < 2 * sum(256 * n for n in (512, 256, 96))  # under 16-bit
+    coarse = page.method_options(shapes, 4, 64)
+    assert all("does not divide 'model.layers.0.mlp.down_proj.weight'" in o["reason"] for o in coarse)
+
+
+def test_page_offers_gptq_awq_rtn_and_asks_for_calibration(micro_home: Store):
+    from llmlab.gptq import METHODS
+
+    at = open_page(PAGE, timeout=60)
+    gptq_box = at.checkbox(key="quantize:method:gptq")
+    assert gptq_box.help == METHODS["gptq"] and not gptq_box.value
+    assert "RTN: plain round-to-nearest" in texts(at)
+    gptq_box.check().run()
+    # the imported micro model has no demo world: GPTQ's calibration text must come from a file
+    assert at.selectbox(key="quantize:calibration").value == "file"
+    assert "Give the calibration file for GPTQ/AWQ" in texts(at)
+    assert at.button(key="quantize:start").disabled
+    at.checkbox(key="quantize:method:gptq").uncheck()
+    at.checkbox(key="quantize:method:rtn").check().run()  # RTN needs no calibration
+    assert "Give the calibration file for GPTQ/AWQ" not in texts(at) and not at.exception
+
+
 def test_page_renders_on_an_empty_store(empty_home: Store):
     at = open_page(PAGE, timeout=60)
     assert "no model to quantize" in texts(at)
@@ -146,10 +175,10 @@ def test_table_and_chart_come_from_the_stored_variants(micro_home: Store, page: 
     fake_variant(micro_home, "micro-q8_0", "Q8_0", 1_100_000, 1e-4)
     fake_variant(micro_home, "micro-q5_0", "Q5_0", 900_000, 0.05)  # beaten by q4_k_m on both
     fake_variant(micro_home, "micro-q4_k_m", "Q4_K_M", 600_000, 0.01)
-    rows = page.variant_rows(micro_home, "micro")
+    rows = page.stored_table(micro_home, "micro")
     assert [r["name"] for r in rows] == ["micro-f16", "micro-q8_0", "micro-q5_0", "micro-q4_k_m"]
     micro_home.record_metrics("micro", {"ppl": 19.5, "ppl_data": {"sha256": "same-text"}})
-    rows = page.variant_rows(micro_home, "micro")
+    rows = page.stored_table(micro_home, "micro")
     assert rows[0]["name"] == "micro" and rows[0]["kld_mean"] is None  # scored on the same text: shown first
     assert [r["type"] for r in page.pareto_front(rows, "size_mb", "kld_mean")] == ["Q4_K_M", "Q8_0", "F16"]
 
@@ -223,3 +252,5 @@ def test_notebook_runs_headless_with_the_micro_model(tmp_path: Path):
     assert defs["table_rows"] == 5
     assert defs["kld"]["demo-micro-q8_0"] < defs["kld"]["demo-micro-q2_k"]
     assert defs["front"] and set(defs["front"]) <= set(defs["names"][1:])
+    assert list(defs["gptq"]) == ["demo-micro", "demo-micro-gptq-w4g64", "demo-micro-rtn-w4g64"]
+    assert defs["gptq"]["demo-micro-gptq-w4g64"] >= 0 and defs["gptq"]["demo-micro-rtn-w4g64"] >= 0

@@ -201,6 +201,26 @@ def test_dpo_on_synthetic_pairs(micro_store, tmp_path):
     assert len((art.path / "training_log.jsonl").read_text().splitlines()) == 2
 
 
+def test_dpo_on_world_pairs(store, micro_model_dir):
+    import shutil
+
+    with store.write("micro", "base") as w:  # with its world (Store.add leaves it out)
+        shutil.copytree(micro_model_dir, w.path, dirs_exist_ok=True)
+    qa = world.World.load(micro_model_dir / "world").split("tune")
+    pairs = T.world_pairs(qa, seed=0)
+    assert pairs and len(pairs) <= len(qa)
+    by_q = {q["question"]: q for q in qa}
+    for p in pairs:
+        q = by_q[p["prompt"][-1]["content"]]
+        assert p["chosen"] == q["answer"] and p["rejected"] != q["answer"]
+        assert p["rejected"] in {r["answer"] for r in qa if r["relation"] == q["relation"]}
+    cfg = _cfg("world:tune", name="t-wdpo", method="dpo", steps=1, batch_size=2, data_limit=12)
+    rows = T.preview(cfg, 2, store=store)
+    assert rows[0]["chosen"] == pairs[0]["chosen"] and rows[0]["rejected"] == pairs[0]["rejected"]
+    art = T.tune(cfg, store=store)
+    assert art.manifest.info["method"] == "dpo" and art.manifest.info["pairs"] == 12
+
+
 class _Stop(Exception):
     pass
 

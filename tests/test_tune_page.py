@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ast
 import json
-import os
 import subprocess
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 import pytest
 
 pytest.importorskip("streamlit")
-from apptest import open_page, texts  # noqa: E402
+from apptest import open_page, run_notebook, texts  # noqa: E402
 
 from llmlab import world  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
@@ -78,6 +77,17 @@ def test_an_invalid_option_shows_an_error_not_an_exception(micro_home: Store):
     at.number_input(key="tune:rank").set_value(8)
     at.number_input(key="tune:learning_rate").set_value(-1.0).run()
     assert not at.exception and "learning_rate must be positive" in at.error[0].value
+
+
+def test_distill_section_offers_the_store_models_and_checks_its_options(micro_home: Store):
+    at = open_page(PAGE, timeout=120)
+    assert at.selectbox(key="distill:teacher").options == ["micro"]
+    assert at.text_input(key="distill:name").value == "micro-student"
+    at.number_input(key="distill:temperature").set_value(0.0).run()
+    at.button(key="distill:start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert any("temperature" in e.value for e in at.error)  # DistillConfig's own check, as a recipe gets it
+    assert "distill:job" not in at.session_state and JobQueue(micro_home).list() == []
 
 
 def test_qlora_on_cpu_shows_the_fallback_message(micro_home: Store, monkeypatch: pytest.MonkeyPatch):
@@ -166,38 +176,30 @@ def test_cancel_then_resume_continues_from_the_checkpoint(micro_home: Store, qa_
     assert micro_home.get("micro-lora").manifest.info["resumed_from_step"] >= 2
 
 
-# Runs the notebook's app and prints the definitions the test checks, as one JSON line.
-RUN_NOTEBOOK = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("tune_notebook", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-_, defs = module.app.run()
-tuned = defs.get("tuned")
-print(json.dumps({
-    "tuned": tuned.name if tuned is not None else None,
-    "kind": tuned.kind if tuned is not None else None,
-    "parents": [p.name for p in tuned.manifest.parents] if tuned is not None else [],
-    "exists": tuned is not None and defs["store"].exists(tuned.name),
+# The notebook's definitions the test checks (an expression over ``defs``).
+NOTEBOOK_REPORT = """{
+    "tuned": defs["tuned"].name if defs.get("tuned") is not None else None,
+    "kind": defs["tuned"].kind if defs.get("tuned") is not None else None,
+    "parents": [p.name for p in defs["tuned"].manifest.parents] if defs.get("tuned") is not None else [],
+    "exists": defs.get("tuned") is not None and defs["store"].exists(defs["tuned"].name),
     "samples": [s.get("marked") for s in defs.get("samples") or []],
     "log_rows": len(defs["tune_log"]) if "tune_log" in defs else 0,
     "scores": defs.get("scores"),
     "answers": [defs.get("base_answer"), defs.get("tuned_answer")],
-}))
-"""
+    "student": ({"kind": defs["student"].kind, "parents": [(p.name, p.role) for p in defs["student"].manifest.parents],
+                 "metrics": sorted(defs["student"].metrics)} if defs.get("student") is not None else None),
+}"""
 
 
 @pytest.mark.slow
 def test_notebook_tunes_headless_with_the_micro_model(tmp_path: Path):
-    env = {**os.environ, "LLMLAB_HOME": str(tmp_path / "models"), "LLMLAB_NOTEBOOK_AUTORUN": "1",
-           "LLMLAB_NOTEBOOK_SIZE": "micro", "LLMLAB_TRACKING_URI": "off"}
-    result = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, str(NOTEBOOK)], capture_output=True, text=True,
-                            env=env, cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    defs = json.loads(result.stdout.strip().splitlines()[-1])
+    defs = run_notebook(NOTEBOOK, tmp_path, NOTEBOOK_REPORT, timeout=900)
     assert defs["tuned"] == "demo-micro-lora" and defs["kind"] == "adapter" and defs["exists"]
     assert defs["parents"] == ["demo-micro"]
     assert defs["samples"] and all(MASK_OPEN in s and MASK_CLOSE in s for s in defs["samples"])
     assert defs["log_rows"] > 0
     assert set(defs["scores"]) == {"base", "tuned"} and all(0 <= v <= 1 for v in defs["scores"].values())
     assert all(isinstance(a, str) for a in defs["answers"])
+    student = defs["student"]  # the distillation section
+    assert student["kind"] == "distilled" and student["parents"] == [["demo-micro", "teacher"]]
+    assert {"kld_mean", "top1", "ppl", "ppl_teacher", "size_ratio", "speedup"} <= set(student["metrics"])

@@ -1,10 +1,11 @@
-"""Quantize: GGUF variants of a model, their quality table, a size-vs-quality chart, and a chat.
+"""Quantize: GGUF, GPTQ, AWQ and RTN variants of a model, their quality table, a chart, and a chat.
 
 Pick a model (kind base, full, merged or distilled), tick quant types (each with its one-line
 explanation from ``llmlab.quantize.TYPE_INFO`` and its expected size, parameters x bits / 8),
-choose where the importance matrix comes from, and start a one-step ``quantize`` recipe as a job;
-a fragment follows its progress. Below, the model's GGUF variants are read back from the store
-(``gguf`` artifacts whose parents include the model, with their ``metrics.json``) as a table and
+choose where the importance matrix comes from, tick GPTQ/AWQ/RTN (``llmlab.gptq.METHODS``) with
+bits, group size and calibration text, and start a one-step ``quantize`` recipe as a job;
+a fragment follows its progress. Below, the model's variants are read back from the store
+(``llmlab.quantize.stored_table``: children of the model, with their ``metrics.json``) as a table and
 a chart of size against KL divergence or perplexity with the Pareto front highlighted, and any
 variant can be chatted with. Nothing imports torch or llama.cpp until a chat loads a model.
 
@@ -26,12 +27,14 @@ from llmlab import world
 from llmlab.data import SPLITS
 from llmlab.errors import LlmlabError
 from llmlab.gguf import IMATRIX_TYPES, QUANT_TYPES
+from llmlab.gptq import BITS, CALIBRATED, GROUP_SIZES, METHODS, check_group_size, expected_bytes
 from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.quantize import DEFAULT_TYPES, SOURCE_KINDS, TYPE_INFO, QuantizeConfig, check_shapes
+from llmlab.quantize import (DEFAULT_TYPES, SOURCE_KINDS, TYPE_INFO, QuantizeConfig, check_shapes, stored_table,
+                             tensor_shapes)
+from llmlab.scoring import is_number, pareto_front
 from llmlab.store import Artifact, Store
-from widgets import chat_panel, job_queue, job_status, start_button, task_bar
+from widgets import chat_panel, job_panel, job_queue, start_button
 
-MB = 1e6  # sizes are shown in decimal megabytes, as on the Models page
 IMATRIX_SOURCES = {
     "none": "none: plain rounding",
     "world": "world: the demo world's training texts",
@@ -49,22 +52,6 @@ HELP = {name: f.description for name, f in QuantizeConfig.model_fields.items()}
 
 
 # ----- helpers (pure: no Streamlit calls) -----
-def is_number(value: Any) -> bool:
-    """A finite int or float (not a bool, None or NaN)."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str) -> list[dict[str, Any]]:
-    """The rows that no other row beats on both ``x`` and ``y`` (lower is better for both), by ``x``.
-
-    A row is dominated when another row is no worse on both and strictly better on one; rows whose
-    ``x`` or ``y`` is missing (None, NaN) are left out, and equal points are all kept."""
-    points = [r for r in rows if is_number(r.get(x)) and is_number(r.get(y))]
-    front = [r for r in points
-             if not any(o[x] <= r[x] and o[y] <= r[y] and (o[x] < r[x] or o[y] < r[y]) for o in points)]
-    return sorted(front, key=lambda r: (r[x], r[y]))
-
-
 def human_size(n_bytes: float) -> str:
     """'812 KB', '3.4 MB', '1.2 GB' (decimal units)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
@@ -75,9 +62,7 @@ def human_size(n_bytes: float) -> str:
 
 def model_shapes(art: Artifact) -> dict[str, list[int]]:
     """Every tensor's shape from the model's safetensors headers (no weights are read)."""
-    from llmlab.quantize import _hf_tensors  # no public name yet; see the report to the library owner
-
-    return _hf_tensors(art.path)
+    return tensor_shapes(art.path)
 
 
 def type_options(shapes: dict[str, list[int]], *, imatrix: bool) -> list[dict[str, Any]]:
@@ -103,48 +88,17 @@ def type_options(shapes: dict[str, list[int]], *, imatrix: bool) -> list[dict[st
     return out
 
 
-def _accuracy(value: Any) -> float | None:
-    """A stored accuracy: a number, or a per-split dict (heldout preferred, else the only split)."""
-    if is_number(value):
-        return float(value)
-    if isinstance(value, dict):
-        pick = value.get("heldout", next(iter(value.values())) if len(value) == 1 else None)
-        return float(pick) if is_number(pick) else None
-    return None
-
-
-def stored_row(art: Artifact) -> dict[str, Any]:
-    """One quality-table row (the columns of ``llmlab.quantize.quality_table``) read from an
-    artifact's manifest and metrics.json, without scoring anything."""
-    info, m = art.manifest.info, art.metrics
-    size = info.get("size_bytes") or m.get("size_bytes") or art.size_bytes
-    bpw = info.get("bpw") or m.get("bpw")
-    if bpw is None and is_number(m.get("n_params")) and m["n_params"]:
-        bpw = 8 * size / m["n_params"]
-    return {
-        "name": art.name, "kind": art.kind, "type": info.get("type") or m.get("quant_type") or art.kind,
-        "reference": m.get("kld_reference") or info.get("reference"), "imatrix": info.get("imatrix"),
-        "size_bytes": size, "size_mb": round(size / MB, 3),
-        "bpw": round(float(bpw), 3) if is_number(bpw) else None,
-        "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
-        "top1": m.get("top1"),
-        "accuracy": _accuracy(m.get("accuracy")), "gen_tok_s": m.get("gen_tok_s"),
-        "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
-    }
-
-
-def variant_rows(store: Store, model: str) -> list[dict[str, Any]]:
-    """The stored quality table of ``model``: a row per ``gguf`` artifact whose parents include it
-    (the f16 reference and every quantized variant), largest first, after the model's own row when
-    the model was scored on the same text as its variants (so its perplexity compares)."""
-    children = [a for a in store.children(model) if a.kind == "gguf"]
-    rows = sorted((stored_row(a) for a in children), key=lambda r: -r["size_bytes"])
-    if rows and store.exists(model):
-        source = store.get(model)
-        texts = {(a.metrics.get("ppl_data") or {}).get("sha256") for a in children} - {None}
-        if (source.metrics.get("ppl_data") or {}).get("sha256") in texts:
-            rows.insert(0, stored_row(source))
-    return rows
+def method_options(shapes: dict[str, list[int]], bits: int, group_size: int) -> list[dict[str, Any]]:
+    """One entry per GPTQModel method (gptq, awq, rtn): its explanation, expected size at ``bits`` and
+    ``group_size``, and ``reason`` why it cannot be picked (a layer the group size does not divide)."""
+    try:
+        check_group_size(shapes, group_size)
+        reason = None
+    except LlmlabError as e:
+        reason = e.message
+    size = expected_bytes(shapes, bits, group_size)
+    return [{"method": m, "explanation": text, "calibrated": m in CALIBRATED, "expected_bytes": size,
+             "reason": reason} for m, text in METHODS.items()]
 
 
 def latest_job(queue: JobQueue, model: str) -> JobInfo | None:
@@ -215,6 +169,40 @@ def type_picker(options: list[dict[str, Any]], imatrix_chosen: bool) -> list[str
     return ticked
 
 
+def method_picker(shapes: dict[str, list[int]], has_world: bool) -> tuple[list[str], dict[str, Any]]:
+    """GPTQ, AWQ and RTN checkboxes with bits, group size and calibration; returns the ticked methods
+    and the config fields they need (none when nothing is ticked)."""
+    st.markdown("**GPTQ, AWQ and RTN** (through GPTQModel; safetensors for GPU servers, scored against "
+                "the source model)")
+    c1, c2 = st.columns(2)
+    bits = c1.selectbox("Bits", BITS, key="quantize:bits", help=HELP["bits"])
+    group_size = c2.selectbox("Group size", GROUP_SIZES, index=GROUP_SIZES.index(128), key="quantize:group_size",
+                              help=HELP["group_size"])
+    ticked = []
+    for o in method_options(shapes, bits, group_size):
+        c1, c2 = st.columns([2, 5])
+        value = c1.checkbox(f"{o['method'].upper()} · ≈{human_size(o['expected_bytes'])}", False,
+                            key=f"quantize:method:{o['method']}", disabled=o["reason"] is not None,
+                            help=o["reason"] or o["explanation"])
+        c2.caption(o["explanation"] + (f"  \n:orange[Not available: {o['reason']}]" if o["reason"] else ""))
+        if value and o["reason"] is None:
+            ticked.append(o["method"])
+    if not ticked:
+        return [], {}
+    options: dict[str, Any] = {"bits": bits, "group_size": group_size}
+    if set(ticked) & set(CALIBRATED):
+        c1, c2 = st.columns(2)
+        source = c1.selectbox("Calibration text", ["world", "file"], index=0 if has_world else 1,
+                              format_func={"world": "the world's training texts", "file": "a text file"}.get,
+                              key="quantize:calibration", help=HELP["calibration"])
+        options["calibration"] = "world" if source == "world" else \
+            c1.text_input("Calibration file", key="quantize:calibration_file", help=HELP["calibration"]).strip()
+        options["calibration_samples"] = int(c2.number_input(
+            "Calibration samples", 1, 100_000, QuantizeConfig.model_fields["calibration_samples"].default,
+            key="quantize:calibration_samples", help=HELP["calibration_samples"]))
+    return ticked, options
+
+
 def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
     """The form: types, imatrix source, evaluation options; submits a one-step recipe."""
     try:
@@ -234,6 +222,7 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
     if source == "file":
         imatrix = st.text_input("Calibration file", key="quantize:imatrix_file", help=HELP["imatrix"]).strip()
     types = type_picker(type_options(shapes, imatrix=source != "none"), source != "none")
+    methods, gptq_options = method_picker(shapes, has_world)
 
     with st.expander("Options", expanded=not has_world):
         c1, c2 = st.columns(2)
@@ -251,14 +240,17 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
                            help=HELP["qa"]).strip()
 
     problems = []
-    if not types:
+    if not types and not methods:
         problems.append("Tick at least one type.")
+    if gptq_options.get("calibration") == "":
+        problems.append("Give the calibration file for GPTQ/AWQ, or choose the world's texts.")
     if source == "file" and not imatrix:
         problems.append("Give the calibration file for the importance matrix, or choose another source.")
     if score and not eval_data:
         problems.append("Give the evaluation texts (a .txt or .jsonl file) for the quality table, or untick "
                         "scoring.")
-    needs_world = [what for what, value in (("the importance matrix", imatrix), ("the evaluation texts",
+    needs_world = [what for what, value in (("the importance matrix", imatrix),
+                   ("the GPTQ/AWQ calibration", gptq_options.get("calibration")), ("the evaluation texts",
                    eval_data if score else None), ("the questions", qa if score else None))
                    if value == "world" or (what == "the questions" and value in SPLITS)]
     if needs_world and not has_world:
@@ -267,12 +259,13 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
     for p in problems:
         st.warning(p)
 
-    config: dict[str, Any] = {"model": art.name, "types": [t.lower() for t in types], "imatrix": imatrix,
-                              "imatrix_chunks": int(chunks), "score": score,
-                              "eval_data": eval_data or "world", "qa": qa or None}
+    config: dict[str, Any] = {"model": art.name, "types": [t.lower() for t in types] + methods,
+                              "imatrix": imatrix, "imatrix_chunks": int(chunks), "score": score,
+                              "eval_data": eval_data or "world", "qa": qa or None,
+                              **{k: v for k, v in gptq_options.items() if v is not None}}
     if prefix:
         config["name_prefix"] = prefix
-    if types and not problems:
+    if (types or methods) and not problems:
         try:
             existing = [o for o in QuantizeConfig.model_validate(config).outputs if store.exists(o)]
         except (LlmlabError, ValueError) as e:  # e.g. a name prefix that is not a valid artifact name
@@ -286,26 +279,12 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
                  session_key="quantize:job", disabled=bool(problems), where="the Quantize form")
 
 
-def job_panel(queue: JobQueue, job_id: str) -> None:
-    """Progress of one quantize job (a fragment that reruns every second while it is active)."""
-    job = job_status(queue, queue.get(job_id), "quantize")
-    task_bar(queue.progress(job.id))
-    last = next((e.get("message") for e in reversed(queue.events(job.id)) if e.get("type") == "log"), None)
-    if last:
-        st.caption(str(last))
-    running_key = f"quantize:running:{job.id}"
-    if job.status not in FINAL:
-        st.session_state[running_key] = True
-    elif st.session_state.pop(running_key, False):
-        st.rerun()  # it just finished: rerun the whole page so the table shows the new variants
-
-
 def results(store: Store, model: str) -> None:
     """The stored quality table, the size-vs-quality chart and a chat with any variant."""
     st.subheader(f"Variants of {model}")
-    rows = variant_rows(store, model)
+    rows = stored_table(store, model)
     if not rows:
-        st.caption(f"No GGUF variants of {model} in the store yet: start a quantize job above.")
+        st.caption(f"No quantized variants of {model} in the store yet: start a quantize job above.")
         return
     st.dataframe([{k: r.get(k) for k in TABLE_COLUMNS} for r in rows], hide_index=True, column_config={
         "size_mb": st.column_config.NumberColumn("size (MB)", format="%.3f"),
@@ -318,7 +297,8 @@ def results(store: Store, model: str) -> None:
         "prompt_tok_s": st.column_config.NumberColumn("prompt tok/s", format="%.1f"),
     })
     st.caption("KL divergence and top-1 compare each variant's next-token distribution with its reference "
-               "(the f16 GGUF for quantized variants, the source model for the f16 itself) on the same "
+               "(the f16 GGUF for GGUF variants; the source model for the f16 itself and for GPTQ, AWQ and "
+               "RTN) on the same "
                "held-out text; lower KLD and higher top-1 are better.")
     axes = [a for a in QUALITY_AXES if any(is_number(r.get(a)) for r in rows)]
     if axes:
@@ -346,8 +326,9 @@ def main() -> None:
     store = Store()
     queue = job_queue(str(store.root))
     st.title("Quantize")
-    st.markdown("Make GGUF variants of a model with llama.cpp, score each against the f16 reference on the "
-                "same held-out text, and pick the smallest one whose quality you can accept.")
+    st.markdown("Make GGUF variants of a model with llama.cpp (or GPTQ, AWQ and RTN ones with GPTQModel), score "
+                "each against its reference on the same held-out text, and pick the smallest one whose quality "
+                "you can accept.")
     models = [a for a in store.list() if a.kind in SOURCE_KINDS]
     if not models:
         st.info(f"The store has no model to quantize (kinds {', '.join(SOURCE_KINDS)}). Build the demo model "
@@ -364,7 +345,7 @@ def main() -> None:
     job = latest_job(queue, art.name)
     if job is not None:
         st.subheader("Job")
-        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job.id)
+        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job.id, "quantize")
     results(store, art.name)
 
 

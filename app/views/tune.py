@@ -8,6 +8,7 @@ that reruns every second while the job is active and draws its progress, loss cu
 tokens/s from the job's events. Resuming is submitting the same settings again: ``resume`` is
 on by default, so the step continues from the last checkpoint of a cancelled or crashed run.
 When the job is done, the artifact's metrics (base vs tuned) and a side-by-side chat follow.
+A folded section distils a model into a smaller student (``llmlab.distill``) the same way.
 
 torch is imported only by library calls made while the page runs (the backend plan, the
 preview, the chat), never when the page is imported.
@@ -24,6 +25,7 @@ import streamlit as st
 
 from llmlab import recipes, world
 from llmlab.errors import LlmlabError
+from llmlab.distill import DistillConfig
 from llmlab.jobs import FINAL, JobInfo, JobQueue
 from llmlab.store import Artifact, Store
 from llmlab.tune import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TUNABLE_KINDS, TuneConfig
@@ -335,6 +337,48 @@ def runs(store: Store, queue: JobQueue) -> None:
         results(store, settings)
 
 
+def distill_section(store: Store, queue: JobQueue) -> None:
+    """Folded: distil a model into a smaller student (``llmlab.distill``) as a job, then its scores."""
+    with st.expander("Distil into a smaller student"):
+        st.caption("Train a fresh, smaller demo model on the teacher's own tokenizer to copy the teacher's "
+                   "next-token distribution (KL divergence on temperature-softened logits, mixed with the plain "
+                   "next-token loss by alpha). The student is stored as `distilled` and scored beside its teacher.")
+        teachers = sorted(a.name for a in store.list() if a.kind in (*TUNABLE_KINDS, "adapter"))
+        if not teachers:
+            st.caption("No model in the store to distil yet.")
+            return
+        c1, c2, c3 = st.columns(3)
+        teacher = c1.selectbox("Teacher", teachers, key="distill:teacher")
+        size = c2.selectbox("Student size", ["micro", "small"], key="distill:size",
+                            help=DistillConfig.model_fields["student_size"].description)
+        name = c3.text_input("Student name", value=f"{teacher}-student", key="distill:name")
+        c4, c5, c6 = st.columns(3)
+        values: dict[str, Any] = {
+            "name": name.strip(), "teacher": teacher, "student_size": size,
+            "temperature": c4.number_input("Temperature", value=2.0, step=0.5, key="distill:temperature",
+                                           help=DistillConfig.model_fields["temperature"].description),
+            "alpha": c5.number_input("Alpha", value=0.9, step=0.05, key="distill:alpha",
+                                     help=DistillConfig.model_fields["alpha"].description),
+            "epochs": c6.number_input("Epochs", value=6.0, step=1.0, key="distill:epochs",
+                                      help=DistillConfig.model_fields["epochs"].description),
+        }
+        start_button(queue, "distill", values, label="Distil", title=f"distill {teacher} → {values['name']}",
+                     session_key="distill:job")
+        job_id = st.session_state.get("distill:job")
+        if not job_id:
+            return
+        job = job_status(queue, queue.get(job_id), key="distill")
+        task_bar(queue.progress(job_id)["tasks"].get("distill", {}), label="distilling step")
+        student = queue.recipe(job_id)["steps"][0]["distill"]["name"]
+        if job.status == "done" and store.exists(student):
+            m = store.get(student).metrics
+            st.table(pd.DataFrame([{"measure": k, "student": m.get(k), "teacher": m.get(f"{k}_teacher")}
+                                   for k in ("params", "gen_tok_s", "ppl", "accuracy") if k in m]))
+            st.caption(f"KL divergence to the teacher {m.get('kld_mean', 0):.3f} nats per token, top-1 agreement "
+                       f"{m.get('top1', 0):.0%}; {m.get('size_ratio', 0):.0%} of its parameters, "
+                       f"{m.get('speedup')}x its generation speed.")
+
+
 store = Store()
 queue = job_queue(str(store.root))
 st.title("Tune")
@@ -350,6 +394,7 @@ if config is not None and show_plan(config):
     if st.button("Preview", key="tune:preview", help="Format the first records the way training will."):
         show_preview(config, store)
     start(queue, config, store)
+distill_section(store, queue)
 
 st.subheader("Runs")
 runs(store, queue)

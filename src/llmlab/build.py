@@ -6,6 +6,9 @@ template) with a plain torch loop, and writes a ``base`` artifact to the store: 
 weights, tokenizer files with the chat template, ``training_log.jsonl`` and the world itself
 (``world/``), so later stations know which facts the model was taught.
 
+``open_or_build(name, size, store, progress)`` is what a notebook's "open or build" cell calls: the
+artifact when the store has it, else a build behind a progress bar.
+
 ``build_micro`` makes the same kind of folder in seconds (one layer, a few steps) for tests.
 
 Every size keeps hidden and FFN widths multiples of 256, so every GGUF quant type applies, and
@@ -21,7 +24,7 @@ import json
 import math
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab import data, settings, world
-from llmlab.events import Reporter, emit
+from llmlab.events import Reporter, bar_updates, emit
 from llmlab.store import Artifact, StepRecord, Store
 
 if TYPE_CHECKING:
@@ -111,6 +114,22 @@ def build_demo(config: BuildDemoConfig, *, store: Store | None = None, progress:
         if step is not None:
             w.step = step
     return store.get(config.name)
+
+
+def open_or_build(name: str = "demo", size: Literal["micro", "small", "large"] = "small",
+                  store: Store | None = None, progress: Callable[..., Any] | None = None) -> Artifact:
+    """The artifact ``name`` if the store holds it, else a freshly built demo model of ``size``.
+
+    ``progress`` is a progress-bar factory such as marimo's ``mo.status.progress_bar``: called as
+    ``progress(total=steps, title=...)`` (a context manager giving a bar) only when a build runs."""
+    store = store or Store()
+    if store.exists(name):
+        return store.get(name)
+    config = BuildDemoConfig(name=name, size=size)
+    if progress is None:
+        return build_demo(config, store=store)
+    with progress(total=config.steps or config.preset().steps, title=f"Training {name}") as bar:
+        return build_demo(config, store=store, progress=bar_updates(bar, task="train"))
 
 
 def build_micro(out_dir: Path, seed: int = 0) -> Path:

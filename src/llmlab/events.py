@@ -7,7 +7,11 @@ Every long-running function takes ``progress: Reporter | None``. It calls it wit
 - ``{"type": "log", "message": "converted to GGUF"}``
 
 ``llmlab run --events`` writes them to stdout as JSON lines (the app's Jobs page reads those);
-the CLI draws them as progress bars; notebooks feed them to ``mo.status.progress_bar``.
+the CLI draws them as progress bars; notebooks feed them to ``mo.status.progress_bar`` through
+``bar_updates``::
+
+    with mo.status.progress_bar(total=500, title="Training") as bar:
+        build_demo(config, progress=bar_updates(bar, task="train"))
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 Event = dict[str, Any]
 Reporter = Callable[[Event], None]
@@ -45,5 +49,27 @@ def tee(*reporters: Reporter | None) -> Reporter:
     def report(event: Event) -> None:
         for r in active:
             r(event)
+
+    return report
+
+
+class Bar(Protocol):
+    """A progress bar advanced by increments (marimo's ``mo.status.progress_bar`` is one)."""
+
+    def update(self, increment: int = 1, title: str | None = None, subtitle: str | None = None) -> None: ...
+
+
+def bar_updates(bar: Bar, task: str | None = None) -> Reporter:
+    """A reporter that turns ``progress`` events (of ``task`` only, when given) into increments of
+    ``bar``: events say how far a task is (done of total), a bar wants how much it moved."""
+    seen: dict[Any, int] = {}
+
+    def report(event: Event) -> None:
+        if event.get("type") != "progress" or (task is not None and event.get("task") != task):
+            return
+        key, done = event.get("task"), int(event.get("done", 0))
+        step = done - seen.get(key, 0)
+        seen[key] = done
+        bar.update(increment=max(step, 0), subtitle=f"{key or 'step'} {done}/{event.get('total', '?')}")
 
     return report

@@ -23,8 +23,10 @@ importance matrix (``compute_imatrix``) is collected through llama.cpp's eval ca
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
+import math
 import os
 import re
 import shutil
@@ -33,11 +35,12 @@ import sys
 import tarfile
 import tempfile
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llmlab import settings
-from llmlab.errors import ConfigError, LlmlabError, MissingExtraError, NotFoundError
+from llmlab.errors import ConfigError, LlmlabError, MissingExtraError, NotFoundError, ResourceError
 from llmlab.events import Reporter, emit
 from llmlab.runtime.base import CorruptFileError
 from llmlab.runtime.llamacpp import quiet
@@ -55,8 +58,9 @@ QUANT_TYPES: dict[str, int] = {
 # (IQ1/IQ2, IQ3_XXS, Q2_K_S) and the rest lose far more quality without it.
 IMATRIX_TYPES = frozenset(t for t in QUANT_TYPES if t.startswith(("IQ1", "IQ2", "IQ3")) or t == "Q2_K_S")
 # What is unpacked from the sdist (paths below its top folder).
-SDIST_PARTS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/conversion/",
-               "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
+SDIST_PARTS = ("vendor/llama.cpp/convert_hf_to_gguf.py", "vendor/llama.cpp/convert_lora_to_gguf.py",
+               "vendor/llama.cpp/conversion/", "vendor/llama.cpp/gguf-py/", "vendor/llama.cpp/LICENSE")
+SCRIPTS = ("convert_hf_to_gguf.py", "convert_lora_to_gguf.py")  # what a complete converter cache holds
 TOKENIZER_PROBES = (
     "Hello world! It's a test: 3 + 4 = 7, and 3.14159 isn't 22/7.",
     "  Leading spaces,\ttabs,\n\nnew lines   and trailing spaces   ",
@@ -110,18 +114,19 @@ def converter_dir() -> Path:
     return cache_dir() / f"llama.cpp-converter-{llama_cpp_version()}"
 
 
-def ensure_converter(progress: Reporter | None = None) -> Path:
-    """Path of ``convert_hf_to_gguf.py`` for the installed llama-cpp-python; fetched if missing."""
-    script = converter_dir() / "convert_hf_to_gguf.py"
-    if script.is_file():
-        return script
-    return setup(progress=progress)
+def ensure_converter(progress: Reporter | None = None, script: str = "convert_hf_to_gguf.py") -> Path:
+    """Path of llama.cpp's ``script`` (one of ``SCRIPTS``) for the installed llama-cpp-python; the
+    converter is fetched if missing (a cache from before the LoRA converter was added is refreshed)."""
+    path = converter_dir() / script
+    if not path.is_file():
+        setup(progress=progress)
+    return path
 
 
 def setup(sdist: str | Path | None = None, progress: Reporter | None = None) -> Path:
     """Fetch (or take ``sdist``, a local ``llama_cpp_python-<version>.tar.gz``) and unpack the converter."""
     dest = converter_dir()
-    if sdist is None and (dest / "convert_hf_to_gguf.py").is_file():
+    if sdist is None and all((dest / name).is_file() for name in SCRIPTS):
         return dest / "convert_hf_to_gguf.py"
     version = llama_cpp_version()
     with tempfile.TemporaryDirectory(prefix="llmlab-sdist-") as tmp:
@@ -168,8 +173,8 @@ def _unpack(sdist: Path, dest: Path) -> None:
             with tar.extractfile(member) as src, open(target, "wb") as out:  # type: ignore[union-attr]
                 shutil.copyfileobj(src, out)
             n += 1
-    if not (dest / "convert_hf_to_gguf.py").is_file() or not (dest / "gguf-py" / "gguf").is_dir():
-        raise ConversionError(f"'{sdist.name}' does not contain llama.cpp's convert_hf_to_gguf.py and gguf-py.",
+    if not all((dest / name).is_file() for name in SCRIPTS) or not (dest / "gguf-py" / "gguf").is_dir():
+        raise ConversionError(f"'{sdist.name}' does not contain llama.cpp's {' and '.join(SCRIPTS)} and gguf-py.",
                               "Give the llama-cpp-python sdist (llama_cpp_python-<version>.tar.gz).")
 
 
@@ -201,46 +206,77 @@ def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16", prog
                           f"Use one of: {', '.join(OUTTYPES)}; for quantized types convert, then quantize().")
     check_hf_folder(hf_dir)
     n_tensors = sum(_safetensors_count(p) for p in hf_dir.glob("*.safetensors"))
-    script = ensure_converter(progress)
-    root = script.parent
-    path = [str(root / "gguf-py"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": os.pathsep.join(path)}
-    env.pop("NO_LOCAL_GGUF", None)
-    if byte_level_bpe(hf_dir):
-        env["LLMLAB_PRE_TOKENIZER"] = "gpt-2"
+    n_params = sum(_safetensors_params(p) for p in hf_dir.glob("*.safetensors"))
+    check_disk(n_params * (4 if outtype == "f32" else 2), out_file.parent, f"Converting '{hf_dir.name}' to {outtype}")
+    env = {"LLMLAB_PRE_TOKENIZER": "gpt-2"} if byte_level_bpe(hf_dir) else {}
+    args = [str(hf_dir), "--outtype", outtype]
+    with run_converter("convert_hf_to_gguf.py", args, out_file, n_tensors, env=env, what=f"Converting '{hf_dir}'",
+                       progress=progress) as tmp:
+        read_header(tmp)
+        if verify:
+            verify_tokenizer(hf_dir, tmp)
+    emit(progress, "log", message=f"converted {hf_dir.name} to {out_file.name} ({outtype})")
+    return out_file
+
+
+@contextlib.contextmanager
+def run_converter(script: str, args: list[str], out_file: Path, n_tensors: int, *, env: dict[str, str] | None = None,
+                  what: str, task: str = "convert", progress: Reporter | None = None) -> Iterator[Path]:
+    """Run llama.cpp's ``script`` (from the converter cache, with its own ``gguf-py``) with ``args``
+    plus ``--outfile``; yield the written temporary file for checks, then rename it to ``out_file``.
+    On failure, or when the checks raise, nothing is left at ``out_file``."""
+    path = ensure_converter(progress, script)
+    root = path.parent
+    pythonpath = [str(root / "gguf-py"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
+    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                "PYTHONPATH": os.pathsep.join(pythonpath), **(env or {})}
+    full_env.pop("NO_LOCAL_GGUF", None)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.part")
-    cmd = [sys.executable, "-c", _WRAPPER, str(script), str(hf_dir), "--outfile", str(tmp), "--outtype", outtype]
+    cmd = [sys.executable, "-c", _WRAPPER, str(path), *args, "--outfile", str(tmp)]
     tail: deque[str] = deque(maxlen=30)
     done = 0
-    emit(progress, "progress", task="convert", done=0, total=n_tensors)
+    emit(progress, "progress", task=task, done=0, total=n_tensors)
     try:
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        with subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               bufsize=1) as proc:
             assert proc.stdout is not None
             for line in proc.stdout:
                 tail.append(line.rstrip())
                 if _TENSOR_LINE.search(line):
                     done += 1
-                    emit(progress, "progress", task="convert", done=min(done, n_tensors), total=n_tensors)
+                    emit(progress, "progress", task=task, done=min(done, n_tensors), total=n_tensors)
         if proc.returncode != 0 or not tmp.is_file():
             reason = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), tail[-1] if tail else "")
-            raise ConversionError(f"Converting '{hf_dir}' to GGUF failed: {reason.strip()}",
+            raise ConversionError(f"{what} to GGUF failed: {reason.strip()}",
                                   "The last lines of the converter's output:\n" + "\n".join(tail))
-        read_header(tmp)
-        if verify:
-            verify_tokenizer(hf_dir, tmp)
+        yield tmp
         os.replace(tmp, out_file)
     finally:
         tmp.unlink(missing_ok=True)
-    emit(progress, "log", message=f"converted {hf_dir.name} to {out_file.name} ({outtype})")
-    return out_file
+
+
+def check_disk(need: int, folder: Path, what: str) -> None:
+    """Refuse with numbers when ``need`` bytes will not fit on the disk holding ``folder``."""
+    probe = next((p for p in (folder, *folder.parents) if p.exists()), Path("/"))
+    free = shutil.disk_usage(probe).free
+    if need > free:
+        raise ResourceError(f"{what} needs about {need / 2**20:,.0f} MB of disk but only {free / 2**20:,.0f} MB "
+                            f"is free under {probe}.", "Free some space or write somewhere else.")
+
+
+def _safetensors_header(path: Path) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        return {k: v for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
 
 
 def _safetensors_count(path: Path) -> int:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return sum(1 for k in json.loads(f.read(n)) if k != "__metadata__")
+    return len(_safetensors_header(path))
+
+
+def _safetensors_params(path: Path) -> int:
+    return sum(math.prod(v["shape"]) for v in _safetensors_header(path).values())
 
 
 def verify_tokenizer(hf_dir: str | Path, gguf_file: str | Path, texts: tuple[str, ...] = TOKENIZER_PROBES) -> None:
@@ -352,7 +388,11 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, thre
     except ImportError:
         raise MissingExtraError("GGUF quantization", "lab", "llama-cpp-python") from None
     block = QUANT_TYPES[name]
-    bad = [(n, s[0]) for n, s in tensor_shapes(src).items() if len(s) >= 2 and s[0] % block]
+    shapes = tensor_shapes(src)
+    # at most Q8_0's 8.5 bits per weight (a few tensors stay at higher precision: margin)
+    check_disk(sum(math.prod(s) for s in shapes.values()) * 9 // 8 + 2**20, dst.parent,
+               f"Quantizing '{src.name}' to {name}")
+    bad = [(n, s[0]) for n, s in shapes.items() if len(s) >= 2 and s[0] % block]
     if bad:
         listed = ", ".join(f"{n} (rows of {r})" for n, r in bad[:3])
         raise ConfigError(

@@ -151,17 +151,27 @@ class JobQueue:
         return yaml.safe_load((self.root / job_id / "recipe.yaml").read_text())
 
     def progress(self, job_id: str) -> dict[str, Any]:
-        """A summary for a progress bar: current step, its task progress, the latest metrics."""
-        state: dict[str, Any] = {"step": None, "index": 0, "total": 0, "done": 0, "of": 0, "metrics": {}}
+        """A summary for progress bars: the current step (``step``, ``index`` of ``total``), the
+        latest task counter (``task``, ``done`` of ``of``) and metrics, and ``tasks``: one entry per
+        task of the current step (``{"train": {"done", "of", "metrics"}, "accuracy": ...}``), so a
+        page can show its own task's bar while the job reports others."""
+        state: dict[str, Any] = {"step": None, "index": 0, "total": 0, "done": 0, "of": 0, "metrics": {},
+                                 "tasks": {}}
         for e in self.events(job_id):
             if e.get("type") == "step":
                 state.update(step=e.get("kind"), index=e.get("index", 0), total=e.get("total", 0))
-                if e.get("status") != "start":
+                if e.get("status") == "start":
+                    state["tasks"] = {}
+                else:
                     state["index"] = e.get("index", 0) + 1
             elif e.get("type") == "progress":
                 state.update(task=e.get("task"), done=e.get("done", 0), of=e.get("total", 0))
+                task = state["tasks"].setdefault(e.get("task"), {"metrics": {}})
+                task.update(done=e.get("done", 0), of=e.get("total", 0))
             elif e.get("type") == "metric":
                 state["metrics"] = {k: v for k, v in e.items() if k not in ("type", "time")}
+                task = state["tasks"].setdefault(e.get("task"), {"done": 0, "of": 0})
+                task["metrics"] = state["metrics"]
         return state
 
     def wait(self, job_id: str, timeout: float = 600) -> JobInfo:

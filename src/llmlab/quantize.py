@@ -1,23 +1,32 @@
-"""The Quantize station: GGUF variants of a model, an importance matrix, and a quality table.
+"""The Quantize station: GGUF variants, GPTQ/AWQ/RTN variants, an importance matrix, a quality table.
 
 ```python
 from llmlab.quantize import QuantizeConfig, quantize, quality_table
 summary = quantize(QuantizeConfig(model="demo", types=["q8_0", "q4_k_m"], imatrix="world"), store=store)
 rows = quality_table(summary["variants"], store)
+quantize(QuantizeConfig(model="demo", types=["gptq", "rtn"], bits=4, group_size=128), store=store)
 ```
 
 ``quantize`` converts the source (a ``base``, ``full``, ``merged`` or ``distilled`` artifact) once to
 an f16 GGUF artifact (``<prefix>-f16``), optionally computes an importance matrix from calibration
 text (``<prefix>-imatrix``), then writes one ``gguf`` artifact per type (``<prefix>-q4_k_m``...)
-whose parents are the source, the f16 file (the ``reference``) and the imatrix. Everything that
+whose parents are the source, the f16 file (the ``reference``) and the imatrix. The types
+``gptq``, ``awq`` and ``rtn`` go through GPTQModel (``llmlab.gptq``) straight from the source, at
+``bits`` and ``group_size``, into artifacts of those kinds named ``<prefix>-gptq-w4g128``...
+whose one parent (role ``source``) is also their reference; GPTQ and AWQ calibrate on
+``calibration`` text, RTN on none, so GPTQ vs RTN shows what calibration buys. Everything that
 can be checked is checked before the first artifact is written: type names, which types the
-model's row widths allow, imatrix-only types, the calibration text, memory and disk space.
+model's row widths allow, the group size against every layer's input width, imatrix-only types,
+the calibration text, memory and disk space.
 
 The quality table scores every variant with the scoring core on the same held-out text (the
 world's ``eval_text``, which no calibration set contains): perplexity, KL divergence and top-1
 agreement against the reference named in the row (the f16 GGUF, as llama.cpp measures it),
 world-question accuracy, size, bits per weight and speed; each row also goes to the variant's
-``metrics.json``. Nothing heavy is imported until a function runs.
+``metrics.json`` and, when MLflow tracking is on, to MLflow (``log_quality_table``).
+``stored_table`` reads the rows back from the store without scoring (``llmlab.scoring.pareto_front``
+then picks the rows no other row beats on size and quality). Nothing heavy is imported until a
+function runs.
 """
 
 from __future__ import annotations
@@ -26,15 +35,18 @@ import contextlib
 import json
 import math
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from llmlab import data as datamod
+from llmlab import gptq
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.gguf import QUANT_TYPES
+from llmlab.scoring import is_number
 
 if TYPE_CHECKING:
     from llmlab.store import Artifact, StepRecord, Store
@@ -77,15 +89,21 @@ TYPE_INFO: dict[str, tuple[float, str]] = {
 DEFAULT_TYPES = ("q8_0", "q6_k", "q5_k_m", "q4_k_m", "q3_k_m", "q2_k")
 
 
+ALL_TYPES = (*QUANT_TYPES, *gptq.METHODS)
+
+
 def resolve_types(types: list[str]) -> list[str]:
-    """Canonical (upper-case, de-duplicated, ordered) type names; unknown names raise ConfigError."""
+    """Canonical (de-duplicated, ordered) type names: GGUF types upper-case, the GPTQModel methods
+    (gptq, awq, rtn) lower-case; unknown names raise ConfigError."""
     if not types:
-        raise ConfigError("No quant types given.", f"Pick from: {', '.join(QUANT_TYPES)}.")
+        raise ConfigError("No quant types given.", f"Pick from: {', '.join(ALL_TYPES)}.")
     out: list[str] = []
     for t in types:
         name = str(t).strip().upper()
-        if name not in QUANT_TYPES:
-            raise ConfigError(f"Unknown quant type '{t}'.", f"Valid types: {', '.join(QUANT_TYPES)}.")
+        if name.lower() in gptq.METHODS:
+            name = name.lower()
+        elif name not in QUANT_TYPES:
+            raise ConfigError(f"Unknown quant type '{t}'.", f"Valid types: {', '.join(ALL_TYPES)}.")
         if name not in out:
             out.append(name)
     return out
@@ -97,9 +115,18 @@ class QuantizeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="Artifact to quantize (kind base, full, merged or distilled).")
     types: list[str] = Field(list(DEFAULT_TYPES), description="GGUF quant types, case-insensitive (q8_0, "
-                             "q4_k_m, iq4_xs...); the IQ1/IQ2/IQ3 types and Q2_K_S need an imatrix.")
-    name_prefix: str | None = Field(None, description="Outputs are named <prefix>-f16, <prefix>-imatrix and "
-                                    "<prefix>-<type> (e.g. demo-q4_k_m); default: the model's name.")
+                             "q4_k_m, iq4_xs...; the IQ1/IQ2/IQ3 types and Q2_K_S need an imatrix) and/or "
+                             "gptq, awq, rtn (through GPTQModel, at bits and group_size).")
+    name_prefix: str | None = Field(None, description="Outputs are named <prefix>-f16, <prefix>-imatrix, "
+                                    "<prefix>-<type> (e.g. demo-q4_k_m) and <prefix>-gptq-w4g128; default: the "
+                                    "model's name.")
+    bits: int = Field(4, description="gptq/awq/rtn: bits per quantized weight, 4 or 8.")
+    group_size: int = Field(128, description="gptq/awq/rtn: weights sharing one scale along a row (16, 32, 64 or "
+                            "128); must divide every layer's input width.")
+    calibration: str = Field("world", description="gptq/awq calibration text: 'world' (the world's training "
+                             "texts, disjoint from the eval text) or a .txt/.jsonl file; rtn uses none.")
+    calibration_samples: int = Field(128, ge=1, description="gptq/awq: most calibration sequences (of 256 "
+                                     "tokens) to run.")
     imatrix: str | None = Field(None, description="Calibration text for an importance matrix: 'world' (the demo "
                                 "world's training texts, disjoint from the eval text), a .txt/.jsonl file, or "
                                 "none.")
@@ -129,23 +156,52 @@ class QuantizeConfig(BaseModel):
         except ConfigError as e:
             raise ValueError(str(e)) from None
 
+    @field_validator("bits")
+    @classmethod
+    def _bits(cls, v: int) -> int:
+        if v not in gptq.BITS:
+            raise ValueError(f"bits must be 4 or 8 (GPTQ/AWQ/RTN), got {v}")
+        return v
+
+    @field_validator("group_size")
+    @classmethod
+    def _group_size(cls, v: int) -> int:
+        if v not in gptq.GROUP_SIZES:
+            raise ValueError(f"group_size must be one of {', '.join(map(str, gptq.GROUP_SIZES))}, got {v}")
+        return v
+
     @property
     def prefix(self) -> str:
         return self.name_prefix or self.model
 
+    @property
+    def gguf_types(self) -> list[str]:
+        return [t for t in self.types if t not in gptq.METHODS]
+
+    @property
+    def methods(self) -> list[str]:
+        """The GPTQModel methods among ``types`` (gptq, awq, rtn)."""
+        return [t for t in self.types if t in gptq.METHODS]
+
     def variant_name(self, type_name: str) -> str:
+        if type_name.lower() in gptq.METHODS:
+            return f"{self.prefix}-{gptq.variant_suffix(type_name.lower(), self.bits, self.group_size)}"
         return f"{self.prefix}-{type_name.lower()}"
 
     @property
     def outputs(self) -> list[str]:
         """Every artifact this config writes, in order (a recipe skips the step when all are current)."""
-        names = [f"{self.prefix}-f16"] + ([f"{self.prefix}-imatrix"] if self.imatrix not in (None, "none") else [])
+        names = []
+        if self.gguf_types:
+            names = [f"{self.prefix}-f16"] + ([f"{self.prefix}-imatrix"] if self.imatrix not in (None, "none")
+                                               else [])
         return names + [self.variant_name(t) for t in self.types]
 
 
 # ----- checks before any work -----
-def _hf_tensors(folder: Path) -> dict[str, list[int]]:
-    """Every tensor's shape from the folder's safetensors headers (validated first)."""
+def tensor_shapes(folder: Path) -> dict[str, list[int]]:
+    """Every tensor's shape from a Hugging Face folder's safetensors headers (validated first; no
+    weights are read). PyTorch order: a Linear weight is [out_features, in_features]."""
     from llmlab.importing import check_hf_folder
 
     check_hf_folder(folder)
@@ -162,11 +218,12 @@ def check_shapes(shapes: dict[str, list[int]], types: list[str]) -> None:
     """Raise ConfigError when a type's blocks do not divide a weight matrix's rows, naming it."""
     matrices = {n: s for n, s in shapes.items() if len(s) >= 2}
     for t in resolve_types(types):
+        if t in gptq.METHODS:
+            continue  # their group size is checked by gptq.check_group_size
         block = QUANT_TYPES[t]
-        bad = [(n, s[-1]) for n, s in matrices.items() if s[-1] % block]
+        bad = gptq.first_undivided(matrices, block)
         if bad:
-            name, width = bad[0]
-            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            name, width, more = bad
             raise ConfigError(
                 f"{t} cannot quantize this model: it packs rows in blocks of {block} values, but '{name}' has "
                 f"rows of {width}{more}, which is not a multiple of {block}.",
@@ -174,27 +231,38 @@ def check_shapes(shapes: dict[str, list[int]], types: list[str]) -> None:
                 "multiples of 256.")
 
 
-def _check_resources(n_params: int, types: list[str], store_root: Path, *, available: int | None = None) -> None:
-    """Refuse with numbers when the f16 model will not fit in memory or the outputs on disk."""
+def _check_resources(n_params: int, types: list[str], store_root: Path, *, available: int | None = None,
+                     bits: int = 4) -> None:
+    """Refuse with numbers when the model will not fit in memory (as f16 for llama.cpp, in float32
+    for GPTQModel) or the outputs on disk."""
     from llmlab.runtime import check_memory
 
-    f16 = n_params * 2
-    # llama.cpp maps the f16 file and holds one tensor in f32 plus its quantized copy at a time
-    check_memory(f16 + 300 * MB, f"the f16 model ({n_params / 1e6:,.0f} M parameters) to quantize it",
-                 available=available)
-    need = f16 + sum(int(n_params * TYPE_INFO.get(t, (8.5, ""))[0] / 8) for t in types)
+    gguf_types = [t for t in types if t.lower() not in gptq.METHODS]
+    methods = [t for t in types if t.lower() in gptq.METHODS]
+    f16 = n_params * 2 if gguf_types else 0
+    if gguf_types:
+        # llama.cpp maps the f16 file and holds one tensor in f32 plus its quantized copy at a time
+        check_memory(f16 + 300 * MB, f"the f16 model ({n_params / 1e6:,.0f} M parameters) to quantize it",
+                     available=available)
+    if methods:
+        check_memory(gptq.memory_needed(n_params), f"the model ({n_params / 1e6:,.0f} M parameters) into "
+                     "GPTQModel to quantize it", available=available)
+    # GPTQModel keeps embeddings and lm_head in full precision: count them at 16 bits, generously
+    need = f16 + sum(int(n_params * TYPE_INFO.get(t, (8.5, ""))[0] / 8) for t in gguf_types) + \
+        len(methods) * int(n_params * max(bits, 16) / 8)
     free = shutil.disk_usage(store_root).free
     if need > free:
-        raise ResourceError(f"The f16 file and {len(types)} variants need about {need / MB:,.0f} MB of disk but "
+        raise ResourceError(f"The {len(types)} variants need about {need / MB:,.0f} MB of disk but "
                             f"only {free / MB:,.0f} MB is free under {store_root}.",
                             "Free space, or quantize fewer types at a time.")
 
 
-def calibration_texts(source: str, store: Store, artifact: Artifact) -> list[str]:
+def calibration_texts(source: str, store: Store, artifact: Artifact, *, purpose: str = "an importance matrix"
+                      ) -> list[str]:
     """Calibration texts: 'world' (the training texts of the artifact's world) or a data file."""
     texts = [t for t in datamod.resolve_texts(source, store=store, artifact=artifact, part="train") or [] if t.strip()]
     if not texts:
-        raise ConfigError(f"The calibration set '{source}' is empty: an importance matrix needs text to run "
+        raise ConfigError(f"The calibration set '{source}' is empty: {purpose} needs text to run "
                           "the model on.", "Give a file with some text (a few thousand tokens at least).")
     return texts
 
@@ -219,9 +287,12 @@ def _gguf_info(path: Path, type_name: str) -> dict[str, Any]:
 
 def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Reporter | None = None,
              overwrite: bool = False, step: StepRecord | None = None) -> dict[str, Any]:
-    """Write the f16 GGUF, the imatrix (if asked) and one GGUF artifact per type (see module doc).
+    """Write the f16 GGUF, the imatrix (if asked) and one GGUF artifact per GGUF type, then one
+    gptq/awq/rtn artifact per method (see module doc).
 
-    Returns ``{"source", "f16", "imatrix", "variants", "table"}`` (``table`` is empty unless ``score``)."""
+    Returns ``{"source", "f16", "imatrix", "variants", "table"}``: ``variants`` lists every quantized
+    artifact (GGUF first, then GPTQModel's); ``f16`` is None when no GGUF type was asked; ``table``
+    is empty unless ``score``."""
     from llmlab import gguf
     from llmlab.store import Parent, Store
 
@@ -232,21 +303,72 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
                           f"{', '.join(SOURCE_KINDS)} models.",
                           "Quantize the model it came from (adapters: merge them first).")
     types = resolve_types(config.types)
-    needs = [t for t in types if t in gguf.IMATRIX_TYPES]
+    gguf_types = [t for t in types if t not in gptq.METHODS]
+    methods = [t for t in types if t in gptq.METHODS]
+    needs = [t for t in gguf_types if t in gguf.IMATRIX_TYPES]
     if needs and config.imatrix in (None, "", "none"):
         raise ConfigError(f"{', '.join(needs)} need an importance matrix: at 1-3 bits per weight, rounding "
                           "without knowing which weights matter most ruins the model (llama.cpp refuses).",
                           "Set imatrix: world (or a calibration text file), or drop those types.")
-    shapes = _hf_tensors(source.path)
-    check_shapes(shapes, types)
+    shapes = tensor_shapes(source.path)
+    if gguf_types:
+        check_shapes(shapes, gguf_types)
+    if methods:
+        gptq.check_group_size(shapes, config.group_size)
     n_params = sum(math.prod(s) for s in shapes.values())
-    _check_resources(n_params, types, store.root)
-    calib = calibration_texts(config.imatrix, store, source) if config.imatrix not in (None, "", "none") else None
-    for name in [config.variant_name("f16"), *(config.variant_name(t) for t in types)]:
+    _check_resources(n_params, types, store.root, bits=config.bits)
+    calib = calibration_texts(config.imatrix, store, source) \
+        if gguf_types and config.imatrix not in (None, "", "none") else None
+    method_calib = calibration_texts(config.calibration, store, source, purpose="GPTQ/AWQ calibration") \
+        if set(methods) & set(gptq.CALIBRATED) else None
+    names = ([config.variant_name("f16")] if gguf_types else []) + [config.variant_name(t) for t in types]
+    for name in names:
         if store.exists(name) and not overwrite:
             raise StoreError(f"An artifact named '{name}' already exists.",
                              "Choose another name_prefix, remove it, or pass --force / overwrite=True.")
     src_parent = Parent(name=source.name, content_hash=source.content_hash, role="source")
+
+    f16_name = imatrix_name = None
+    variants: list[str] = []
+    if gguf_types:
+        f16_name, imatrix_name, variants = _write_gguf(config, gguf_types, source, src_parent, calib, store=store,
+                                                       progress=progress, overwrite=overwrite, step=step)
+    for i, method in enumerate(methods):
+        name = config.variant_name(method)
+        emit(progress, "progress", task="gptqmodel", done=i, total=len(methods))
+        with store.write(name, method, overwrite=overwrite) as w:
+            facts = gptq.quantize_folder(source.path, w.path, method=method, bits=config.bits,
+                                         group_size=config.group_size, progress=progress,
+                                         texts=method_calib if method in gptq.CALIBRATED else None,
+                                         samples=config.calibration_samples)
+            size = sum(f.stat().st_size for f in w.path.glob("*.safetensors"))
+            w.parents, w.step = [src_parent], step
+            w.info = {**facts, "type": gptq.variant_suffix(method, config.bits, config.group_size),
+                      "source": source.name, "reference": source.name, "size_bytes": size, "n_params": n_params,
+                      "bpw": round(8 * size / n_params, 3),
+                      "calibration": config.calibration if method in gptq.CALIBRATED else None}
+        variants.append(name)
+    if methods:
+        emit(progress, "progress", task="gptqmodel", done=len(methods), total=len(methods))
+
+    table: list[dict[str, Any]] = []
+    if config.score:
+        texts = datamod.resolve_texts(config.eval_data, store=store, artifact=source)
+        qa = datamod.resolve_questions(config.qa, store=store, artifact=source, limit=config.qa_limit)
+        reference = None if config.reference == "f16" else config.reference
+        # [] (not None) when the config says none: quality_table reads None as "the world's defaults".
+        table = quality_table([source.name, *([f16_name] if f16_name else []), *variants], store, texts=texts,
+                              qa=qa or [], reference=reference, progress=progress)
+        log_quality_table(table, store=store, new_run=False)  # into the recipe's run, when tracked
+    return {"source": source.name, "f16": f16_name, "imatrix": imatrix_name, "variants": variants, "table": table}
+
+
+def _write_gguf(config: QuantizeConfig, types: list[str], source: Artifact, src_parent: Any,
+                calib: list[str] | None, *, store: Store, progress: Reporter | None, overwrite: bool,
+                step: StepRecord | None) -> tuple[str, str | None, list[str]]:
+    """The f16 GGUF, the imatrix (when ``calib``) and one GGUF per type: their names."""
+    from llmlab import gguf
+    from llmlab.store import Parent
 
     f16_name = config.variant_name("f16")
     emit(progress, "log", message=f"converting {source.name} to GGUF f16")
@@ -284,16 +406,7 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
             w.info = {**_gguf_info(out, t), "source": source.name, "reference": f16.name, "imatrix": imatrix_name}
         variants.append(name)
     emit(progress, "progress", task="quantize", done=len(types), total=len(types))
-
-    table: list[dict[str, Any]] = []
-    if config.score:
-        texts = datamod.resolve_texts(config.eval_data, store=store, artifact=source)
-        qa = datamod.resolve_questions(config.qa, store=store, artifact=source, limit=config.qa_limit)
-        reference = None if config.reference == "f16" else config.reference
-        # [] (not None) when the config says none: quality_table reads None as "the world's defaults".
-        table = quality_table([source.name, f16.name, *variants], store, texts=texts, qa=qa or [],
-                              reference=reference, progress=progress)
-    return {"source": source.name, "f16": f16.name, "imatrix": imatrix_name, "variants": variants, "table": table}
+    return f16_name, imatrix_name, variants
 
 
 # ----- the quality table -----
@@ -309,7 +422,8 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
     """Score each artifact in ``names`` on the same ``texts`` (default: the world's eval text) and
     ``qa`` (default: the heldout questions) against its reference (``reference``, else its parent
     with role 'reference' or 'source'; none for a model without one). One row per name, also
-    merged into the artifact's ``metrics.json``."""
+    merged into the artifact's ``metrics.json``; gptq/awq/rtn rows also carry ``bits``,
+    ``group_size`` and ``seconds`` (the time quantizing took)."""
     from llmlab.runtime import load
     from llmlab.scoring import score
 
@@ -340,7 +454,90 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
                    "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
                    "top1": m.get("top1"), "accuracy": m.get("accuracy"), "gen_tok_s": m.get("gen_tok_s"),
                    "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb")}
+            # gptq/awq/rtn rows: their settings and how long quantizing took
+            row.update({k: info[k] for k in ("bits", "group_size", "seconds") if k in info})
             store.record_metrics(name, {"quant_type": row["type"], "bpw": row["bpw"], "kld_reference": ref_name})
             rows.append(row)
             emit(progress, "progress", task="quality", done=i + 1, total=len(names))
     return rows
+
+
+# ----- reading, ranking and logging the table -----
+VARIANT_KINDS = ("gguf", *gptq.METHODS)
+# Row fields logged to MLflow as ``<variant>.<field>`` metrics.
+METRIC_FIELDS = ("ppl", "kld_mean", "kld_p99", "top1", "accuracy", "size_bytes", "bpw", "gen_tok_s",
+                 "prompt_tok_s", "peak_rss_mb")
+
+
+def _accuracy(value: Any) -> float | None:
+    """A stored accuracy: a number, or a per-split dict (heldout preferred, else the only split)."""
+    if is_number(value):
+        return float(value)
+    if isinstance(value, dict):
+        pick = value.get("heldout", next(iter(value.values())) if len(value) == 1 else None)
+        return float(pick) if is_number(pick) else None
+    return None
+
+
+def stored_row(art: Artifact) -> dict[str, Any]:
+    """One quality-table row (the columns of ``quality_table`` plus ``size_mb``, in decimal megabytes,
+    and ``imatrix``) read from an artifact's manifest and metrics.json, without scoring anything."""
+    info, m = art.manifest.info, art.metrics
+    size = info.get("size_bytes") or m.get("size_bytes") or art.size_bytes
+    bpw = info.get("bpw") or m.get("bpw")
+    if bpw is None and is_number(m.get("n_params")) and m["n_params"]:
+        bpw = 8 * size / m["n_params"]
+    return {
+        "name": art.name, "kind": art.kind, "type": info.get("type") or m.get("quant_type") or art.kind,
+        "reference": m.get("kld_reference") or info.get("reference"), "imatrix": info.get("imatrix"),
+        "size_bytes": size, "size_mb": round(size / 1e6, 3),  # decimal MB, as the page and notebook show
+        "bpw": round(float(bpw), 3) if is_number(bpw) else None,
+        "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
+        "top1": m.get("top1"),
+        "accuracy": _accuracy(m.get("accuracy")), "gen_tok_s": m.get("gen_tok_s"),
+        "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+    }
+
+
+def stored_table(store: Store, model: str) -> list[dict[str, Any]]:
+    """The stored quality table of ``model``: a row per quantized child (``gguf``, ``gptq``, ``awq``,
+    ``rtn`` artifacts whose parents include it: the f16 reference and every variant), largest
+    first, after the model's own row when the model was scored on the same text as its variants
+    (so its perplexity compares)."""
+    children = [a for a in store.children(model) if a.kind in VARIANT_KINDS]
+    rows = sorted((stored_row(a) for a in children), key=lambda r: -r["size_bytes"])
+    if rows and store.exists(model):
+        source = store.get(model)
+        texts = {(a.metrics.get("ppl_data") or {}).get("sha256") for a in children} - {None}
+        if (source.metrics.get("ppl_data") or {}).get("sha256") in texts:
+            rows.insert(0, stored_row(source))
+    return rows
+
+
+def log_quality_table(rows: Sequence[dict[str, Any]], *, store: Store, title: str = "quantize",
+                      new_run: bool = True) -> bool:
+    """Log the table to MLflow when tracking is on: each row's numbers as ``<name>.<field>`` metrics
+    and the whole table as ``quality_table.json`` (``mlflow.log_table``), into the active run (a
+    recipe run: ``quantize`` logs there) or else, with ``new_run``, a new run named ``title``.
+    Returns whether anything was logged."""
+    import sys
+
+    from llmlab import settings
+
+    if not rows or settings.tracking_uri() is None:
+        return False
+    active = "mlflow" in sys.modules and sys.modules["mlflow"].active_run() is not None
+    if not (active or new_run):
+        return False  # e.g. a recipe run with --no-track, or a direct call: no run to log into
+    from llmlab.tracking import _mlflow
+
+    mlflow, experiment_id = _mlflow(store)
+    metrics = {f"{r['name']}.{k}": float(r[k]) for r in rows for k in METRIC_FIELDS if is_number(r.get(k))}
+    columns = sorted({k for r in rows for k in r})
+    table = {k: [r.get(k) for r in rows] for k in columns}
+    with contextlib.ExitStack() as stack:
+        if mlflow.active_run() is None:
+            stack.enter_context(mlflow.start_run(experiment_id=experiment_id, run_name=title))
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(data=table, artifact_file="quality_table.json")
+    return True

@@ -68,10 +68,56 @@ STEPS: dict[str, StepSpec] = {
         "Tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned.",
         inputs=("model",),
     ),
+    "distill": StepSpec(
+        "llmlab.distill:DistillConfig", "llmlab.distill:distill",
+        "Distil a teacher into a smaller student (KL on its softened logits) and score both side by side.",
+        inputs=("teacher", "student"),
+    ),
     "quantize": StepSpec(
         "llmlab.quantize:QuantizeConfig", "llmlab.quantize:quantize",
-        "Quantize a model to GGUF types (optionally with an importance matrix) and score every variant.",
+        "Quantize a model to GGUF types (optionally with an importance matrix) and/or GPTQ, AWQ, RTN, "
+        "and score every variant.",
         inputs=("model",), output="outputs",
+    ),
+    "gguf-adapter": StepSpec(
+        "llmlab.gguf_adapter:GGUFAdapterConfig", "llmlab.gguf_adapter:convert_adapter",
+        "Convert a LoRA adapter to a GGUF adapter that llama.cpp applies to a base GGUF without merging.",
+        inputs=("adapter", "base"), output="output",
+    ),
+    "merge": StepSpec(
+        "llmlab.merge:MergeConfig", "llmlab.merge:merge",
+        "Merge models or adapters (every mergekit method, peft adapter combinations) and score against the parents.",
+        inputs=("input_names",),
+    ),
+    "index": StepSpec(
+        "llmlab.rag.index:IndexConfig", "llmlab.rag.index:build_index",
+        "Index documents (the demo world, a folder, a JSONL corpus) for search: Chroma embeddings + BM25.",
+        inputs=("world_of",),
+    ),
+    "agent": StepSpec(
+        "llmlab.agents.step:AgentConfig", "llmlab.agents.step:build_agent",
+        "Write an agent artifact: a resolved agent spec with its index and chat model as parents.",
+        inputs=("index", "model"),
+    ),
+    "eval-answers": StepSpec(
+        "llmlab.agents.evaluate:EvalAnswersConfig", "llmlab.agents.evaluate:eval_answers_step",
+        "Score an agent's answers (exact match, F1) with vs without retrieval; LLM judge without gold.",
+        inputs=("agent", "index", "model"), output=None,
+    ),
+    "eval-retrieval": StepSpec(
+        "llmlab.rag.beir:RetrievalEvalConfig", "llmlab.rag.beir:eval_retrieval_step",
+        "Measure retrieval (nDCG@10, recall@k, MRR) on a BEIR-layout set for each search mode.",
+        inputs=("index",), output=None,
+    ),
+    "evaluate": StepSpec(
+        "llmlab.evaluate.leaderboard:EvaluateConfig", "llmlab.evaluate.leaderboard:evaluate_step",
+        "Score variants on one suite (perplexity, KLD/top-1, task sets; speed on request) into a cached leaderboard.",
+        inputs=("models",), output=None,
+    ),
+    "export": StepSpec(
+        "llmlab.export:ExportConfig", "llmlab.export:export",
+        "Export a model as a hash-verified bundle (server, Dockerfile, Modelfile, lock) with a parity check.",
+        inputs=("store_inputs",), output="output",
     ),
 }
 

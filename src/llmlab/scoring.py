@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import math
 import re
 import statistics
 import threading
@@ -330,3 +331,21 @@ def score_step(config: ScoreConfig, *, store: Store | None = None, progress: Rep
     return score(artifact, store=store, data=texts, qa=questions, reference=config.reference, engine=config.engine,
                  data_label=config.data, max_len=config.max_len, speed_test=config.speed,
                  prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens, progress=progress)
+
+
+# ----- tables of scores -----
+def is_number(value: Any) -> bool:
+    """A finite int or float (not a bool, None or NaN)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str, *, higher_x: bool = False,
+                 higher_y: bool = False) -> list[dict[str, Any]]:
+    """Rows no other row beats on both ``x`` and ``y`` (each lower-better unless ``higher_*``), best ``x`` first.
+
+    A row is dominated when another is no worse on both and strictly better on one; rows missing
+    either value (None, NaN) are left out; equal points are all kept."""
+    sx, sy = (-1 if higher_x else 1), (-1 if higher_y else 1)
+    pts = [(sx * r[x], sy * r[y], r) for r in rows if is_number(r.get(x)) and is_number(r.get(y))]
+    front = [p for p in pts if not any(o[0] <= p[0] and o[1] <= p[1] and (o[0] < p[0] or o[1] < p[1]) for o in pts)]
+    return [r for _, _, r in sorted(front, key=lambda p: (p[0], p[1]))]

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | ``LLMLAB_HOME`` | ``./models`` | the store: one folder per artifact, plus hidden ``.jobs``, ``.mlflow``, ``.tmp`` |
 | ``LLMLAB_DATA`` | ``../shared/data`` if it exists | public data sets used by tests and benchmarks |
-| ``LLMLAB_TRACKING_URI`` | ``sqlite:///$LLMLAB_HOME/.mlflow/mlflow.db`` | any MLflow tracking URI; ``off`` disables tracking |
+| ``LLMLAB_TRACKING_URI`` | ``sqlite:///$LLMLAB_HOME/.mlflow/mlflow.db`` | an MLflow tracking URI; ``off``: none |
 | ``LLMLAB_THREADS`` | all cores | CPU threads for torch and llama.cpp |
 """
 

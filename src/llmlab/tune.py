@@ -34,6 +34,7 @@ import math
 import random
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -66,16 +67,55 @@ CHECKPOINT = "checkpoint.pt"
 MASK_OPEN, MASK_CLOSE = "«", "»"  # how ``preview`` marks the tokens that carry no loss
 
 
-class TuneConfig(BaseModel):
-    """Options of the Tune station (``llmlab tune`` and a recipe's ``tune`` step)."""
+class LoopOptions(BaseModel):
+    """Options of llmlab's own training loop, shared by the Tune and Distill stations."""
 
     model_config = ConfigDict(extra="forbid")
+    schedule: Literal["cosine", "linear", "constant"] = Field(
+        "cosine", description="Learning-rate decay after the warm-up.")
+    warmup: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with a linear warm-up.")
+    epochs: float = Field(8.0, gt=0, description="Passes over the training data (ignored when steps is set).")
+    steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
+    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch (over all processes under torchrun).")
+    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    max_len: int = Field(512, ge=8, description="Longest sequence in tokens; longer ones are truncated (and counted).")
+    seed: int = Field(0, description="Seed for the train/validation split, data order, dropout and adapter init.")
+    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of records held out for validation loss.")
+    eval_every: int = Field(50, ge=1, description="Steps between validation-loss measurements.")
+    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (for resume).")
+    resume: bool = Field(True, description="Continue from the last checkpoint of an interrupted run with the "
+                         "same settings.")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA (bf16) when torch sees a GPU.")
+
+    @field_validator("learning_rate", check_fields=False)
+    @classmethod
+    def _lr(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
+            raise ValueError(f"learning_rate must be positive, got {v}; try 2e-4 to 2e-3 for LoRA, "
+                             "or leave it out for the method's default")
+        return v
+
+    def lr(self) -> float:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        """What a checkpoint must match to be resumed: every setting but resume and the evaluation options."""
+        import hashlib
+
+        d = self.model_dump(mode="json", exclude={"resume", "evaluate", "qa_limit"})
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class TuneConfig(LoopOptions):
+    """Options of the Tune station (``llmlab tune`` and a recipe's ``tune`` step)."""
+
     name: str = Field(..., description="Name of the artifact to write (an adapter, or a full model for 'full').")
     model: str = Field(..., description="Model to tune: an artifact in the store or a local Hugging Face folder.")
     data: str = Field("world:tune", description="Training data: 'world:tune' (the demo world's tuning questions, "
                       "from the model's world), a local .jsonl/.json/.txt/.parquet file or folder, or a Hugging "
                       "Face data set name. Records: messages, instruction/input/output, prompt/completion, "
-                      "question/answer, text; for dpo/orpo: prompt/chosen/rejected.")
+                      "question/answer, text; for dpo/orpo: prompt/chosen/rejected (or 'world:tune' again: "
+                      "pairs built from the world, a wrong answer of the same relation as 'rejected').")
     data_limit: int | None = Field(None, ge=1, description="Most records read from data (None: all).")
     method: Method = Field("lora", description="lora, dora (weight-decomposed LoRA), full (every weight), "
                            "qlora (4-bit base, needs an NVIDIA GPU), dpo or orpo (preference pairs, LoRA).")
@@ -92,27 +132,12 @@ class TuneConfig(BaseModel):
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     learning_rate: float | None = Field(
         None, description="Peak learning rate; None means 2e-3 for adapters, 1e-3 for full tuning, 5e-5 for dpo/orpo.")
-    schedule: Literal["cosine", "linear", "constant"] = Field(
-        "cosine", description="Learning-rate decay after the warm-up.")
-    warmup: float = Field(0.05, ge=0, lt=1, description="Fraction of steps with a linear warm-up.")
-    epochs: float = Field(8.0, gt=0, description="Passes over the training data (ignored when steps is set).")
-    steps: int | None = Field(None, ge=1, description="Optimizer steps; overrides epochs.")
-    batch_size: int = Field(16, ge=1, description="Sequences per micro-batch.")
-    grad_accum: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
-    max_len: int = Field(512, ge=8, description="Longest sequence in tokens; longer ones are truncated (and counted).")
     answer_only: bool = Field(True, description="Loss on the answer tokens only (the prompt is masked).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (slower).")
-    seed: int = Field(0, description="Seed for the train/validation split, data order, dropout and adapter init.")
-    val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of records held out for validation loss.")
-    eval_every: int = Field(50, ge=1, description="Steps between validation-loss measurements.")
-    checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (for resume).")
-    resume: bool = Field(True, description="Continue from the last checkpoint of an interrupted run with the "
-                         "same settings.")
     beta: float = Field(0.1, gt=0, description="dpo/orpo: strength of the preference term.")
     evaluate: bool = Field(True, description="After training, score base and tuned on the world's held-out "
                            "questions and text (when the model has a world).")
     qa_limit: int = Field(200, ge=1, description="Most held-out questions asked when evaluating.")
-    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA (bf16) when torch sees a GPU.")
 
     @field_validator("target_modules")
     @classmethod
@@ -125,14 +150,6 @@ class TuneConfig(BaseModel):
     def _rank(cls, v: int) -> int:
         if v < 1:
             raise ValueError(f"rank must be at least 1, got {v}; typical LoRA ranks are 8 to 64")
-        return v
-
-    @field_validator("learning_rate")
-    @classmethod
-    def _lr(cls, v: float | None) -> float | None:
-        if v is not None and v <= 0:
-            raise ValueError(f"learning_rate must be positive, got {v}; try 2e-4 to 2e-3 for LoRA, "
-                             "or leave it out for the method's default")
         return v
 
     @field_validator("alpha")
@@ -149,13 +166,6 @@ class TuneConfig(BaseModel):
 
     def lora_alpha(self) -> float:
         return self.alpha if self.alpha is not None else 2.0 * self.rank
-
-    def fingerprint(self) -> str:
-        """What a checkpoint must match to be resumed: every setting but resume and the evaluation options."""
-        import hashlib
-
-        d = self.model_dump(mode="json", exclude={"resume", "evaluate", "qa_limit"})
-        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # ----- backend selection -----
@@ -249,15 +259,18 @@ def load_data(config: TuneConfig, store: Store) -> tuple[list[dict[str, Any]], b
     from llmlab import data as datamod
 
     if config.data.startswith("world:"):
-        split = config.data.partition(":")[2]
-        if split not in ("tune", "heldout", "rag"):
-            raise ConfigError(f"Unknown world split '{split}'.", "Use world:tune (or world:heldout, world:rag).")
+        split = config.data.partition(":")[2]  # "tune", or "tune:people" for one skill (world.RELATION_GROUP)
+        if split.partition(":")[0] not in ("tune", "heldout", "rag"):
+            raise ConfigError(f"Unknown world split '{split}'.", "Use world:tune (or world:heldout, world:rag; "
+                              "world:tune:people keeps one relation group).")
         the_world = _world(store, *resolve_model(config.model, store))
         if the_world is None:
             raise NotFoundError(f"'{config.model}' has no demo world (no world/ folder on it or its ancestors).",
                                 "Give your own data file with data: PATH.")
         records = the_world.split(split)
         is_world = True
+        if config.method in PREFERENCE_METHODS:
+            records, is_world = world_pairs(records, config.seed), False
     else:
         records = datamod.load_records(config.data)
         is_world = False
@@ -312,6 +325,25 @@ def record_to_sft(i: int, rec: dict[str, Any], is_world: bool) -> list[dict[str,
     raise ConfigError(f"{where} has fields {sorted(rec) or 'none'}, none of which holds training data.",
                       "Use messages, conversations, instruction/output, prompt/completion, question/answer "
                       "or text.")
+
+
+def world_pairs(records: list[dict[str, Any]], seed: int = 0) -> list[dict[str, Any]]:
+    """Preference pairs from world questions: the question (as the world asks it) with the right
+    answer as ``chosen`` and, as ``rejected``, the answer of another entity for the same relation
+    (a plausible wrong answer; seeded). Questions whose relation has a single answer are left out."""
+    from llmlab import world
+
+    answers: dict[str, set[str]] = {}
+    for r in records:
+        answers.setdefault(str(r["relation"]), set()).add(str(r["answer"]))
+    rng = random.Random(seed)
+    out = []
+    for r in records:
+        wrong = sorted(answers[str(r["relation"])] - {str(r["answer"])})
+        if wrong:
+            out.append({"prompt": world.chat_messages(str(r["question"])), "chosen": str(r["answer"]),
+                        "rejected": rng.choice(wrong)})
+    return out
 
 
 def record_to_pair(i: int, rec: dict[str, Any]) -> dict[str, Any]:
@@ -570,11 +602,74 @@ class _Checkpoints:
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def _train_sft(model: Any, tok: Any, data: Prepared, config: TuneConfig, plan: Plan, ckpt: _Checkpoints,
-               progress: Reporter | None) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The supervised loop (AdamW, clipping, warm-up + decay, length-grouped batches, checkpoints);
-    returns the training log and timing facts."""
+# ----- processes (torchrun) -----
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in a torchrun launch (rank 0 of 1 without one)."""
+
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def distributed(device: str) -> Dist:
+    """Join the process group when torchrun started this process (WORLD_SIZE > 1): gloo on CPU,
+    nccl on CUDA (one GPU per LOCAL_RANK). Without torchrun, rank 0 of 1 and nothing is joined."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist()
     import torch
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if device == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+        dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size())
+
+
+def _all_sum(value: float, dist: Dist) -> float:
+    if dist.world == 1:
+        return value
+    import torch
+    import torch.distributed as td
+
+    # gloo reduces CPU tensors, nccl only GPU ones
+    t = torch.tensor([value], dtype=torch.float64, device="cuda" if td.get_backend() == "nccl" else "cpu")
+    td.all_reduce(t)
+    return float(t.item())
+
+
+# A loss hook: (model, input_ids, attention_mask, labels, n_items) -> the summed per-token loss
+# of this micro-batch divided by n_items, the count of loss tokens in the whole optimizer step.
+LossFn = Callable[[Any, Any, Any, Any, int], Any]
+
+
+def sft_loss(model: Any, ids: Any, mask: Any, labels: Any, n_items: int) -> Any:
+    """Next-token cross-entropy on the labelled tokens (the default loss of ``train_loop``)."""
+    return model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+
+
+def _loss_tokens(e: Example) -> int:
+    return sum(x != -100 for x in e.labels[1:])
+
+
+def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device: str, ckpt: _Checkpoints,
+               progress: Reporter | None, *, loss_fn: LossFn = sft_loss, dist: Dist | None = None,
+               task: str = "tune") -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """llmlab's training loop (AdamW, clipping, warm-up + decay, length-grouped batches, validation
+    loss, checkpoints and resume) over the trainable parameters of ``model``; returns the training
+    log and timing facts. Under torchrun (``dist.world > 1``) the model is wrapped in DDP and each
+    micro-batch is shared out by rank; the loss is divided by the step's global token count, so N
+    processes compute the same update as one. Only rank 0 evaluates, checkpoints and reports."""
+    import torch
+
+    dist = dist or Dist()
+    progress = progress if dist.main else None
 
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     lengths = [len(e.input_ids) for e in data.train]
@@ -584,15 +679,15 @@ def _train_sft(model: Any, tok: Any, data: Prepared, config: TuneConfig, plan: P
     batches = plan_batches(len(data.train), lengths, config.batch_size, epochs_needed, config.seed)
     params = list(_trainable(model).values())
     opt = torch.optim.AdamW(params, lr=config.lr(), betas=(0.9, 0.95), weight_decay=0.0,
-                            foreach=plan.device == "cuda")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if plan.device == "cuda"
+                            foreach=device == "cuda")
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
                 else torch.autocast("cpu", enabled=False))
     bs = config.batch_size
     train_log: list[dict[str, Any]] = []
     start, elapsed_before = 0, 0.0
     state = ckpt.load() if config.resume else None
     if state is None:
-        val_before = _val_loss(model, data.val, pad_id, plan.device, bs)
+        val_before = _val_loss(model, data.val, pad_id, device, bs) if dist.main else None
     else:
         named = _trainable(model)
         with torch.no_grad():
@@ -603,6 +698,12 @@ def _train_sft(model: Any, tok: Any, data: Prepared, config: TuneConfig, plan: P
         start, train_log, elapsed_before = state["step"], state["log"], state["elapsed"]
         val_before = state["val_before"]
         emit(progress, "log", message=f"resumed from the checkpoint at step {start} of {steps}")
+    net = model
+    if dist.world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        # Built after a resume's weights are loaded: DDP starts every rank from rank 0's copy.
+        net = DistributedDataParallel(model)
 
     def snapshot(done: int) -> dict[str, Any]:
         return {"step": done, "weights": {k: p.detach().cpu() for k, p in _trainable(model).items()},
@@ -613,6 +714,7 @@ def _train_sft(model: Any, tok: Any, data: Prepared, config: TuneConfig, plan: P
     model.train()
     t0 = time.perf_counter()
     tokens, eval_seconds = 0, 0.0  # real (unpadded) tokens trained in this run; validation time
+    examples_seen = 0  # by this process
     window_loss = state["window_loss"] if state else 0.0  # loss summed since the last logged step
     window_tokens, window_start, done, saved = 0, t0, start, start
     try:
@@ -620,48 +722,66 @@ def _train_sft(model: Any, tok: Any, data: Prepared, config: TuneConfig, plan: P
             for group in opt.param_groups:
                 group["lr"] = _lr_at(config, s, steps)
             step_loss = 0.0
-            for mb in batches[s * config.grad_accum:(s + 1) * config.grad_accum]:
-                ids, mask, labels, real = _collate([data.train[i] for i in mb], pad_id, plan.device)
+            micro = batches[s * config.grad_accum:(s + 1) * config.grad_accum]
+            n_items = max(1, sum(_loss_tokens(data.train[i]) for mb in micro for i in mb))
+            for mb in micro:
+                # Every rank runs a forward and backward (DDP's gradient all-reduce needs all of
+                # them); a rank left without an example repeats one and weighs its loss by 0.
+                shard = mb[dist.rank::dist.world]
+                ids, mask, labels, real = _collate([data.train[i] for i in shard or mb[:1]], pad_id, device)
                 with autocast:
-                    loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss / config.grad_accum
+                    # DDP averages gradients over ranks: scale by world to get the sum over all tokens.
+                    loss = loss_fn(net, ids, mask, labels, n_items) * (dist.world if shard else 0.0)
                 loss.backward()
-                step_loss += float(loss.detach())
-                window_tokens += real
-                tokens += real
+                step_loss += float(loss.detach()) / dist.world
+                if shard:
+                    window_tokens += real
+                    tokens += real
+                    examples_seen += len(shard)
+            step_loss = _all_sum(step_loss, dist)
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             opt.zero_grad(set_to_none=True)
             done = s + 1
             window_loss += step_loss
-            emit(progress, "progress", task="tune", done=done, total=steps)
-            if done % config.eval_every == 0 or done == steps or done == 1:
+            emit(progress, "progress", task=task, done=done, total=steps)
+            if dist.main and (done % config.eval_every == 0 or done == steps or done == 1):
                 now = time.perf_counter()
                 n = done - (train_log[-1]["step"] if train_log else 0)
                 row = {"step": done, "loss": round(window_loss / n, 4),
-                       "val_loss": _round(_val_loss(model, data.val, pad_id, plan.device, bs))}
+                       "val_loss": _round(_val_loss(model, data.val, pad_id, device, bs))}
                 eval_seconds += time.perf_counter() - now
                 train_log.append(row)
-                emit(progress, "metric", task="tune", **row, lr=_lr_at(config, s, steps),
-                     tok_s=round(window_tokens / max(now - window_start, 1e-9), 1))
+                emit(progress, "metric", task=task, **row, lr=_lr_at(config, s, steps),
+                     tok_s=round(window_tokens * dist.world / max(now - window_start, 1e-9), 1))
                 window_loss, window_tokens, window_start = 0.0, 0, time.perf_counter()
             if done % config.checkpoint_every == 0 and done < steps:
-                ckpt.save(snapshot(done))
+                if dist.main:
+                    ckpt.save(snapshot(done))
                 saved = done
     except BaseException:
         # A cancel (SIGTERM raised as an exception) or a crash between steps: keep the progress.
-        if done > saved:
+        if done > saved and dist.main:
             ckpt.save(snapshot(done))
         raise
     run_seconds = time.perf_counter() - t0
     seconds = elapsed_before + run_seconds
     real_total = sum(len(data.train[i].input_ids) for mb in batches[:steps * config.grad_accum] for i in mb)
     padded = sum(len(mb) * max(lengths[i] for i in mb) for mb in batches[:steps * config.grad_accum])
+    run_tokens = _all_sum(tokens, dist)
     facts = {"steps": steps, "epochs": round(steps * config.grad_accum / per_epoch, 2),
              "train_seconds": round(seconds, 1), "eval_seconds": round(eval_seconds, 1),
-             "tok_s": round(tokens / max(run_seconds - eval_seconds, 1e-9), 1),
+             "tok_s": round(run_tokens / max(run_seconds - eval_seconds, 1e-9), 1),
              "train_tokens": real_total, "padding_fraction": round(1 - real_total / padded, 4),
              "resumed_from_step": start or None, "val_loss_before": _round(val_before),
              "val_loss_after": train_log[-1]["val_loss"] if train_log else None}
+    if dist.world > 1:
+        import torch.distributed as td
+
+        ranks: list[Any] = [None] * dist.world
+        td.all_gather_object(ranks, {"rank": dist.rank, "examples": examples_seen, "tokens": tokens})
+        facts["processes"] = dist.world
+        facts["ranks"] = ranks
     return train_log, facts
 
 
@@ -802,7 +922,10 @@ def _evaluate(base: Path, tuned: Path, w: World | None, config: TuneConfig,
 # ----- the station -----
 def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter | None = None,
          overwrite: bool = False, step: StepRecord | None = None) -> Artifact:
-    """Train ``config.model`` on ``config.data`` with ``config.method`` and write the artifact."""
+    """Train ``config.model`` on ``config.data`` with ``config.method`` and write the artifact.
+
+    Under ``torchrun --nproc_per_node N -m llmlab tune ...`` every process trains its share of each
+    batch (supervised methods); rank 0 writes the artifact and the others wait for it."""
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -813,6 +936,11 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
         raise StoreError(f"An artifact named '{config.name}' already exists.",
                          "Choose another name, or pass --force / overwrite=True.")
     plan = select_backend(config)
+    dist = distributed(plan.device)
+    if dist.world > 1 and plan.method in PREFERENCE_METHODS:
+        raise ConfigError(f"{plan.method} runs through trl, not llmlab's own loop, so it does not run under "
+                          "torchrun here.", "Start it as one process, or with `accelerate launch` and trl.")
+    progress = progress if dist.main else None
     for m in plan.messages:
         log.warning(m)
         emit(progress, "log", level="warning", message=m)
@@ -832,7 +960,7 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             data = prepare(config, tok, records, is_world, progress)
             info.update(train_examples=len(data.train), val_examples=len(data.val), truncated=data.truncated,
                         dropped=data.dropped)
-            train_log, facts = _train_sft(model, tok, data, config, plan, ckpt, progress)
+            train_log, facts = train_loop(model, tok, data, config, plan.device, ckpt, progress, dist=dist)
     except torch.OutOfMemoryError:
         raise ResourceError("Training ran out of GPU memory.",
                             "Use a smaller batch_size (with grad_accum to keep the effective batch), a shorter "
@@ -843,6 +971,8 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
     info.update(facts)
     info["trainable_params"] = sum(p.numel() for p in _trainable(model).values())
     info["total_params"] = sum(p.numel() for p in model.parameters())
+    if not dist.main:
+        return _wait_for_main(config.name, store)
     with store.write(config.name, kind, overwrite=overwrite) as w:
         if kind == "adapter":
             model.save_pretrained(w.path, safe_serialization=True)
@@ -871,4 +1001,16 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             if tuned != w.path:
                 shutil.rmtree(tuned, ignore_errors=True)
     ckpt.clear()
-    return store.get(config.name)
+    return _wait_for_main(config.name, store)
+
+
+def _wait_for_main(name: str, store: Store) -> Artifact:
+    """Under torchrun: every rank leaves once rank 0 has written the artifact (one barrier)."""
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        import torch.distributed as td
+
+        if td.is_initialized():
+            td.barrier()
+    return store.get(name)

@@ -185,8 +185,17 @@ class World:
     stories: list[str]
 
     def split(self, name: str) -> list[dict[str, Any]]:
-        """The QA records of one split: ``tune``, ``heldout`` or ``rag``."""
-        return [q for q in self.qa if q["split"] == name]
+        """The QA records of one split: ``tune``, ``heldout`` or ``rag``; ``tune:people`` (or
+        ``heldout:people,places``) keeps the questions of those relation groups only (one skill)."""
+        name, _, wanted = name.partition(":")
+        groups = {g.strip() for g in wanted.split(",") if g.strip()}
+        unknown = groups - set(RELATION_GROUP.values())
+        if unknown:
+            from llmlab.errors import ConfigError
+
+            raise ConfigError(f"Unknown relation group '{sorted(unknown)[0]}' in the split '{name}:{wanted}'.",
+                              f"Groups: {', '.join(sorted(set(RELATION_GROUP.values())))}.")
+        return [q for q in self.qa if q["split"] == name and (not groups or RELATION_GROUP[q["relation"]] in groups)]
 
     def facts(self, *, doc_only: bool | None = None) -> list[tuple[str, str, str]]:
         """All (entity, relation, answer) triples, optionally only (non-)document-only ones."""

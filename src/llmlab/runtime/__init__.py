@@ -48,13 +48,17 @@ ENGINES: dict[str, Engine] = {
                            "Hugging Face folders with safetensors (CPU fp32, CUDA bf16)"),
     "llama.cpp": Engine("llmlab.runtime.llamacpp:LlamaCppModel", "file:.gguf",
                         "GGUF files through llama-cpp-python"),
+    "gptqmodel": Engine("llmlab.runtime.gptq:GPTQModelEngine", "folder",
+                        "GPTQ, AWQ and RTN folders through GPTQModel (CPU torch kernels, CUDA)"),
 }
 # Artifact kind -> engine; kinds not listed are decided by their files.
 KIND_ENGINES: dict[str, str] = {
     "base": "transformers", "full": "transformers", "merged": "transformers", "distilled": "transformers",
-    "adapter": "transformers", "gguf": "llama.cpp",
+    "adapter": "transformers", "gguf": "llama.cpp", "gguf-adapter": "llama.cpp",
+    "gptq": "gptqmodel", "awq": "gptqmodel", "rtn": "gptqmodel",
 }
-_ALIASES = {"hf": "transformers", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp", "gguf": "llama.cpp"}
+_ALIASES = {"hf": "transformers", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp", "gguf": "llama.cpp",
+            "gptq": "gptqmodel", "awq": "gptqmodel"}
 
 
 def _engine_for_path(path: Path) -> str:
@@ -64,7 +68,9 @@ def _engine_for_path(path: Path) -> str:
         raise ConfigError(f"'{path}' is not a model llmlab can load.",
                           "Give a .gguf file, a Hugging Face folder with safetensors, or an artifact name.")
     if any(path.glob("*.safetensors")):
-        return "transformers"
+        from llmlab.gptq import quantization_config
+
+        return "gptqmodel" if quantization_config(path) else "transformers"
     if len(list(path.glob("*.gguf"))) == 1:
         return "llama.cpp"
     raise ConfigError(f"'{path}' holds neither safetensors weights nor a single .gguf file.",
@@ -95,6 +101,10 @@ def resolve(source: str | Path | Artifact, *, store: Store | None = None,
             from llmlab.tune import merged_folder
 
             path = merged_folder(artifact, store or Store(artifact.path.parent))
+        elif artifact.kind == "gguf-adapter":  # its base GGUF; load() passes the adapter as lora_path
+            from llmlab.gguf_adapter import base_file
+
+            path = base_file(artifact, store or Store(artifact.path.parent))
     if engine is not None:
         name = _ALIASES.get(engine, engine)
         if name not in ENGINES:
@@ -122,8 +132,11 @@ def load(source: str | Path | Artifact, *, engine: str | None = None, store: Sto
          **options: Any) -> Model:
     """Load a model: an artifact name (in ``store``, default ``Store()``), an Artifact, a Hugging Face
     folder or a ``.gguf`` file. ``engine`` forces ``transformers`` or ``llama.cpp``; ``options`` go to
-    the engine (``n_ctx``; transformers: ``device``, ``dtype``; llama.cpp: ``n_gpu_layers``)."""
+    the engine (``n_ctx``; transformers: ``device``, ``dtype``; llama.cpp: ``n_gpu_layers``, ``lora_path``,
+    ``lora_scale``)."""
     path, name, artifact = resolve(source, store=store, engine=engine)
+    if artifact is not None and artifact.kind == "gguf-adapter":
+        options.setdefault("lora_path", artifact.file(".gguf"))
     model = ENGINES[name].load_class()(path, **options)
     model.artifact = artifact
     return model

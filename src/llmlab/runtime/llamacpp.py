@@ -6,10 +6,13 @@ cache we manage), so logits of every position are available for ``logprobs`` wit
 shared one in ``base.py``. The chat template comes from the GGUF metadata and is rendered the way
 transformers renders it (same Jinja sandbox and options), so a prompt is the same text in both
 engines. ``self.llm`` is the ``llama_cpp.Llama`` for callers that want llama-cpp-python's own API.
+``lora_path`` (and ``lora_scale``) applies a GGUF LoRA adapter on top of the model without merging
+(a ``gguf-adapter`` artifact loads this way: ``llmlab.gguf_adapter``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import logging
 import weakref
@@ -94,7 +97,8 @@ class LlamaCppModel(Model):
 
     engine = "llama.cpp"
 
-    def __init__(self, path: Path, *, n_ctx: int | None = None, n_gpu_layers: int | None = None):
+    def __init__(self, path: Path, *, n_ctx: int | None = None, n_gpu_layers: int | None = None,
+                 lora_path: str | Path | None = None, lora_scale: float = 1.0):
         super().__init__(path)
         try:
             import llama_cpp
@@ -107,7 +111,17 @@ class LlamaCppModel(Model):
         header = read_header(path)  # a truncated or foreign file fails here, with its name
         if header.get("type") == "adapter":
             raise ConfigError(f"'{path.name}' is a LoRA adapter, not a model.",
-                              "Load its base model; adapters are applied by the Tune station.")
+                              "Load its base model with lora_path= this file, or load the gguf-adapter artifact.")
+        lora_bytes = 0
+        if lora_path is not None:
+            lora = read_header(lora_path)
+            if lora.get("type") != "adapter":
+                raise ConfigError(f"'{Path(lora_path).name}' is not a LoRA adapter (its general.type is "
+                                  f"'{lora.get('type')}').", "Give a GGUF adapter (llmlab gguf-adapter makes one).")
+            if lora["arch"] != header["arch"]:
+                raise ConfigError(f"The adapter '{Path(lora_path).name}' is for {lora['arch']} models, but "
+                                  f"'{path.name}' is {header['arch']}.", "Use the adapter's own base model.")
+            lora_bytes = lora["size_bytes"]
         meta = header["metadata"]
         arch = header["arch"]
         train_ctx = int(meta.get(f"{arch}.context_length") or DEFAULT_MAX_CTX)
@@ -118,7 +132,8 @@ class LlamaCppModel(Model):
         kv_heads = int(meta.get(f"{arch}.attention.head_count_kv") or heads)
         width = int(meta.get(f"{arch}.embedding_length") or 0)
         kv = 2 * 2 * ctx * layers * kv_heads * (width // max(heads, 1))
-        check_memory(header["size_bytes"] + kv + 100 * MB, f"'{path.name}'")
+        # with an adapter llama-cpp-python reads the file into memory instead of mapping it
+        check_memory(header["size_bytes"] + lora_bytes + kv + 100 * MB, f"'{path.name}'")
 
         gpu = n_gpu_layers if n_gpu_layers is not None else (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
         self._n_batch = min(512, ctx)
@@ -126,9 +141,18 @@ class LlamaCppModel(Model):
             model_path=str(path), n_ctx=ctx, n_batch=self._n_batch, n_ubatch=self._n_batch,
             n_threads=settings.threads(), n_threads_batch=settings.threads(), n_gpu_layers=gpu,
             logits_all=False, verbose=False,
+            lora_path=None if lora_path is None else str(lora_path), lora_scale=lora_scale,
         )
+        self.lora_path = None if lora_path is None else Path(lora_path)
+        self.lora_scale = lora_scale
         self.device = "gpu" if gpu else "cpu"
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
+        self._n_ctx = self.llm.n_ctx()
+        # our own prototype of llama_get_logits returning the address as an int (see _last_logits)
+        self._get_logits = ctypes.CDLL(str(Path(llama_cpp.__file__).parent / "lib" / "libllama.so"))["llama_get_logits"]
+        self._get_logits.restype, self._get_logits.argtypes = ctypes.c_void_p, [ctypes.c_void_p]
+        self._logits_addr: int | None = None
+        self._logits_view = np.empty(0, dtype=np.float32)
         self._n_vocab = self.llm.n_vocab()
         self._batch = llama_cpp.llama_batch_init(self._n_batch, 0, 1)
         # Free on close(), garbage collection or interpreter exit, whichever comes first: freed by
@@ -173,7 +197,7 @@ class LlamaCppModel(Model):
 
     @property
     def n_ctx(self) -> int:
-        return self.llm.n_ctx()
+        return self._n_ctx
 
     @property
     def vocab_size(self) -> int:
@@ -185,14 +209,15 @@ class LlamaCppModel(Model):
             "engine": self.engine, "path": str(self.path), "n_ctx": self.n_ctx, "vocab_size": self.vocab_size,
             "n_params": int(self._ll.llama_model_n_params(self.llm.model)), "device": self.device,
             "size_bytes": self._header["size_bytes"], "file_type": self._header["file_type"],
+            **({"lora_path": str(self.lora_path), "lora_scale": self.lora_scale} if self.lora_path else {}),
         }
 
     # ----- decoding -----
     def _decode(self, ids: Sequence[int], all_logits: bool) -> np.ndarray:
         """Append ``ids`` to the cached sequence; logits of every new position, or of the last."""
         ll, b = self._ll, self._batch
-        if self._n_past + len(ids) > self.n_ctx:
-            raise ConfigError(f"{self._n_past + len(ids)} tokens do not fit the model's context of {self.n_ctx}.")
+        if self._n_past + len(ids) > self._n_ctx:
+            raise ConfigError(f"{self._n_past + len(ids)} tokens do not fit the model's context of {self._n_ctx}.")
         rows = []
         for start in range(0, len(ids), self._n_batch):
             chunk = ids[start:start + self._n_batch]
@@ -207,10 +232,22 @@ class LlamaCppModel(Model):
             if ll.llama_decode(self.llm.ctx, b) != 0:
                 raise RuntimeError(f"llama.cpp failed to decode {len(chunk)} tokens of '{self.path.name}'.")
             self._n_past += len(chunk)
-            n_out = len(chunk) if all_logits else 1
-            logits = ll.llama_get_logits(self.llm.ctx)
-            rows.append(np.ctypeslib.as_array(logits, shape=(n_out, self._n_vocab)).copy())
-        return np.concatenate(rows) if all_logits else rows[-1][0]
+            if all_logits:
+                logits = ll.llama_get_logits(self.llm.ctx)
+                rows.append(np.ctypeslib.as_array(logits, shape=(len(chunk), self._n_vocab)).copy())
+        return np.concatenate(rows) if all_logits else self._last_logits()
+
+    def _last_logits(self) -> np.ndarray:
+        """A copy of the logits of the one position that asked for them.
+
+        Generation calls this once per token, so it reads llama.cpp's output buffer through a
+        numpy view made once per buffer address (the buffer moves only when llama.cpp grows it):
+        building a fresh view per token (``np.ctypeslib.as_array``) cost more than the sampling."""
+        addr = self._get_logits(self.llm.ctx)
+        if addr != self._logits_addr:
+            self._logits_view = np.ctypeslib.as_array((ctypes.c_float * self._n_vocab).from_address(addr))
+            self._logits_addr = addr
+        return self._logits_view.copy()
 
     def _reset(self) -> None:
         self._ll.llama_memory_clear(self._ll.llama_get_memory(self.llm.ctx), True)

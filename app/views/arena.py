@@ -1,0 +1,103 @@
+"""Arena: two or more variants answer the same prompt side by side (streamed), the user votes, and the votes
+become Elo and Bradley-Terry ratings shown next to the automatic scores.
+
+Answers stream one column at a time through each model's own chat template with the same system
+prompt and sampling settings (``widgets.sampling_controls``). A vote names the better answer, or
+a tie; it is stored with every pair's answers and content hashes in ``<store>/.arena/votes.sqlite``
+(``llmlab.evaluate.arena``). The ratings table adds each variant's cached perplexity and task
+accuracy on the default suite (read from the quality cache; nothing is scored here).
+
+The functions above ``main`` are pure helpers that the tests import; the page body runs only when
+Streamlit executes this file (as ``__main__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from llmlab import world
+from llmlab.errors import LlmlabError
+from llmlab.evaluate import EvaluateConfig, evaluate
+from llmlab.evaluate.arena import Arena
+from llmlab.runtime import KIND_ENGINES
+from llmlab.store import Store
+from widgets import load_model, sampling_controls
+
+AUTO_COLUMNS = ("ppl", "heldout.accuracy", "kld_mean", "size_mb")
+
+
+# ----- helpers (pure: no Streamlit calls) -----
+def ratings_with_scores(store: Store, ratings: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each rated variant's row with its cached automatic scores on the default suite (None when not cached)."""
+    names = [r["name"] for r in ratings if store.exists(r["name"])]
+    auto: dict[str, dict[str, Any]] = {}
+    if names:
+        board = evaluate(EvaluateConfig(models=names, only_cached=True, track=False), store=store)
+        auto = {r["name"]: r for r in board.rows}
+    return [{**r, **{c: auto.get(r["name"], {}).get(c) for c in AUTO_COLUMNS}} for r in ratings]
+
+
+# ----- page -----
+def main() -> None:
+    store = Store()
+    arena = Arena(store)
+    st.title("Arena")
+    st.markdown("Ask two or more variants the same thing, read their answers side by side and vote for the "
+                "better one. Votes become Elo and Bradley-Terry ratings.")
+    variants = [a.name for a in store.list() if a.kind in KIND_ENGINES]
+    if len(variants) < 2:
+        st.info("The Arena needs at least two models in the store. Run the quickstart "
+                "(`llmlab run recipes/quickstart.yaml`) to get a base model, an adapter and GGUF quants.")
+    else:
+        chosen = st.multiselect("Variants", variants, default=variants[:2], key="arena:variants")
+        params = sampling_controls("arena")
+        system = st.text_input("System prompt", world.SYSTEM_PROMPT, key="arena:system")
+        prompt = st.chat_input("Ask every chosen variant", key="arena:prompt")
+        if prompt and len(chosen) >= 2:
+            answers: dict[str, str] = {}
+            messages = ([{"role": "system", "content": system}] if system else []) + [
+                {"role": "user", "content": prompt}]
+            for col, name in zip(st.columns(len(chosen)), chosen):
+                with col:
+                    st.markdown(f"**{name}**")
+                    try:
+                        art = store.get(name)
+                        model = load_model(str(store.root), name, art.content_hash)
+                        reply = st.write_stream(model.stream_chat(messages, params))
+                        answers[name] = reply if isinstance(reply, str) else str(reply)
+                    except LlmlabError as e:
+                        st.error(str(e))
+            st.session_state["arena:last"] = {"prompt": prompt, "answers": answers}
+        elif prompt:
+            st.warning("Pick at least two variants.")
+        last = st.session_state.get("arena:last")
+        if last and len(last["answers"]) >= 2:
+            if not prompt:  # a rerun after a vote: show the answers again
+                for col, (name, text) in zip(st.columns(len(last["answers"])), last["answers"].items()):
+                    col.markdown(f"**{name}**")
+                    col.markdown(text or "_(empty answer)_")
+            st.markdown(f"Which answer to *{last['prompt']}* is better?")
+            names = list(last["answers"])
+            for col, choice in zip(st.columns(len(names) + 1), [*names, None]):
+                if col.button(choice or "Tie", key=f"arena:vote:{choice}"):
+                    arena.vote(last["prompt"], last["answers"], winner=choice)
+                    st.session_state.pop("arena:last")
+                    st.toast(f"Vote stored: {choice or 'tie'}")
+                    st.rerun()
+
+    st.subheader("Ratings")
+    ratings = arena.ratings()
+    if not ratings:
+        st.caption("No votes yet.")
+        return
+    st.dataframe(pd.DataFrame(ratings_with_scores(store, ratings)), hide_index=True, width="stretch")
+    st.caption(f"{len(arena.votes())} pairwise votes. Elo replays the votes in order (K=32); Bradley-Terry "
+               "(bt, and on the Elo scale bt_elo) fits all of them at once. Automatic scores come from the "
+               "leaderboard's cache (default suite).")
+
+
+if __name__ == "__main__":
+    main()

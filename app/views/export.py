@@ -1,0 +1,198 @@
+"""Export: a model as a deployable bundle, its parity report, and a server to try it.
+
+Pick a model (GGUF and gguf-adapter artifacts for llmlab serve / Ollama, Hugging Face ones for
+vLLM; best accuracy first), see what goes into its bundle (``llmlab.export.plan``), and start a
+one-step ``export`` recipe as a job (it checks parity before the bundle is written). For a bundle:
+its files and hashes, the parity report (and a button to run it again), Start / Stop of a server
+process (``llmlab.serve.process``), a chat against it over HTTP, copyable curl and OpenAI-client
+snippets, and its live metrics. Nothing heavy is imported until a button is pressed.
+
+The functions above ``main`` are pure helpers that the tests import; the page body runs only when
+Streamlit executes this file (as ``__main__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import streamlit as st
+
+from llmlab.errors import LlmlabError
+from llmlab.export import GGUF_KINDS, HF_KINDS, ExportConfig, plan
+from llmlab.jobs import FINAL, JobQueue
+from llmlab.store import Artifact, Store
+from widgets import job_queue, job_status, start_button, task_bar
+
+HELP = {name: f.description for name, f in ExportConfig.model_fields.items()}
+METRIC_ROWS = {  # /metrics series -> label on the page
+    'llmlab_requests_total{endpoint="chat",status="200"}': "chat requests answered",
+    'llmlab_requests_total{endpoint="completions",status="200"}': "completions answered",
+    'llmlab_tokens_total{type="prompt"}': "prompt tokens",
+    'llmlab_tokens_total{type="completion"}': "completion tokens",
+    "llmlab_queue_depth": "queue depth",
+    "llmlab_requests_active": "generating now",
+}
+
+
+# ----- helpers (pure: no Streamlit calls) -----
+def _accuracy(art: Artifact) -> float:
+    acc = art.metrics.get("accuracy")
+    if isinstance(acc, dict):
+        acc = acc.get("heldout", next(iter(acc.values()), None))
+    return float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else -1.0
+
+
+def exportable(store: Store) -> list[Artifact]:
+    """Models that can be exported, best accuracy first (unscored ones last)."""
+    arts = [a for a in store.list() if a.kind in GGUF_KINDS + HF_KINDS]
+    return sorted(arts, key=lambda a: (-_accuracy(a), a.name))
+
+
+def bundle_files(bundle: Artifact) -> list[dict[str, Any]]:
+    """One row per file of a bundle: path, size, sha256 (short)."""
+    return [{"file": rel, "size_kb": round((bundle.path / rel).stat().st_size / 1e3, 1), "sha256": digest[:16]}
+            for rel, digest in sorted(bundle.manifest.files.items())]
+
+
+def metric_rows(values: dict[str, float]) -> list[dict[str, Any]]:
+    """The counters the page shows, plus the mean latency per endpoint."""
+    rows = [{"metric": label, "value": values.get(key, 0)} for key, label in METRIC_ROWS.items()]
+    for key, total in values.items():
+        if key.startswith("llmlab_request_latency_seconds_sum"):
+            count = values.get(key.replace("_sum", "_count"), 0)
+            endpoint = key[key.index("{"):]
+            rows.append({"metric": f"mean latency {endpoint} (ms)", "value": round(1000 * total / count, 1)
+                         if count else 0})
+    return rows
+
+
+# ----- page sections -----
+def export_form(store: Store, queue: JobQueue) -> None:
+    models = exportable(store)
+    if not models:
+        st.info("The store has no model to export. Run the quickstart (`llmlab run recipes/quickstart.yaml`) "
+                "or quantize a model first.")
+        return
+    name = st.selectbox("Model", [a.name for a in models], key="export:model", help=HELP["model"])
+    art = store.get(name)
+    st.dataframe(plan(art), hide_index=True)
+    c1, c2, c3 = st.columns(3)
+    out = c1.text_input("Bundle name", f"{name}-bundle", key="export:name", help=HELP["name"])
+    parity = c2.checkbox("Parity check", art.kind in GGUF_KINDS, key="export:parity", help=HELP["parity"],
+                         disabled=art.kind not in GGUF_KINDS)
+    registry = c3.checkbox("Register in MLflow", False, key="export:registry", help=HELP["registry"])
+    config = {"model": name, "name": out, "parity": parity, "registry": registry}
+    start_button(queue, "export", config, label="Export", title=f"export {name}", session_key="export:job")
+
+
+def job_panel(queue: JobQueue, job_id: str) -> None:
+    job = job_status(queue, queue.get(job_id), "export")
+    task_bar(queue.progress(job.id))
+    key = f"export:running:{job.id}"
+    if job.status not in FINAL:
+        st.session_state[key] = True
+    elif st.session_state.pop(key, False):
+        st.rerun()
+
+
+def live_metrics(url: str) -> None:
+    from llmlab.serve.client import metrics
+
+    try:
+        st.dataframe(metric_rows(metrics(url)), hide_index=True)
+    except Exception as e:  # the server went away between reruns
+        st.caption(f"No metrics: {type(e).__name__}")
+
+
+def server_section(store: Store, bundle: Artifact) -> None:
+    from llmlab.serve import process
+    from llmlab.serve.client import snippets, stream_chat
+
+    server = next((s for s in process.running_servers(store) if s["name"] == bundle.name), None)
+    if server is None:
+        if st.button("Start server", key="export:serve", type="primary"):
+            with st.spinner("Starting the server…"):
+                try:
+                    process.start(bundle.name, store=store)
+                except LlmlabError as e:
+                    st.error(str(e))
+                    return
+            st.rerun()
+        return
+    st.success(f"Serving **{bundle.name}** at {server['url']}/v1 (pid {server['pid']}, log {server['log_path']})")
+    if st.button("Stop server", key="export:stop"):
+        process.stop(bundle.name, store=store)
+        st.rerun()
+    code = snippets(server["url"], bundle.name)
+    c1, c2 = st.columns(2)
+    c1.code(code["curl"], language="bash")
+    c2.code(code["python"], language="python")
+    st.fragment(run_every=2)(live_metrics)(server["url"])
+    history: list[dict[str, str]] = st.session_state.setdefault(f"export:chat:{bundle.name}", [])
+    for m in history:
+        st.chat_message(m["role"]).markdown(m["content"])
+    prompt = st.chat_input(f"Ask {bundle.name} (over HTTP)", key="export:chat")
+    if prompt:
+        history.append({"role": "user", "content": prompt})
+        st.chat_message("user").markdown(prompt)
+        try:
+            with st.chat_message("assistant"):
+                reply = st.write_stream(stream_chat(server["url"], bundle.name, history, max_tokens=128))
+            history.append({"role": "assistant", "content": str(reply)})
+        except LlmlabError as e:
+            history.pop()
+            st.error(str(e))
+
+
+def bundle_section(store: Store) -> None:
+    bundles = store.list("bundle")
+    st.subheader("Bundles")
+    if not bundles:
+        st.caption("No bundles yet: export a model above (or `llmlab export MODEL`).")
+        return
+    name = st.selectbox("Bundle", [b.name for b in bundles], key="export:bundle")
+    bundle = store.get(name)
+    tarball = store.root / f"{name}.tar.gz"
+    st.caption(f"{bundle.path}" + (f" · tarball {tarball} ({tarball.stat().st_size / 1e6:.1f} MB)"
+                                   if tarball.exists() else ""))
+    st.dataframe(bundle_files(bundle), hide_index=True)
+    parity = bundle.metrics.get("parity")
+    if parity:
+        st.markdown(f"**Parity** ({parity.get('mode')}): {'ok' if parity.get('ok') else 'DRIFT'} · "
+                    f"largest log-probability difference {parity.get('max_logprob_diff', 0):.2e} over "
+                    f"{parity.get('prompts')} prompts")
+    source = bundle.manifest.info.get("source")
+    if source and store.exists(source) and st.button("Run the parity check again", key="export:parity_again"):
+        from llmlab.parity import check
+
+        with st.spinner("Replaying the prompts through the bundle's server and the artifact…"):
+            try:
+                st.json(check(bundle.path, source, store=store))
+            except LlmlabError as e:
+                st.error(str(e))
+    if bundle.manifest.info.get("format") == "gguf":
+        server_section(store, bundle)
+    else:
+        from llmlab.export import open_bundle
+
+        st.code(open_bundle(bundle.path, verify=False).get("vllm", ""), language="bash")
+
+
+def main() -> None:
+    store = Store()
+    queue = job_queue(str(store.root))
+    st.title("Export")
+    st.markdown("Turn a model into a folder and a `.tar.gz` you can copy to a server: the model in its serving "
+                "format, an OpenAI-compatible server, a Dockerfile, an Ollama Modelfile, and a parity check that "
+                "proves the bundle answers as the model you evaluated.")
+    with st.container(border=True):
+        export_form(store, queue)
+    job_id = st.session_state.get("export:job")
+    if job_id:
+        job = queue.get(job_id)
+        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job_id)
+    bundle_section(store)
+
+
+if __name__ == "__main__":
+    main()

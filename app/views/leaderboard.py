@@ -1,0 +1,119 @@
+"""Leaderboard: every variant in the store on one suite, filters, Pareto charts, downloads, and the winner
+sent to Export.
+
+The table is read from the quality cache (``llmlab.evaluate.evaluate(only_cached=True)``: no model is
+loaded while the page draws); "Score what is missing" starts a one-step ``evaluate`` recipe as a job,
+which scores only variants without a cached result (with speed and memory, fresh, when ticked).
+Charts plot a quality metric against size on disk and, when measured, generation speed, with each
+Pareto front drawn as a line. "Send to Export" puts the chosen winner in
+``st.session_state["export:model"]``, which the Export page reads.
+
+The functions above ``main`` are pure helpers that the tests import; the page body runs only when
+Streamlit executes this file (as ``__main__``).
+"""
+
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from llmlab.errors import LlmlabError
+from llmlab.evaluate import EvaluateConfig, Leaderboard, evaluate
+from llmlab.evaluate.suites import metric_direction
+from llmlab.jobs import FINAL
+from llmlab.store import Store
+from widgets import job_queue, job_status, start_button, task_bar
+
+EXPORT_KEY = "export:model"
+X_AXES = {"size_mb": "size on disk (MB)", "gen_tok_s": "generation tokens/s"}
+HELP = {name: f.description for name, f in EvaluateConfig.model_fields.items()}
+
+
+# ----- helpers (pure: no Streamlit calls) -----
+def suite_from(tasks: str, texts: str, limit: int) -> EvaluateConfig:
+    """The suite the page shows: task sources (comma separated), texts and a per-task limit."""
+    return EvaluateConfig(tasks=[{"source": s.strip(), "limit": limit} for s in tasks.split(",") if s.strip()],
+                          texts=texts or None, track=False)
+
+
+def chart_data(board: Leaderboard, x: str, y: str) -> pd.DataFrame:
+    """Rows with both values, and whether each is on the Pareto front of ``y`` against ``x``."""
+    front = {r["name"] for r in board.pareto(x, y)}
+    rows = [{"name": r["name"], "kind": r["kind"], x: r[x], y: r[y], "pareto": r["name"] in front}
+            for r in board.rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
+    return pd.DataFrame(rows, columns=["name", "kind", x, y, "pareto"])
+
+
+def pareto_chart(data: pd.DataFrame, x: str, y: str) -> alt.LayerChart:
+    base = alt.Chart(data).encode(x=alt.X(x, title=X_AXES.get(x, x)), y=alt.Y(y, title=y))
+    points = base.mark_circle(size=90).encode(color="kind:N", tooltip=["name", "kind", x, y, "pareto"])
+    line = base.transform_filter(alt.datum.pareto).mark_line(strokeDash=[4, 3], color="gray")
+    return points + line
+
+
+# ----- page -----
+def main() -> None:
+    store = Store()
+    queue = job_queue(str(store.root))
+    st.title("Leaderboard")
+    st.markdown("Every variant in the store scored on the same suite: perplexity on held-out text, KL divergence "
+                "and top-1 agreement against its parent, task accuracy, size, and speed when measured.")
+    c1, c2, c3 = st.columns([2, 2, 1])
+    tasks = c1.text_input("Task sets", "heldout", key="board:tasks", help=HELP["tasks"])
+    texts = c2.text_input("Perplexity texts", "world", key="board:texts", help=HELP["texts"])
+    limit = c3.number_input("Questions per task", 1, 10_000, 100, key="board:limit")
+    try:
+        config = suite_from(tasks, texts, int(limit))
+        board = evaluate(config.model_copy(update={"only_cached": True}), store=store)
+    except LlmlabError as e:
+        st.info(str(e))
+        return
+    missing = [r["name"] for r in board.rows if r["quality_from"] == "not scored"]
+    speed = st.checkbox("Also measure speed and memory (fresh)", key="board:speed", help=HELP["speed"])
+    label = f"Score what is missing ({len(missing)})" if missing else "Score again (speed only)"
+    # the models are listed so that the recipe's step cache sees a new variant as a new config
+    job_config = config.model_copy(update={"speed": speed, "track": True, "models": [r["name"] for r in board.rows]})
+    start_button(queue, "evaluate", job_config, label=label,
+                 title="evaluate", session_key="board:job", disabled=not missing and not speed)
+    job_id = st.session_state.get("board:job")
+    if job_id:
+        job = job_status(queue, queue.get(job_id), "board")
+        task_bar(queue.progress(job.id))
+        if job.status not in FINAL:
+            st.caption("The table fills in when the job ends (rerun the page).")
+
+    f1, f2, f3 = st.columns([2, 2, 1])
+    kinds = f1.multiselect("Kinds", sorted({r["kind"] for r in board.rows}), key="board:kinds")
+    contains = f2.text_input("Name contains", key="board:contains")
+    hide_failed = f3.checkbox("Hide failed", key="board:hide")
+    shown = board.filter(kinds=kinds, contains=contains, errors=not hide_failed)
+    st.dataframe(pd.DataFrame(shown.table()), hide_index=True, width="stretch")
+    st.caption("quality_from: fresh (scored in that run), cached (same content, suite, data and versions), "
+               "not scored yet; speed_from: fresh only when measured in this run.")
+    d1, d2 = st.columns(2)
+    d1.download_button("Download CSV", shown.to_csv(), "leaderboard.csv", "text/csv", key="board:csv")
+    d2.download_button("Download Markdown", shown.to_markdown(), "leaderboard.md", "text/markdown", key="board:md")
+
+    metrics = shown.metrics()
+    if not metrics:
+        st.info("No scores yet: start the job above.")
+        return
+    metric = st.selectbox("Quality metric", metrics, key="board:metric",
+                          help="Lower is better for perplexity and KL divergence, higher for the others.")
+    for x in X_AXES:
+        data = chart_data(shown, x, metric)
+        if len(data):
+            st.altair_chart(pareto_chart(data, x, metric), width="stretch")
+    winner = shown.best(metric)
+    if winner is not None:
+        better = "highest" if metric_direction(metric) else "lowest"
+        st.markdown(f"Winner on **{metric}** ({better}): **{winner['name']}** ({winner['kind']}).")
+        if st.button("Send the winner to Export", key="board:export"):
+            st.session_state[EXPORT_KEY] = winner["name"]
+        if st.session_state.get(EXPORT_KEY):
+            st.success(f"The Export page will open on {st.session_state[EXPORT_KEY]}.")
+
+
+if __name__ == "__main__":
+    main()

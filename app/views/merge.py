@@ -1,0 +1,205 @@
+"""Merge: combine models and adapters, see up front whether they fit, compare the merge with its parents.
+
+Pick the inputs (models and adapters from the store), a method (every mergekit method, ``unload``
+and peft's adapter combinations, from ``llmlab.merge.methods``), weights and densities with
+sliders, and read the compatibility report (``check_compatibility``: architectures, sizes,
+vocabularies, tokenizers, chat templates and the memory estimate, from config and tokenizer files
+only) before starting a one-step ``merge`` recipe as a job. Below, a merge's stored scores and
+its parents' (same held-out text and questions, per relation group) fill a table and a chart,
+and the merge or any parent can be chatted with. Nothing imports torch until a chat loads a model.
+
+The functions above ``main`` are pure helpers that the tests import; the page body runs only when
+Streamlit executes this file (as ``__main__``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from llmlab.errors import LlmlabError
+from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.merge import MODEL_KINDS, MergeConfig, check_compatibility, methods
+from llmlab.store import Artifact, Store
+from widgets import chat_panel, job_panel, job_queue, start_button
+
+INPUT_KINDS = (*MODEL_KINDS, "adapter")
+GROUPS = ("people", "places", "objects")
+HELP = {name: f.description for name, f in MergeConfig.model_fields.items()}
+TABLE_COLUMNS = ("model", "role", "weight", "ppl", "accuracy", *(f"accuracy_{g}" for g in GROUPS))
+
+
+# ----- helpers (pure: no Streamlit calls) -----
+def merged_artifacts(store: Store) -> list[Artifact]:
+    """Artifacts the Merge station wrote (newest first): ``merged`` ones, and adapters it combined."""
+    return [a for a in store.list() if a.kind == "merged" or (a.kind == "adapter" and "method" in a.manifest.info)]
+
+
+def comparison_rows(art: Artifact) -> list[dict[str, Any]]:
+    """The merge and each parent with their scores (from the merge's metrics.json), merge first."""
+    m = art.metrics
+    rows = [{"model": art.name, "role": "merge", "weight": None, **{k: m.get(k) for k in TABLE_COLUMNS[3:]}}]
+    scored = m.get("parents") or {}
+    for p in art.manifest.parents:
+        s = scored.get(p.name, {})
+        rows.append({"model": p.name, "role": p.role, "weight": p.weight, **{k: s.get(k) for k in TABLE_COLUMNS[3:]}})
+    return rows
+
+
+def accuracy_long(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    """Per-group accuracies as long rows (model, skill, accuracy) for the chart."""
+    return pd.DataFrame([{"model": r["model"], "skill": g, "accuracy": r[f"accuracy_{g}"]}
+                         for r in rows for g in GROUPS if r.get(f"accuracy_{g}") is not None])
+
+
+def config_from_form(name: str, method: str, models: list[str], base: str | None, weights: list[float] | None,
+                     densities: list[float] | None, parameters: dict[str, Any], tokenizer_source: str | None,
+                     output: str) -> dict[str, Any]:
+    """The ``merge`` step config the form stands for (only what differs from the defaults)."""
+    config: dict[str, Any] = {"name": name, "method": method, "models": models}
+    for key, value in (("base", base), ("weights", weights), ("densities", densities),
+                       ("tokenizer_source", tokenizer_source)):
+        if value is not None:
+            config[key] = value
+    if parameters:
+        config["parameters"] = parameters
+    if method.startswith("peft_"):
+        config["output"] = output
+    return config
+
+
+# ----- the page -----
+def merge_form(store: Store, queue: JobQueue) -> None:
+    arts = [a for a in store.list() if a.kind in INPUT_KINDS]
+    known = methods()
+    c1, c2 = st.columns([2, 1])
+    models = c1.multiselect("Models and adapters", [a.name for a in arts], key="merge:models",
+                            format_func=lambda n: f"{n} ({store.get(n).kind})", help=HELP["models"])
+    method = c2.selectbox("Method", list(known), index=list(known).index("ties"), key="merge:method",
+                          format_func=lambda n: f"{n} · {known[n].pretty}", help=HELP["method"])
+    info = known[method]
+    base: str | None = None
+    if info.base != "ignored" and info.source == "mergekit":
+        choices = ["(the adapters' base)"] + [a.name for a in arts if a.kind in MODEL_KINDS]
+        picked = st.selectbox("Base model", choices, key="merge:base", help=HELP["base"])
+        base = None if picked == choices[0] else picked
+    weights = densities = None
+    if models and "weight" in info.per_model:
+        cols = st.columns(len(models))
+        weights = [cols[i].slider(f"weight · {m}", 0.0, 1.0, round(1.0 / len(models), 2) if method == "linear"
+                                  else 1.0, 0.05, key=f"merge:w:{m}") for i, m in enumerate(models)]
+    if models and "density" in info.per_model:
+        cols = st.columns(len(models))
+        densities = [cols[i].slider(f"density · {m}", 0.05, 1.0, 0.7, 0.05, key=f"merge:d:{m}")
+                     for i, m in enumerate(models)]
+    parameters: dict[str, Any] = {}
+    if "t" in info.shared:
+        parameters["t"] = st.slider("t (0: base, 1: the other model)", 0.0, 1.0, 0.5, 0.05, key="merge:t")
+    output = "model"
+    if info.source == "peft":
+        output = st.radio("Write", ["model", "adapter"], horizontal=True, key="merge:output", help=HELP["output"])
+    default_name = f"{'-'.join(models[:2]) or 'merge'}-{method}".replace("_", "-")[:100]
+    name = st.text_input("Name of the merge", default_name, key="merge:name", help=HELP["name"]).strip()
+
+    problems: list[str] = []
+    tokenizer_source = None
+    if models:
+        st.markdown("**Compatibility**")
+        try:
+            report = check_compatibility(models, base, store=store)
+        except LlmlabError as e:
+            report = None
+            problems.append(str(e))
+        if report is not None:
+            st.dataframe(report.rows, hide_index=True)
+            if report.needs_tokenizer_choice:
+                tokenizer_source = st.selectbox("Vocabularies differ: tokenizer source", report.tokenizer_options,
+                                                key="merge:tokenizer", help=HELP["tokenizer_source"])
+                report = check_compatibility(models, base, store=store, tokenizer_source=tokenizer_source)
+            problems += report.problems
+            for w in report.warnings:
+                st.warning(w)
+            st.caption(f"Memory needed (estimate): about {report.memory_bytes / 2**20:,.0f} MB.")
+            if report.ok:
+                st.success("These inputs can be merged.")
+    else:
+        problems.append("Pick the models or adapters to merge.")
+    try:
+        if name and store.exists(name):
+            st.caption(f"'{name}' is already in the store (replaced, unless made with the same settings).")
+    except LlmlabError as e:  # not a valid artifact name
+        problems.append(str(e))
+    for p in problems:
+        (st.error if models else st.info)(p)
+    config = config_from_form(name, method, models, base, weights, densities, parameters, tokenizer_source, output)
+    start_button(queue, "merge", config, label="Start merging", title=f"merge {name}", session_key="merge:job",
+                 disabled=bool(problems) or not name, where="the Merge form")
+
+
+def latest_job(queue: JobQueue) -> JobInfo | None:
+    job_id = st.session_state.get("merge:job")
+    if job_id:
+        try:
+            return queue.get(job_id)
+        except LlmlabError:
+            return None
+    return None
+
+
+def results(store: Store) -> None:
+    st.subheader("Merges against their parents")
+    merges = merged_artifacts(store)
+    if not merges:
+        st.caption("No merges in the store yet: start one above (or run `llmlab run recipes/merge.yaml`).")
+        return
+    name = st.selectbox("Merge", [a.name for a in merges], key="merge:result")
+    art = store.get(name)
+    info = art.manifest.info
+    st.caption(f"method **{info.get('method')}** · inputs {', '.join(info.get('inputs') or [])}"
+               + (f" · tokenizer source {info['tokenizer_source']}" if info.get("tokenizer_source") else ""))
+    rows = comparison_rows(art)
+    st.dataframe(rows, hide_index=True, column_config={
+        "ppl": st.column_config.NumberColumn("ppl", format="%.3f", help="perplexity on the world's held-out text"),
+        **{f"accuracy_{g}": st.column_config.NumberColumn(g, format="%.3f") for g in GROUPS}})
+    retention = art.metrics.get("retention") or {}
+    if retention:
+        st.caption("Retention (merge accuracy / specialist accuracy on the specialist's own skill): " +
+                   ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in retention.items()))
+    data = accuracy_long(rows)
+    if data.empty:
+        st.caption("No scores yet: this merge was not evaluated (no demo world, or evaluate was off).")
+    else:
+        chart = alt.Chart(data).mark_bar().encode(x=alt.X("model:N", title=None), y=alt.Y("accuracy:Q"),
+                                                  color="model:N", column=alt.Column("skill:N"))
+        st.altair_chart(chart)
+    st.subheader("Chat")
+    names = [art.name] + [p.name for p in art.manifest.parents if store.exists(p.name)]
+    who = st.selectbox("Chat with", names, key="merge:chat")
+    chat_panel(store, store.get(who), key="merge:chat")
+
+
+def main() -> None:
+    store = Store()
+    queue = job_queue(str(store.root))
+    st.title("Merge")
+    st.markdown("Combine models or adapters into one model (every mergekit method, or peft's adapter "
+                "combinations), check first that they fit, and compare the merge with its parents.")
+    if not any(a.kind in INPUT_KINDS for a in store.list()):
+        st.info("The store has no models or adapters to merge. Run `llmlab run recipes/merge.yaml` (it tunes two "
+                "skill adapters on the demo model and merges them) or import models with `llmlab models add`.")
+        return
+    st.subheader("New merge")
+    with st.container(border=True):
+        merge_form(store, queue)
+    job = latest_job(queue)
+    if job is not None:
+        st.subheader("Job")
+        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job.id, "merge")
+    results(store)
+
+
+if __name__ == "__main__":
+    main()

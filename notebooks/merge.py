@@ -1,0 +1,236 @@
+"""The Merge station: two skill adapters merged into one model, compared with a multi-task adapter.
+
+Run it with `marimo edit notebooks/merge.py` (or `marimo run`, or plain `python`). Environment:
+LLMLAB_HOME (the store), LLMLAB_NOTEBOOK_SIZE (demo model size, default "small"; micro trains for a
+few steps only, for tests) and LLMLAB_NOTEBOOK_AUTORUN=1 (press the run buttons, for CI).
+"""
+
+import marimo
+
+__generated_with = "0.25.2"
+app = marimo.App(width="medium")
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    mo.md(r"""
+    # Merging two skills into one model
+
+    A LoRA adapter tuned on one skill changes the model by a small **task vector** (tuned weights
+    minus base weights). Merging adds such vectors: **task arithmetic** adds them, **TIES** first
+    drops each vector's small entries and the entries whose sign disagrees with the majority,
+    **linear** averages the two models. This notebook tunes two specialists on the demo world
+    (facts about **people**: home, job, pet, colour; facts about **places**: country, river,
+    dish), merges them with several methods, and compares every merge with the specialists and
+    with one **multi-task** adapter tuned on both skills, question by question on held-out
+    phrasings. The number to watch: how much of each specialist's accuracy on its *own* skill the
+    merge keeps (the goal is at least 70%). Every cell calls `llmlab`: the same calls the
+    `recipes/merge.yaml` steps, `llmlab merge` and the app's Merge page make.
+    """)
+    return
+
+
+@app.cell
+def _():
+    import os
+
+    import altair as alt
+    import marimo as mo
+    import pandas as pd
+
+    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.merge import MergeConfig, check_compatibility, merge
+    from llmlab.store import Store
+    from llmlab.tune import TuneConfig, tune
+
+    return (
+        BuildDemoConfig,
+        MergeConfig,
+        Store,
+        TuneConfig,
+        alt,
+        build_demo,
+        check_compatibility,
+        merge,
+        mo,
+        os,
+        pd,
+        tune,
+    )
+
+
+@app.cell
+def _(Store, mo, os):
+    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
+    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
+    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+    # The same specialists as recipes/merge.yaml; micro (tests) trains for a few steps only.
+    SPECIALISTS = {f"{MODEL_NAME}-people": "people", f"{MODEL_NAME}-places": "places"}
+    MULTI = f"{MODEL_NAME}-multi"
+    TUNE_STEPS = 4 if SIZE == "micro" else None
+    store = Store()
+    mo.md(f"The store is `{store.root}`; the base is the **{SIZE}** demo model `{MODEL_NAME}`.")
+    return AUTORUN, MODEL_NAME, MULTI, SIZE, SPECIALISTS, TUNE_STEPS, store
+
+
+@app.cell(hide_code=True)
+def _(MODEL_NAME, mo):
+    build_button = mo.ui.run_button(label=f"Open or build '{MODEL_NAME}' and tune the adapters", kind="success")
+    mo.vstack([
+        mo.md(r"""
+    ## The base and three adapters
+
+    The base is the demo model (built if the store lacks it). Two LoRA adapters learn one relation
+    group each (`data: world:tune:people`, `world:tune:places`), and a third learns both. Adapters
+    already in the store are reused (the recipe makes the same ones).
+    """),
+        build_button,
+    ])
+    return (build_button,)
+
+
+@app.cell
+def _(
+    AUTORUN,
+    BuildDemoConfig,
+    MODEL_NAME,
+    MULTI,
+    SIZE,
+    SPECIALISTS,
+    TUNE_STEPS,
+    TuneConfig,
+    build_button,
+    build_demo,
+    mo,
+    store,
+    tune,
+):
+    mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to build and tune.*"))
+    if not store.exists(MODEL_NAME):
+        with mo.status.spinner(title=f"Training {MODEL_NAME}"):
+            build_demo(BuildDemoConfig(name=MODEL_NAME, size=SIZE), store=store)
+    _jobs = {**SPECIALISTS, MULTI: "people,places"}
+    with mo.status.progress_bar(total=len(_jobs), title="Tuning the adapters") as _bar:
+        for _name, _skill in _jobs.items():
+            if not store.exists(_name):
+                # places has ~3.5x fewer tuning records than people: more epochs for about as many steps
+                tune(TuneConfig(name=_name, model=MODEL_NAME, data=f"world:tune:{_skill}", steps=TUNE_STEPS,
+                                epochs=30 if _skill == "places" else 8), store=store)
+            _bar.update(subtitle=_name)
+    adapters = {n: store.get(n) for n in _jobs}
+    mo.md("Adapters: " + ", ".join(f"**{n}** ({a.manifest.info.get('records')} records, "
+                                   f"{a.manifest.info.get('steps')} steps)" for n, a in adapters.items()))
+    return (adapters,)
+
+
+@app.cell
+def _(SPECIALISTS, adapters, check_compatibility, mo, store):
+    _ = adapters
+    report = check_compatibility(list(SPECIALISTS), store=store)
+    mo.vstack([
+        mo.md("## Can they be merged?\n\nCompared from config and tokenizer files only, before any weight is "
+              f"read: **{'yes' if report.ok else 'no: ' + '; '.join(report.problems)}**. Memory needed: about "
+              f"{report.memory_bytes / 2**20:,.0f} MB."),
+        mo.ui.table(report.rows, selection=None, show_download=False),
+    ])
+    return
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    merge_button = mo.ui.run_button(label="Merge and score", kind="success")
+    mo.vstack([
+        mo.md(r"""
+    ## Merge with several methods
+
+    Each `merge(MergeConfig(...))` writes a `merged` artifact whose manifest lists the base and both
+    adapters with their weights, plus the `mergekit.yml` it ran, then scores the merge and its
+    parents on the same held-out text and questions, per relation group. The multi-task adapter is
+    merged into the base (`unload`) so it is scored the same way.
+    """),
+        merge_button,
+    ])
+    return (merge_button,)
+
+
+@app.cell
+def _(AUTORUN, MODEL_NAME, MULTI, MergeConfig, SIZE, SPECIALISTS, adapters, merge, merge_button, mo, store):
+    _ = adapters
+    mo.stop(not (merge_button.value or AUTORUN), mo.md("*Press the button above to merge.*"))
+    _pair = list(SPECIALISTS)
+    _qa = 10 if SIZE == "micro" else 200
+    _configs = [
+        MergeConfig(name=f"{MODEL_NAME}-merge-ta", method="task_arithmetic", models=_pair, weights=[1.0, 0.6],
+                    qa_limit=_qa),
+        MergeConfig(name=f"{MODEL_NAME}-merge-ties", method="ties", models=_pair, densities=[0.7, 0.7], qa_limit=_qa),
+        MergeConfig(name=f"{MODEL_NAME}-merge-linear", method="linear", models=_pair, weights=[0.5, 0.5],
+                    qa_limit=_qa),
+        MergeConfig(name=f"{MODEL_NAME}-multi-merged", method="unload", models=[MULTI], qa_limit=_qa),
+    ]
+    with mo.status.progress_bar(total=len(_configs), title="Merging and scoring") as _bar:
+        for _c in _configs:
+            if not store.exists(_c.name) or "parents" not in store.get(_c.name).metrics:
+                merge(_c, store=store, overwrite=True)
+            _bar.update(subtitle=_c.name)
+    merges = [store.get(_c.name) for _c in _configs]
+    return (merges,)
+
+
+@app.cell
+def _(SPECIALISTS, merges, mo, pd):
+    _groups = ("people", "places", "objects")
+    _rows = []
+    _first = merges[0].metrics["parents"]
+    _base = next(p.name for p in merges[0].manifest.parents if p.role == "base")
+    for _name in [_base, *SPECIALISTS]:
+        _rows.append({"model": _name, "role": "base" if _name == _base else "specialist",
+                      **{g: _first[_name].get(f"accuracy_{g}") for g in _groups}, "ppl": _first[_name].get("ppl")})
+    for _m in merges:
+        _row = {"model": _m.name, "role": "multi-task" if _m.manifest.info["method"] == "unload" else
+                _m.manifest.info["method"], **{g: _m.metrics.get(f"accuracy_{g}") for g in _groups},
+                "ppl": _m.metrics.get("ppl")}
+        for _s, _g in SPECIALISTS.items():
+            _theirs = _first[_s].get(f"accuracy_{_g}") or 0
+            _row[f"keeps {_g}"] = round(_row[_g] / _theirs, 3) if _theirs else None
+        _rows.append(_row)
+    table = pd.DataFrame(_rows)
+    _merged = table[table["role"].isin(["task_arithmetic", "ties", "linear"])]
+    _keep = _merged[[c for c in table.columns if c.startswith("keeps")]].min(axis=1)
+    best = _merged.loc[_keep.idxmax(), "model"] if len(_keep.dropna()) else None
+    best_keep = float(_keep.max()) if len(_keep.dropna()) else None
+    mo.vstack([
+        mo.md("## The comparison\n\nHeld-out accuracy per relation group (questions phrased differently from "
+              "the tuning ones), world-text perplexity, and what share of each specialist's accuracy on its "
+              "own skill the merge keeps:"),
+        mo.ui.table(table, selection=None, show_download=False),
+        mo.md(f"The best merge is **{best}**: it keeps at least **{best_keep:.0%}** of each specialist's "
+              f"score on its own skill (goal: 70%)." if best is not None else "No merge was scored."),
+    ])
+    return best, best_keep, table
+
+
+@app.cell
+def _(alt, mo, pd, table):
+    _long = pd.DataFrame([{"model": r["model"], "skill": g, "accuracy": r[g]} for r in table.to_dict("records")
+                          for g in ("people", "places") if r.get(g) is not None])
+    _chart = alt.Chart(_long).mark_bar().encode(x=alt.X("model:N", title=None, sort=None), y="accuracy:Q",
+                                                color="model:N", column="skill:N")
+    mo.ui.altair_chart(_chart)
+    return
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    mo.md(r"""
+    ## Where next
+
+    - `llmlab merge --name x --method ties --models "[a, b]" --densities 0.7,0.7` runs the same from the
+      shell, and `llmlab merge --name x --mergekit-yaml my.yml` runs a mergekit YAML you already have.
+    - Every merge carries `mergekit.yml`: `mergekit-yaml` reruns it outside llmlab.
+    - The app's **Merge** page shows the compatibility report before starting, and chats with the merge.
+    """)
+    return
+
+
+if __name__ == "__main__":
+    app.run()

@@ -1,0 +1,108 @@
+"""Parity: does the exported bundle answer as the artifact that was evaluated?
+
+```python
+from llmlab.parity import check
+report = check("models/demo-q4_k_m-bundle", "demo-q4_k_m")   # raises ParityError on drift
+```
+
+A fixed prompt set is replayed through the bundle's server over HTTP (``llmlab.serve`` on a free
+loopback port) and through the artifact in process. For the same format (GGUF -> GGUF) the chat
+template rendering, the prompt token ids and the greedy outputs must be equal and every
+generated token's log-probability within ``tolerance``; any difference raises ``ParityError``
+naming what drifted. For a format change (a safetensors artifact against a GGUF bundle) outputs may
+legitimately differ: the report gives KL divergence and top-1 agreement (``scoring.compare``) of
+the bundle's model against the artifact instead, and only the chat template must match.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmlab.errors import LlmlabError
+from llmlab.events import Reporter, emit
+
+if TYPE_CHECKING:
+    from llmlab.store import Artifact, Store
+
+PROMPTS: tuple[str, ...] = (
+    "Where does Ada live?",
+    "Tell me a short story about a baker.",
+    "What is the favourite colour of the miner?",
+    "Once upon a time",
+)
+
+
+class ParityError(LlmlabError):
+    """The bundle does not answer as the evaluated artifact."""
+
+    exit_code = 4
+
+
+def check(bundle: str | Path, artifact: str | Artifact, *, store: Store | None = None,
+          prompts: tuple[str, ...] = PROMPTS, max_tokens: int = 16, tolerance: float = 1e-2,
+          progress: Reporter | None = None, verify: bool = True) -> dict[str, Any]:
+    """Compare the bundle's server with ``artifact`` (see module doc); returns the report."""
+    import httpx
+    import numpy as np
+
+    from llmlab.export import open_bundle
+    from llmlab.runtime import SamplingParams, load
+    from llmlab.serve import ServeConfig, running
+
+    spec = open_bundle(bundle, verify=verify)
+    report: dict[str, Any] = {"prompts": len(prompts), "max_tokens": max_tokens, "tolerance": tolerance}
+    with tempfile.TemporaryDirectory() as tmp, load(artifact, store=store) as ref, \
+            running(ServeConfig(source=str(bundle), port=0, verify=False, log_path=f"{tmp}/parity.jsonl",
+                                log_fsync=False, max_tokens=max_tokens)) as url, \
+            httpx.Client(base_url=url, timeout=120) as http:
+        same_format = ref.engine == "llama.cpp"
+        report["mode"] = "exact" if same_format else "format-change"
+        worst, drift = 0.0, []
+        for i, text in enumerate(prompts):
+            body = {"model": spec["name"], "messages": [{"role": "user", "content": text}]}
+            served = http.post("/apply-template", json=body).json()
+            prompt = ref.apply_chat_template(body["messages"])
+            if served.get("prompt") != prompt:
+                drift.append(f"prompt {i}: the chat template renders differently ({served.get('prompt')!r} vs "
+                             f"{prompt!r})")
+                continue
+            if not same_format:
+                continue
+            if served["tokens"] != ref.tokenize(prompt):
+                drift.append(f"prompt {i}: the prompt tokenizes differently")
+                continue
+            r = http.post("/v1/chat/completions", json={**body, "temperature": 0, "max_tokens": max_tokens,
+                                                         "logprobs": True}).json()
+            got = r["choices"][0]["message"]["content"]
+            want = ref.chat(body["messages"], SamplingParams.greedy(max_tokens))
+            if got != want:
+                drift.append(f"prompt {i}: greedy output {got!r} differs from the artifact's {want!r}")
+                continue
+            ids = ref.tokenize(prompt)
+            out = list(ref.generate_ids(ids, SamplingParams.greedy(max_tokens)))
+            lp = ref.logprobs(ids + out)[len(ids) - 1: len(ids) - 1 + len(out)]
+            want_lp = lp[np.arange(len(out)), out]
+            got_lp = np.array([t["logprob"] for t in (r["choices"][0]["logprobs"] or {}).get("content", [])])
+            if len(got_lp) != len(want_lp):
+                drift.append(f"prompt {i}: {len(got_lp)} log-probabilities for {len(want_lp)} tokens")
+                continue
+            if len(got_lp):
+                worst = max(worst, float(np.abs(got_lp - want_lp).max()))
+            emit(progress, "progress", task="parity", done=i + 1, total=len(prompts))
+        report["max_logprob_diff"] = worst
+        if worst > tolerance:
+            drift.append(f"log-probabilities differ by up to {worst:.2e} (tolerance {tolerance:.0e})")
+        if not same_format and not drift:
+            from llmlab.scoring import compare
+
+            with load(Path(bundle) / spec["model"]["file"]) as served_model:
+                report.update(compare(served_model, ref, list(prompts)))
+    report["drift"] = drift
+    report["ok"] = not drift
+    if drift:
+        raise ParityError(f"The bundle does not answer as '{getattr(artifact, 'name', artifact)}': {drift[0]}"
+                          + (f" (and {len(drift) - 1} more differences)" if len(drift) > 1 else "") + ".",
+                          "Re-export from the evaluated artifact; do not edit the model or its template by hand.")
+    return report

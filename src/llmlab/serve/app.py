@@ -1,0 +1,468 @@
+"""The FastAPI app: OpenAI-compatible endpoints over one loaded model.
+
+One model has one KV cache, so one request generates at a time; up to ``max_queue`` more wait
+(``llmlab_queue_depth``) and the rest get a 429 at once. Generation runs in a worker thread, so
+``/health`` and ``/metrics`` answer while a request generates, and a streaming client that goes
+away stops its generation at the next token.
+
+This module imports FastAPI at the top (route annotations must resolve): import it lazily.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from pydantic import BaseModel, ValidationError
+
+from llmlab import settings
+from llmlab.errors import ConfigError, LlmlabError
+from llmlab.runtime import Model, SamplingParams
+from llmlab.serve import protocol as P
+from llmlab.serve.config import ServeConfig, api_key
+from llmlab.serve.generation import Generation, schema_grammar
+from llmlab.serve.metrics import Metrics
+from llmlab.serve.requestlog import RequestLog
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.code = status, message, type_, code
+
+
+@dataclass
+class Served:
+    """What the server serves: the model, the name clients use, the bundle it came from."""
+
+    model: Model
+    name: str
+    bundle: Path | None = None
+    info: dict[str, Any] = field(default_factory=dict)
+    agent: Any = None  # an llmlab.agents.Agent answering as the model name ``agent_name``
+    agent_name: str | None = None
+
+    @property
+    def names(self) -> list[str]:
+        return [self.name] + ([self.agent_name] if self.agent_name else [])
+
+
+def load_served(config: ServeConfig) -> Served:
+    """Load ``config.source``; a bundle is hash-verified first, before any of its files is opened."""
+    from llmlab.runtime import load
+
+    opts = {"n_ctx": config.n_ctx} if config.n_ctx else {}
+    src = Path(config.source).expanduser()
+    from llmlab.export import BUNDLE_SPEC, open_bundle
+
+    if src.is_dir() and (src / BUNDLE_SPEC).is_file():
+        spec = open_bundle(src, verify=config.verify)  # raises naming a tampered file
+        model_spec = spec["model"]
+        if model_spec["format"] != "gguf":
+            raise ConfigError(f"The bundle '{src.name}' holds a {model_spec['format']} model; llmlab serve runs "
+                              "GGUF bundles.", f"Serve it with the bundle's vLLM command: {spec.get('vllm', '')}")
+        if model_spec.get("adapter"):
+            opts["lora_path"] = src / model_spec["adapter"]
+        model = load(src / model_spec["file"], **opts)
+        return Served(model, config.model_name or spec["name"], src, spec)
+    from llmlab.store import Store
+
+    store = Store()
+    if not src.exists() and store.exists(config.source) and store.get(config.source).kind == "agent":
+        return _agent_served(config.source, store)
+    model = load(config.source, **opts)
+    name = config.model_name or (model.artifact.name if model.artifact is not None else src.stem)
+    return Served(model, name)
+
+
+def _agent_served(name: str, store: Any) -> Served:
+    """An agent artifact: its chat model served under its own name, the agent under the artifact's."""
+    from llmlab.agents.graph import Agent
+
+    agent = Agent(name, store=store, memory=False)
+    model = getattr(agent.llm, "model", None)
+    if not isinstance(model, Model):
+        raise ConfigError(f"The agent '{name}' talks to an endpoint ({agent.spec.model.label}), not a local model.",
+                          "Serve the endpoint's model, or make the agent with a store model (llmlab agent --model).")
+    return Served(model, agent.spec.model.artifact or model.path.stem, agent=agent, agent_name=name)
+
+
+class _State:
+    def __init__(self, config: ServeConfig, served: Served, key: str | None):
+        self.config, self.served, self.key = config, served, key
+        self.metrics = Metrics()
+        path = config.log_path or settings.home() / ".serve" / f"{served.name}.requests.jsonl"
+        self.log = RequestLog(path, fsync=config.log_fsync)
+        self.slot = asyncio.Semaphore(1)
+        self.waiting = 0
+        self.busy = False
+
+    async def acquire(self) -> None:
+        if self.busy and self.waiting >= self.config.max_queue:
+            raise ApiError(429, f"The server is busy ({self.waiting} requests waiting, the most it queues).",
+                           "rate_limit_error", "queue_full")
+        self.waiting += 1
+        self.metrics.queue_depth = self.waiting
+        try:
+            await self.slot.acquire()
+        finally:
+            self.waiting -= 1
+            self.metrics.queue_depth = self.waiting
+        self.busy = True
+        self.metrics.active = 1
+
+    def release(self) -> None:
+        self.busy = False
+        self.metrics.active = 0
+        self.slot.release()
+
+    def record(self, endpoint: str, status: int, t0: float, gen: Generation | None = None, *,
+               error: str | None = None, stream: bool = False, prompt: str | list | None = None,
+               completion: str | None = None) -> None:
+        seconds = time.perf_counter() - t0
+        pt, ct = (gen.prompt_tokens, gen.completion_tokens) if gen else (0, 0)
+        self.metrics.observe(endpoint, status, seconds, pt, ct, error)
+        rec: dict[str, Any] = {"time": round(time.time(), 3), "endpoint": endpoint, "model": self.served.name,
+                               "status": status, "latency_ms": round(seconds * 1000, 1), "stream": stream,
+                               "prompt_tokens": pt, "completion_tokens": ct,
+                               "finish_reason": gen.finish_reason if gen else None, "error": error}
+        if self.config.log_prompts:
+            rec.update({"messages" if isinstance(prompt, list) else "prompt": prompt, "completion": completion})
+        self.log.append(rec)
+
+
+def create_app(config: ServeConfig, served: Served | None = None) -> Any:
+    """The FastAPI app for ``config`` (``served``: an already loaded model, else it is loaded here)."""
+    key = api_key(config)  # refuses a public host without a key before loading anything
+    served = served or load_served(config)
+    state = _State(config, served, key)
+    model = served.model
+    app = FastAPI(title="llmlab serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.llmlab = state
+
+    def fail(endpoint: str, t0: float, e: ApiError) -> JSONResponse:
+        state.record(endpoint, e.status, t0, error=e.code or e.type)
+        headers = {"Retry-After": "1"} if e.status == 429 else None
+        if e.status == 401:
+            headers = {"WWW-Authenticate": "Bearer"}
+        return JSONResponse(P.error_body(e.message, e.type, e.code), status_code=e.status, headers=headers)
+
+    def check_key(request: Request) -> None:
+        if state.key is None:
+            return
+        auth = request.headers.get("authorization", "")
+        given = auth[7:] if auth.lower().startswith("bearer ") else ""
+        if not given or not hmac.compare_digest(given.encode(), state.key.encode()):
+            raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
+                           "authentication_error", "invalid_api_key")
+
+    async def read(request: Request, schema: type[BaseModel]) -> Any:
+        limit = config.max_body_bytes
+        if int(request.headers.get("content-length") or 0) > limit:
+            raise ApiError(413, f"The request body is larger than {limit} bytes.", code="body_too_large")
+        body = bytearray()
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"The request body is larger than {limit} bytes.", code="body_too_large")
+        try:
+            data = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ApiError(400, f"The request body is not valid JSON: {e}.", code="invalid_json") from None
+        if not isinstance(data, dict):
+            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        try:
+            req = schema.model_validate(data)
+        except ValidationError as e:
+            err = e.errors()[0]
+            where = ".".join(str(x) for x in err["loc"])
+            raise ApiError(400, f"'{where}': {err['msg']}.", code="invalid_value") from None
+        if req.model not in served.names:
+            raise ApiError(404, f"The model '{req.model}' does not exist here; this server serves "
+                           f"{', '.join(repr(n) for n in served.names)}.", code="model_not_found")
+        return req
+
+    def prepare(req: P._Request, prompt: str, add_special: bool, wanted: int | None, **gen_kw: Any) -> Generation:
+        n_prompt = len(model.tokenize(prompt, add_special=add_special))
+        room = model.n_ctx - n_prompt
+        if wanted is not None and wanted > config.max_tokens:
+            raise ApiError(400, f"max_tokens is {wanted}, above this server's limit of {config.max_tokens}.",
+                           code="max_tokens_too_large")
+        if room <= 0 or (wanted is not None and wanted > room):
+            raise ApiError(400, f"The prompt has {n_prompt} tokens and max_tokens is {wanted}; the model's context "
+                           f"holds {model.n_ctx}.", code="context_length_exceeded")
+        params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
+                                repetition_penalty=req.repetition_penalty, stop=req.stops(),
+                                max_tokens=wanted or min(config.max_tokens, room))
+        return Generation(model, prompt, params, add_special=add_special, ignore_eos=req.ignore_eos, **gen_kw)
+
+    async def run(endpoint: str, t0: float, gen: Generation, stream: bool, chunk: Any, final: Any,
+                  include_usage: bool = False, logged: Any = None) -> Any:
+        """Generate (queued) and answer in one body or as server-sent events; ``logged``: the prompt as logged
+        (a chat's messages; default the prompt text)."""
+        logged = gen.prompt if logged is None else logged
+        await state.acquire()
+        if not stream:
+            try:
+                text = await asyncio.to_thread(gen.text)
+            except LlmlabError as e:
+                state.record(endpoint, 400, t0, gen, error="invalid_request")
+                return JSONResponse(P.error_body(e.message, "invalid_request_error"), status_code=400)
+            finally:
+                state.release()
+            body = final(gen, text)
+            state.record(endpoint, 200, t0, gen, prompt=logged, completion=text)  # logged before answered
+            return JSONResponse(body)
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[tuple[str, Any, int]] = asyncio.Queue()
+        done: dict[str, Any] = {"text": "", "status": 200, "error": None, "recorded": False}
+
+        def work() -> None:
+            try:
+                for piece in gen.pieces():
+                    done["text"] += piece
+                    loop.call_soon_threadsafe(queue.put_nowait, ("piece", piece, len(gen.tokens)))
+                loop.call_soon_threadsafe(queue.put_nowait, ("end", None, len(gen.tokens)))
+            except Exception as e:  # reported to the client as an error event
+                done.update(status=500, error=type(e).__name__)
+                loop.call_soon_threadsafe(queue.put_nowait, ("error", e, 0))
+
+        def finish() -> None:
+            """Free the model and log the request, once: before [DONE], or when the client went away."""
+            if done["recorded"]:
+                return
+            done["recorded"] = True
+            state.release()
+            if gen.finish_reason == "cancelled":
+                done.update(status=499, error="client_disconnected")
+            state.record(endpoint, done["status"], t0, gen, error=done["error"], stream=True, prompt=logged,
+                         completion=done["text"])
+
+        worker = loop.run_in_executor(None, work)
+        # also when the response never starts or stops early (client gone): the slot is always freed
+        worker.add_done_callback(lambda _: finish())
+
+        async def events() -> AsyncIterator[str]:
+            seen = 0
+            try:
+                yield _sse(chunk(gen, None, [], None))
+                while True:
+                    kind, value, upto = await queue.get()
+                    if kind == "piece":
+                        yield _sse(chunk(gen, value, gen.tokens[seen:upto], None))
+                        seen = upto
+                    elif kind == "error":
+                        await worker
+                        finish()
+                        msg = value.message if isinstance(value, LlmlabError) else "generation failed"
+                        yield _sse(P.error_body(msg, "server_error"))
+                        break
+                    else:
+                        await worker
+                        finish()  # logged before the client sees [DONE]
+                        yield _sse(chunk(gen, None, gen.tokens[seen:upto], gen.finish_reason))
+                        if include_usage:
+                            yield _sse({**chunk(gen, None, [], None), "choices": [], "usage": P.usage(gen)})
+                        yield "data: [DONE]\n\n"
+                        break
+            finally:
+                gen.cancel.set()  # a client gone mid-stream stops the generation at its next token
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def guarded(endpoint: str, request: Request, work: Any) -> Any:
+        """``work(request, t0)`` with every refusal answered as an OpenAI error (and counted, and logged)."""
+        t0 = time.perf_counter()
+        try:
+            check_key(request)
+            return await work(request, t0)
+        except ApiError as e:
+            return fail(endpoint, t0, e)
+        except LlmlabError as e:
+            return fail(endpoint, t0, ApiError(400, str(e), code="invalid_request"))
+
+    async def agent_work(req: P.ChatRequest, t0: float) -> Any:
+        """The agent answers the last user message (its own retrieval, prompts and model settings)."""
+        question = next((m.get("content") for m in reversed(req.messages) if m.get("role") == "user"), None)
+        if not isinstance(question, str) or not question.strip():
+            raise ApiError(400, "The agent needs a user message with text.", code="invalid_value")
+        await state.acquire()
+        try:
+            reply = await asyncio.to_thread(served.agent.ask, question, thread_id=P.new_id("thread"))
+        finally:
+            state.release()
+        state.record("agent", 200, t0, prompt=req.messages, completion=reply.answer)
+        rid = P.new_id("chatcmpl")
+        message = {"role": "assistant", "content": reply.answer}
+        extra = {"sources": reply.sources, "refused": reply.refused}
+        if not req.stream:
+            return JSONResponse(P.envelope("chat.completion", rid, served.agent_name, [
+                {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}], **extra))
+        # the agent's answer is complete when its checks pass: it is sent as one chunk
+        events = [P.envelope("chat.completion.chunk", rid, served.agent_name, [
+            {"index": 0, "delta": message, "finish_reason": "stop", "logprobs": None}], **extra)]
+        body = "".join(_sse(e) for e in events) + "data: [DONE]\n\n"
+        return StreamingResponse(iter([body]), media_type="text/event-stream")
+
+    async def chat_work(request: Request, t0: float) -> Any:
+        req: P.ChatRequest = await read(request, P.ChatRequest)
+        if served.agent_name and req.model == served.agent_name:
+            return await agent_work(req, t0)
+        messages = P.chat_messages(req)
+        schema = P.forced_schema(req)
+        prompt = model.apply_chat_template(messages)
+        gen = prepare(req, prompt, False, req.max_completion_tokens or req.max_tokens,
+                      grammar=schema_grammar(schema) if schema is not None else None,
+                      logprobs=req.logprobs, top_logprobs=req.top_logprobs)
+        rid = P.new_id("chatcmpl")
+
+        def final(g: Generation, text: str) -> dict[str, Any]:
+            calls = P.tool_calls(req, text)
+            message: dict[str, Any] = {"role": "assistant", "content": None if calls else text}
+            if calls:
+                message["tool_calls"] = calls
+            choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else g.finish_reason,
+                      "logprobs": P.chat_logprobs(g, g.tokens) if req.logprobs else None}
+            return P.envelope("chat.completion", rid, served.name, [choice], usage=P.usage(g))
+
+        def chunk(g: Generation, piece: str | None, tokens: list, finish: str | None) -> dict[str, Any]:
+            delta: dict[str, Any] = {"role": "assistant", "content": ""} if piece is None and finish is None \
+                else ({"content": piece} if piece is not None else {})
+            choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                      "logprobs": P.chat_logprobs(g, tokens) if req.logprobs and tokens else None}
+            return P.envelope("chat.completion.chunk", rid, served.name, [choice])
+
+        return await run("chat", t0, gen, req.stream, chunk, final,
+                         bool((req.stream_options or {}).get("include_usage")), logged=messages)
+
+    async def completions_work(request: Request, t0: float) -> Any:
+        req: P.CompletionRequest = await read(request, P.CompletionRequest)
+        if req.model == served.agent_name:
+            raise ApiError(400, f"'{req.model}' is an agent: it answers /v1/chat/completions only.",
+                           code="agent_chat_only")
+        gen = prepare(req, P.prompt_text(req), True, req.max_tokens, logprobs=req.logprobs is not None,
+                      top_logprobs=req.logprobs or 0)
+        rid = P.new_id("cmpl")
+
+        def choice(g: Generation, text: str, tokens: list, finish: str | None) -> dict[str, Any]:
+            lp = P.completion_logprobs(g, tokens) if req.logprobs is not None else None
+            return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
+
+        def final(g: Generation, text: str) -> dict[str, Any]:
+            return P.envelope("text_completion", rid, served.name, [choice(g, text, g.tokens, g.finish_reason)],
+                              usage=P.usage(g))
+
+        def chunk(g: Generation, piece: str | None, tokens: list, finish: str | None) -> dict[str, Any]:
+            return P.envelope("text_completion", rid, served.name, [choice(g, piece or "", tokens, finish)])
+
+        return await run("completions", t0, gen, req.stream, chunk, final,
+                         bool((req.stream_options or {}).get("include_usage")))
+
+    async def template_work(request: Request, t0: float) -> Any:
+        req: P.ChatRequest = await read(request, P.ChatRequest)
+        prompt = model.apply_chat_template(P.chat_messages(req))
+        return {"prompt": prompt, "tokens": model.tokenize(prompt)}
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        return await guarded("chat", request, chat_work)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request) -> Any:
+        return await guarded("completions", request, completions_work)
+
+    @app.post("/apply-template")
+    async def apply_template(request: Request) -> Any:
+        """llama.cpp server's extension: the prompt text a chat request becomes (for parity checks)."""
+        return await guarded("apply-template", request, template_work)
+
+    @app.get("/v1/models")
+    async def models(request: Request) -> Any:
+        try:
+            check_key(request)
+        except ApiError as e:
+            return fail("models", time.perf_counter(), e)
+        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "llmlab",
+                                            "n_ctx": model.n_ctx, "agent": n == served.agent_name}
+                                           for n in served.names]}
+
+    @app.get("/health")
+    async def health() -> Any:
+        return {"status": "ok", "model": served.name, "queue_depth": state.waiting, "busy": state.busy}
+
+    @app.get("/metrics")
+    async def metrics(request: Request) -> Any:
+        try:
+            check_key(request)
+        except ApiError as e:
+            return fail("metrics", time.perf_counter(), e)
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.exception_handler(404)
+    async def not_found(request: Request, exc: Exception) -> Any:
+        return JSONResponse(P.error_body(f"No endpoint {request.method} {request.url.path}.",
+                                         "invalid_request_error", "not_found"), status_code=404)
+
+    @app.exception_handler(405)
+    async def bad_method(request: Request, exc: Exception) -> Any:
+        return JSONResponse(P.error_body(f"{request.method} is not allowed on {request.url.path}.",
+                                         "invalid_request_error", "method_not_allowed"), status_code=405)
+
+    return app
+
+
+def _sse(data: dict[str, Any]) -> str:
+    return f"data: {json.dumps(data, ensure_ascii=False)}\n\n"
+
+
+def _uvicorn(app: Any, config: ServeConfig) -> Any:
+    import uvicorn
+
+    return uvicorn.Server(uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                                         access_log=False, timeout_graceful_shutdown=5))
+
+
+def serve(config: ServeConfig) -> None:
+    """Run the server in the foreground until interrupted (``llmlab serve``)."""
+    app = create_app(config)
+    name = app.state.llmlab.served.name
+    print(f"serving '{name}' on http://{config.host}:{config.port}/v1 (log: {app.state.llmlab.log.path})",
+          flush=True)
+    _uvicorn(app, config).run()
+
+
+@contextlib.contextmanager
+def running(config: ServeConfig, served: Served | None = None) -> Iterator[str]:
+    """The server in a background thread on a free port of 127.0.0.1 (or ``config.port``); yields its URL."""
+    app = create_app(config, served)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((config.host, config.port))
+    server = _uvicorn(app, config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("The server did not start.")
+        time.sleep(0.02)
+    try:
+        yield f"http://{config.host}:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        sock.close()
+        app.state.llmlab.log.close()

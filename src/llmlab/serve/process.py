@@ -1,0 +1,113 @@
+"""Servers as background processes (the app's Start / Stop buttons).
+
+```python
+from llmlab.serve.process import start, stop, running_servers
+info = start("demo-q4_k_m-bundle", store=store)      # `llmlab serve` in a subprocess; waits for /health
+running_servers(store)                               # [{'name', 'url', 'pid', 'port', 'log_path', ...}]
+stop("demo-q4_k_m-bundle", store=store)
+```
+
+Each server writes ``$LLMLAB_HOME/.serve/<name>.server.json`` (pid, port, url, start time); a
+record whose process is gone is ignored and removed. Servers bind 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from llmlab.errors import ConfigError, NotFoundError, ResourceError
+
+if TYPE_CHECKING:
+    from llmlab.store import Store
+
+
+def _folder(store: Store) -> Path:
+    path = store.root / ".serve"
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def running_servers(store: Store) -> list[dict[str, Any]]:
+    """The servers started from this store that are still alive."""
+    from llmlab.store import process_alive
+
+    out = []
+    for record in sorted(_folder(store).glob("*.server.json")):
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if process_alive(info.get("pid"), info.get("started")):
+            out.append(info)
+        else:
+            record.unlink(missing_ok=True)
+    return out
+
+
+def start(name: str, *, store: Store, port: int | None = None, log_prompts: bool = True,
+          timeout: float = 120) -> dict[str, Any]:
+    """Start ``llmlab serve NAME`` (a bundle artifact is served from its folder) and wait until it answers."""
+    import httpx
+    import psutil
+
+    if any(s["name"] == name for s in running_servers(store)):
+        raise ConfigError(f"A server for '{name}' is already running.", "Stop it first.")
+    art = store.get(name)
+    source = str(art.path) if art.kind == "bundle" else name
+    port = port or _free_port()
+    log_path = _folder(store) / f"{name}.requests.jsonl"
+    out = _folder(store) / f"{name}.server.log"
+    cmd = [sys.executable, "-m", "llmlab", "serve", source, "--host", "127.0.0.1", "--port", str(port),
+           "--model-name", name, "--log-path", str(log_path), "--log-prompts", str(log_prompts).lower()]
+    env = {**os.environ, "LLMLAB_HOME": str(store.root)}
+    with open(out, "wb") as f:
+        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc.poll() is not None:
+            raise ConfigError(f"The server for '{name}' exited: {out.read_text().strip().splitlines()[-1:]}.",
+                              f"See {out}.")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise ResourceError(f"The server for '{name}' did not answer within {timeout:.0f} s.", f"See {out}.")
+        time.sleep(0.2)
+    info = {"name": name, "url": url, "port": port, "pid": proc.pid, "started": psutil.Process(proc.pid).create_time(),
+            "log_path": str(log_path), "output": str(out)}
+    (_folder(store) / f"{name}.server.json").write_text(json.dumps(info))
+    return info
+
+
+def stop(name: str, *, store: Store, timeout: float = 10) -> None:
+    """Stop the server started for ``name`` (SIGTERM, then SIGKILL after ``timeout``)."""
+    import psutil
+
+    info = next((s for s in running_servers(store) if s["name"] == name), None)
+    if info is None:
+        raise NotFoundError(f"No running server for '{name}'.")
+    proc = psutil.Process(info["pid"])
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except psutil.TimeoutExpired:
+        proc.kill()
+    (_folder(store) / f"{name}.server.json").unlink(missing_ok=True)
