@@ -1,6 +1,6 @@
 """Time every merge method on the demo specialists and compare `llmlab merge` with mergekit's own CLI.
 
-Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit 60]
+Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit 60] [--only methods|ratio]
 ``DIR`` is a store holding ``demo`` and the two specialists of recipes/merge.yaml (``demo-people``,
 ``demo-places``; run the recipe first). Writes benchmarks/results/merge.json:
 
@@ -12,6 +12,9 @@ Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit 60]
   config of two random-weights Llama models of >= 100M parameters (cached under /tmp), both as
   subprocesses with one thread, alternated for ``--rounds`` rounds, scoring off; median over median;
 - ``settings``: model, threads, versions and the machine's load average at start and end.
+
+``--only ratio`` (or ``--only methods``) measures one part and updates that part of an existing
+results file, keeping the other; ``ratio_details.load_avg`` is the load around the ratio runs.
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--qa-limit", type=int, default=60, help="held-out questions per relation group")
     parser.add_argument("--specialists", default=",".join(SPECIALISTS), help="the two adapters to merge")
-    parser.add_argument("--skip-methods", action="store_true", help="only measure the llmlab/mergekit ratio")
+    parser.add_argument("--only", choices=["methods", "ratio"], help="measure one part; the other is kept from "
+                        "the existing --out file")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "merge.json"))
     args = parser.parse_args()
     os.environ.setdefault("LLMLAB_THREADS", "1")
@@ -173,26 +177,33 @@ def main() -> None:
 
     start = load_avg()
     t0 = time.perf_counter()
-    out: dict = {}
-    if not args.skip_methods:
+    out: dict = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).is_file() else {}
+    if args.only != "ratio":
         out["methods"], out["parents"] = method_runs(Path(args.home), args.qa_limit, args.specialists.split(","))
         ok = {k: v for k, v in out["methods"].items() if "min_retention" in v}
         best = max(ok, key=lambda k: ok[k]["min_retention"]) if ok else None
         out["best_merge"] = {"method": best, "min_retention": ok[best]["min_retention"] if best else None,
                              "goal": 0.7}
-    r = ratio(args.rounds)
-    out["llmlab_vs_mergekit_ratio"] = r.pop("ratio")
-    out["ratio_details"] = r | {"goal": 1.1}
+    if args.only != "methods":
+        r0 = load_avg()
+        r = ratio(args.rounds)
+        out["llmlab_vs_mergekit_ratio"] = r.pop("ratio")
+        out["ratio_details"] = r | {"goal": 1.1, "rounds": args.rounds, "load_avg": {"start": r0, "end": load_avg()}}
+    n_big = out.get("ratio_details", {}).get("n_params")
+    kept = out.get("settings", {}) if args.only == "ratio" else {}
     demo = Store(args.home).get("demo")
     out["total_seconds"] = round(time.perf_counter() - t0, 1)
     out["settings"] = {
         "model": {"demo": {k: demo.manifest.info.get(k) for k in ("architecture", "n_params", "size")},
-                  "ratio": {"architecture": "LlamaForCausalLM (random weights)", "n_params": r["n_params"]}},
-        "specialists": args.specialists.split(","), "qa_limit_per_group": args.qa_limit, "rounds": args.rounds,
+                  "ratio": {"architecture": "LlamaForCausalLM (random weights)", "n_params": n_big}},
+        "specialists": kept.get("specialists", args.specialists.split(",")),
+        "qa_limit_per_group": kept.get("qa_limit_per_group", args.qa_limit), "rounds": args.rounds,
         "threads": settings.threads(), "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "versions": library_versions(),
-        "load_avg": {"start": start, "end": load_avg()},
+        "load_avg": {"start": start, "end": load_avg()}, "only": args.only,
     }
+    if kept:  # the methods part was measured in an earlier run, under its own load
+        out["settings"]["load_avg_methods"] = kept.get("load_avg_methods", kept.get("load_avg"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: out[k] for k in ("llmlab_vs_mergekit_ratio",) + (("best_merge",) if "best_merge" in out

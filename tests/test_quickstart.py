@@ -11,6 +11,7 @@ import subprocess
 import sys
 
 import pytest
+import yaml
 
 from llmlab.store import Store
 
@@ -45,6 +46,25 @@ def test_quickstart_lora_lifts_heldout_accuracy(quickstart):
     assert m["val_loss_after"] < m["val_loss_before"] and m["accuracy_n"] == 180
 
 
+def test_quickstart_goes_through_every_station(quickstart):
+    """GPTQ beside the GGUF types, the adapter served on the Q4_K_M base, an index and an agent, one
+    leaderboard of every variant, and the winner exported as a verified bundle."""
+    from llmlab.export import verify_bundle
+
+    store = Store(quickstart.home)
+    gptq = store.get("demo-gptq-w4g128")
+    assert gptq.kind == "gptq" and gptq.metrics["kld_mean"] >= 0
+    adapter = store.get("demo-lora-gguf")
+    assert adapter.kind == "gguf-adapter" and {p.name for p in adapter.manifest.parents} == {"demo-lora", "demo-q4_k_m"}
+    assert store.get("demo-index").kind == "index" and store.get("demo-agent").kind == "agent"
+    board = (quickstart.home / "leaderboard.md").read_text()
+    for name in ("demo-lora", "demo-q4_k_m", "demo-gptq-w4g128", "demo-lora-gguf"):
+        assert name in board
+    bundle = store.get("demo-lora-gguf-bundle")
+    assert bundle.kind == "bundle" and verify_bundle(bundle.path) == []
+    assert (bundle.path / "Dockerfile").is_file() and (bundle.path / "Modelfile").is_file()
+
+
 def test_quickstart_is_tracked_in_mlflow(quickstart):
     import mlflow
 
@@ -62,7 +82,8 @@ def test_second_quickstart_run_skips_everything(quickstart):
     proc = subprocess.run([sys.executable, "-m", "llmlab", "run", "recipes/quickstart.yaml", "--events"],
                           cwd=quickstart.root, env=quickstart.env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.count('"status": "skipped"') == 4
+    steps = len(yaml.safe_load((quickstart.root / "recipes" / "quickstart.yaml").read_text())["steps"])
+    assert proc.stdout.count('"status": "skipped"') == steps
 
 
 def test_chat_with_the_demo_model(quickstart):

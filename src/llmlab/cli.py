@@ -56,8 +56,8 @@ def _add_config_flags(parser: argparse.ArgumentParser, model: type, skip: tuple[
     for name, f in model.model_fields.items():
         if name in skip:
             continue
-        default = f.default if f.default is not None else "none"
-        help_text = (f.description or "") + f" (default: {default})"
+        default = "none" if f.default is None else f.default
+        help_text = (f.description or "") + (" (required)" if f.is_required() else f" (default: {default})")
         parser.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", metavar="VALUE",
                             help=help_text, default=argparse.SUPPRESS)
 
@@ -173,7 +173,11 @@ def _run_recipe(recipe, args: argparse.Namespace) -> int:
                 console.print("Next:\n  llmlab app                        the lab in your browser (http://127.0.0.1:8501)\n"
                               "  marimo edit notebooks/00_tour.py  the tour notebook\n"
                               "  llmlab mlflow                     the tracked runs (http://127.0.0.1:5000)\n"
-                              "  llmlab chat demo                  talk to the demo model")
+                              "  llmlab chat demo-lora-gguf        talk to the tuned 4-bit model\n"
+                              "  llmlab eval leaderboard           every variant on one table (also in "
+                              f"{store.root / 'leaderboard.md'})\n"
+                              "  llmlab serve demo-lora-gguf-bundle  serve the exported winner "
+                              "(OpenAI-compatible, http://127.0.0.1:8000/v1)")
     except Cancelled:
         job.finish("cancelled", "cancelled by request")
         return 130

@@ -153,9 +153,9 @@ def captured_output() -> Iterator[Path]:
     os.dup2(fd, 1)
     os.dup2(fd, 2)
     failed = False
+    log = open(fd, "w", buffering=1, closefd=False)  # noqa: SIM115  (closed below, after the handlers move)
     try:
-        with open(fd, "w", buffering=1, closefd=False) as log, contextlib.redirect_stdout(log), \
-                contextlib.redirect_stderr(log):
+        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
             yield Path(name)
     except BaseException:
         failed = True
@@ -163,6 +163,14 @@ def captured_output() -> Iterator[Path]:
     finally:
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)
+        # Libraries imported inside the block (GPTQModel's logbar) attach logging handlers to the
+        # redirected stream: drop them before it closes, so later log records are not written to it.
+        loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
+                                          if isinstance(v, logging.Logger))]
+        for lg in loggers:
+            for handler in [h for h in lg.handlers if getattr(h, "stream", None) is log]:
+                lg.removeHandler(handler)
+        log.close()
         for f in (*saved, fd):
             os.close(f)
         for logger in ("gptqmodel", "logbar", "tokenicer", "torchao", "torch.utils._pytree"):

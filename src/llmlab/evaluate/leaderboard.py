@@ -56,8 +56,9 @@ class EvaluateConfig(SuiteConfig):
     speed: bool = Field(False, description="Also measure speed (tokens/s, time to first token) and peak memory, "
                         "fresh (never cached).")
     cache: bool = Field(True, description="Reuse cached quality results (same content, suite, data, versions).")
-    csv: str | None = Field(None, description="Write the leaderboard as CSV to this path.")
-    markdown: str | None = Field(None, description="Write the leaderboard as Markdown to this path.")
+    csv: str | None = Field(None, description="Write the leaderboard as CSV to this path (relative: under the store).")
+    markdown: str | None = Field(None, description="Write the leaderboard as Markdown to this path (relative: under "
+                                 "the store).")
     track: bool = Field(True, description="Log the leaderboard to MLflow (when tracking is on).")
     only_cached: bool = Field(False, description="Show cached results only: load no model, score nothing "
                               "(rows without a cached result say 'not scored').")
@@ -254,10 +255,10 @@ def evaluate(config: EvaluateConfig | None = None, *, store: Store | None = None
                                quality_from="failed")
             board.rows.append(row)
             emit(progress, "progress", task="leaderboard", done=i + 1, total=len(arts))
-    if config.csv:
-        board.to_csv(config.csv)
+    if config.csv:  # relative paths are under the store, beside the artifacts they describe
+        board.to_csv(store.root / config.csv)
     if config.markdown:
-        board.to_markdown(config.markdown)
+        board.to_markdown(store.root / config.markdown)
     if config.track:
         log_to_mlflow(board, store)
     return board

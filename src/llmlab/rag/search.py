@@ -107,9 +107,10 @@ class Searcher:
         self._per_doc = max(Counter(c.doc_id for c in chunks).values(), default=1)  # most chunks of one document
 
     @classmethod
-    def open(cls, name: str, *, store: Store | None = None, embedder: str | None = None,
+    def open(cls, name: str, *, store: Store | None = None, embedder: str | Any | None = None,
              reranker: str | None = None) -> Searcher:
-        """Open index ``name``; ``embedder`` (optional) must be the one it was built with."""
+        """Open index ``name``; ``embedder`` (optional) must be the one it was built with: a name or folder,
+        or a loaded embedder object (``name``, ``sha256``, ``path``, ``encode``), such as a bundle's ONNX one."""
         import bm25s
 
         from llmlab.rag.embedder import load_embedder
@@ -119,14 +120,15 @@ class Searcher:
         art = idx.index_artifact(store, name)
         info = art.manifest.info
         built = info.get("embedder", {})
+        given = embedder if embedder is not None and not isinstance(embedder, str) else None
         if embedder is not None:
-            asked = load_embedder(embedder)
+            asked = given or load_embedder(embedder)
             if asked.sha256 != built.get("sha256"):
                 raise ConfigError(
                     f"Index '{name}' was built with the embedder '{built.get('name')}' (sha256 "
                     f"{str(built.get('sha256'))[:12]}), not {asked.describe()}.",
                     "Search it with its own embedder, or rebuild the index with the new one.")
-        emb = load_embedder(None if built.get("packaged") else built.get("path"))
+        emb = given or load_embedder(None if built.get("packaged") else built.get("path"))
         if emb.sha256 != built.get("sha256"):
             raise ConfigError(f"The embedder files of index '{name}' changed since it was built "
                               f"('{built.get('name')}' {str(built.get('sha256'))[:12]} is now {emb.sha256[:12]}).",
