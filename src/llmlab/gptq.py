@@ -139,6 +139,14 @@ def _import_gptqmodel() -> Any:
     return gptqmodel
 
 
+def _quiet_processor_logs(folder: Path) -> None:
+    """GPTQModel writes per-layer logs to ``./logs`` (the caller's working directory, e.g. a user's
+    repository): point its module-level folder at ``folder`` instead."""
+    from gptqmodel.looper import loop_processor
+
+    loop_processor._PROJECT_LOG_DIR = folder
+
+
 @contextlib.contextmanager
 def captured_output() -> Iterator[Path]:
     """Send this process's stdout and stderr (file descriptors 1 and 2, so compilers and C code too)
@@ -255,7 +263,8 @@ def quantize_folder(src: Path, out: Path, *, method: str, bits: int = 4, group_s
     emit(progress, "log", message=f"{method.upper()} {bits}-bit, groups of {group_size}, on {where} ({dtype})")
     log = None
     try:
-        with captured_output() as log:
+        with captured_output() as log, tempfile.TemporaryDirectory(prefix="llmlab-gptqmodel-") as logs:
+            _quiet_processor_logs(Path(logs))
             model = gptqmodel.GPTQModel.load(str(src), _gptq_config(method, bits, group_size), device=where,
                                              dtype=getattr(torch, dtype), trust_remote_code=False)
             batches = calibration_batches(model.tokenizer, texts, samples) if method in CALIBRATED else None

@@ -11,7 +11,13 @@ Dockerfile         non-root, with a healthcheck; serves the bundle on port 8000 
 Modelfile          Ollama (GGUF bundles): FROM, ADAPTER, TEMPLATE translated from Jinja, stops
 recipe.yaml        the steps that rebuild the model from its lineage, then this export
 README.md          model card: lineage, scores from the artifact's metrics, parity, how to run it
+index/             (agent or --index) the index artifact: chunks, vectors, BM25, Chroma collection
+embedder/          (with an index) the index's embedder as ONNX + tokenizer.json, run without torch
+agent.yaml         (agent) the agent spec, served as a model name beside the chat model
 ```
+
+Exporting an ``agent`` artifact bundles its chat model (a GGUF artifact), its index and its spec;
+``index`` adds an index to a plain model bundle (``/v1/embeddings`` and search, no agent).
 """
 
 from __future__ import annotations
@@ -33,6 +39,7 @@ if TYPE_CHECKING:
     from llmlab.store import Artifact, StepRecord, Store
 
 BUNDLE_SPEC = "bundle.json"
+AGENT_SPEC = "agent.yaml"
 GGUF_KINDS = ("gguf", "gguf-adapter")
 HF_KINDS = ("base", "full", "merged", "distilled", "adapter")
 
@@ -42,8 +49,9 @@ class ExportConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="Artifact to export: a gguf or gguf-adapter artifact (served by llmlab "
-                       "serve / Ollama), a Hugging Face one (base, full, merged, adapter: for vLLM), or a registered "
-                       "bundle version models:/NAME/VERSION (fetched from MLflow, hash-checked).")
+                       "serve / Ollama), a Hugging Face one (base, full, merged, adapter: for vLLM), an agent artifact "
+                       "(its GGUF model, index and spec), or a registered bundle version models:/NAME/VERSION "
+                       "(fetched from MLflow, hash-checked).")
     name: str | None = Field(None, description="Name of the bundle artifact; default: <model>-bundle "
                              "(<NAME>-v<VERSION> for a registered version).")
     parity: bool = Field(True, description="Replay the parity prompts through the bundle's server and the "
@@ -52,6 +60,8 @@ class ExportConfig(BaseModel):
     max_tokens: int = Field(1024, ge=1, description="The server's limit on tokens per request.")
     max_queue: int = Field(16, ge=0, description="Requests the server queues before answering 429.")
     registry: bool = Field(False, description="Log the bundle to MLflow and register it as a new model version.")
+    index: str | None = Field(None, description="An index artifact to bundle with the model (with its embedder as "
+                              "ONNX); an agent artifact brings its own.")
 
     @property
     def registered(self) -> tuple[str, str] | None:
@@ -63,7 +73,7 @@ class ExportConfig(BaseModel):
     @property
     def store_inputs(self) -> list[str]:
         """The store artifacts this step reads (none for a registered version)."""
-        return [] if self.registered else [self.model]
+        return [] if self.registered else [self.model] + ([self.index] if self.index else [])
 
     @property
     def output(self) -> str:
@@ -114,15 +124,27 @@ def open_bundle(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
 # ----- writing -----
 def plan(art: Artifact) -> list[dict[str, str]]:
     """What exporting ``art`` would put into its bundle: one {file, what} row per entry (reads nothing)."""
-    fmt = "gguf" if art.kind in GGUF_KINDS else "hf" if art.kind in HF_KINDS else None
+    if art.kind == "agent":
+        return [*plan_rows("gguf", "gguf"), *AGENT_ROWS]
+    return plan_rows(art.kind, art.name)
+
+
+AGENT_ROWS = [{"file": "index/", "what": "the index: chunks, vectors, BM25 and the Chroma collection"},
+              {"file": "embedder/", "what": "the index's embedder as ONNX (onnxruntime, no torch), checked against "
+                                            "the index's vectors"},
+              {"file": "agent.yaml", "what": "the agent spec, served as a model name"}]
+
+
+def plan_rows(kind: str, name: str | None) -> list[dict[str, str]]:
+    fmt = "gguf" if kind in GGUF_KINDS else "hf" if kind in HF_KINDS else None
     if fmt is None:
-        raise ConfigError(f"'{art.name}' is a {art.kind} artifact; export takes a model.",
-                          "Give a gguf, gguf-adapter, base, full, merged or adapter artifact.")
+        raise ConfigError(f"'{name}' is a {kind} artifact; export takes a model or an agent.",
+                          "Give a gguf, gguf-adapter, base, full, merged, adapter or agent artifact.")
     rows = [{"file": "model/*.gguf" if fmt == "gguf" else "model/", "what":
              "the GGUF file llama.cpp serves" if fmt == "gguf" else "the Hugging Face folder (safetensors) for vLLM"}]
-    if art.kind == "gguf-adapter":
+    if kind == "gguf-adapter":
         rows.append({"file": "model/adapter.gguf", "what": "the LoRA adapter, applied on top of the base GGUF"})
-    if art.kind == "adapter":
+    if kind == "adapter":
         rows[0]["what"] += " (base and adapter merged)"
     rows += [{"file": "server.json", "what": "llmlab serve defaults: port, max_tokens, queue"},
              {"file": "requirements.lock",
@@ -257,12 +279,16 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
     store = store or Store()
     if config.registered:
         return _from_registry(config, store, overwrite=overwrite, step=step, progress=progress)
-    art = store.get(config.model)
+    top = store.get(config.model)
+    art, index, agent_spec = _resolve(top, config, store)
     fmt, source, adapter = _model_files(art, store)
+    if index is not None and fmt != "gguf":
+        raise ConfigError(f"An index or agent is bundled only with a GGUF model; '{art.name}' is a {art.kind} "
+                          "artifact.", "Quantize or convert the model to GGUF first (`llmlab quantize`).")
     if store.exists(config.output) and not overwrite:
         raise StoreError(f"An artifact named '{config.output}' already exists.",
                          "Choose another name, remove it, or pass --force / overwrite=True.")
-    spec: dict[str, Any] = {"name": config.output, "source": art.name, "source_hash": art.content_hash,
+    spec: dict[str, Any] = {"name": config.output, "source": top.name, "source_hash": top.content_hash,
                             "model": {"format": fmt}}
     parity = None
     emit(progress, "log", message=f"exporting {art.name} ({fmt})")
@@ -286,9 +312,16 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
                             "--api-key $LLMLAB_API_KEY")
         (w.path / "server.json").write_text(json.dumps(
             {"port": 8000, "max_tokens": config.max_tokens, "max_queue": config.max_queue}, indent=2) + "\n")
-        (w.path / "requirements.lock").write_text(lock_text(fmt))
+        if index is not None:
+            from llmlab.export.agent import add_index
+
+            spec.update(add_index(w.path, index, store, progress))
+        if agent_spec is not None:
+            (w.path / AGENT_SPEC).write_text(yaml.safe_dump(agent_spec, sort_keys=False))
+            spec["agent"] = {"name": top.name, "spec": AGENT_SPEC}
+        (w.path / "requirements.lock").write_text(lock_text(fmt, rag=index is not None, agent=agent_spec is not None))
         (w.path / "Dockerfile").write_text(dockerfile(fmt))
-        (w.path / "recipe.yaml").write_text(yaml.safe_dump(rebuild_recipe(art, store, config), sort_keys=False))
+        (w.path / "recipe.yaml").write_text(yaml.safe_dump(rebuild_recipe(top, store, config), sort_keys=False))
         (w.path / BUNDLE_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
         if config.parity and fmt == "gguf":
             from llmlab.parity import check
@@ -297,10 +330,45 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
             parity = check(w.path, art, store=store, progress=progress, verify=False)  # hashed right after
         (w.path / "README.md").write_text(model_card(spec, art, store, parity))
         w.parents = [Parent(name=art.name, content_hash=art.content_hash, role="model")]
+        if index is not None:
+            w.parents.append(Parent(name=index.name, content_hash=index.content_hash, role="index"))
+        if agent_spec is not None:
+            w.parents.append(Parent(name=top.name, content_hash=top.content_hash, role="agent"))
         w.step = step
-        w.info = {"format": fmt, "source": art.name, "model": spec["model"]}
+        w.info = {"format": fmt, "source": top.name, "model": spec["model"],
+                  **{k: spec[k] for k in ("index", "embedder", "agent") if k in spec}}
         w.metrics = {**({"parity": parity} if parity else {}), **{"source": art.metrics}}
     return _finish(store.get(config.output), config, store, progress)
+
+
+def _resolve(top: Artifact, config: ExportConfig, store: Store) -> tuple[Artifact, Artifact | None,
+                                                                       dict[str, Any] | None]:
+    """(model artifact, index artifact or None, agent spec or None) of what ``config.model`` names."""
+    if top.kind != "agent":
+        return top, (_index(config.index, store) if config.index else None), None
+    from llmlab.agents.spec import load_spec
+
+    spec = load_spec(top.name, store=store)
+    if spec.model.endpoint or not spec.model.artifact or not store.exists(spec.model.artifact):
+        raise ConfigError(f"The agent '{top.name}' uses {spec.model.label}, not a model artifact in the store; "
+                          "a bundle needs the model itself.",
+                          "Make the agent with a GGUF model from the store (`llmlab agent --model NAME-q4_k_m`).")
+    if config.index and config.index != spec.retriever.index:
+        raise ConfigError(f"The agent '{top.name}' searches '{spec.retriever.index}', not '{config.index}'.",
+                          "Leave out --index when exporting an agent, or make an agent with that index.")
+    if not spec.retriever.index:
+        raise ConfigError(f"The agent '{top.name}' names no index.", "Make it with `llmlab agent --index NAME`.")
+    return store.get(spec.model.artifact), _index(spec.retriever.index, store), spec.model_dump(mode="json")
+
+
+def _index(name: str, store: Store) -> Artifact:
+    from llmlab.rag.index import index_artifact
+
+    art = index_artifact(store, name)
+    if art.manifest.info.get("chroma", {}).get("mode") == "server":
+        raise ConfigError(f"The index '{name}' lives on a Chroma server, so it cannot travel in a bundle.",
+                          "Build it on disk (without --chroma-url) and export again.")
+    return art
 
 
 def _finish(bundle: Artifact, config: ExportConfig, store: Store, progress: Reporter | None) -> Artifact:

@@ -36,6 +36,9 @@ from llmlab.serve.metrics import Metrics
 from llmlab.serve.requestlog import RequestLog
 
 
+MAX_EMBED_INPUTS = 256
+
+
 class ApiError(Exception):
     def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
         super().__init__(message)
@@ -52,6 +55,7 @@ class Served:
     info: dict[str, Any] = field(default_factory=dict)
     agent: Any = None  # an llmlab.agents.Agent answering as the model name ``agent_name``
     agent_name: str | None = None
+    embedder: Any = None  # a bundle's ONNX embedder, answering /v1/embeddings as its own name
 
     @property
     def names(self) -> list[str]:
@@ -75,7 +79,13 @@ def load_served(config: ServeConfig) -> Served:
         if model_spec.get("adapter"):
             opts["lora_path"] = src / model_spec["adapter"]
         model = load(src / model_spec["file"], **opts)
-        return Served(model, config.model_name or spec["name"], src, spec)
+        served = Served(model, config.model_name or spec["name"], src, spec)
+        if "index" in spec:
+            from llmlab.export.agent import open_rag
+
+            rag = open_rag(src, spec, model)
+            served.embedder, served.agent, served.agent_name = rag.embedder, rag.agent, rag.agent_name
+        return served
     from llmlab.store import Store
 
     store = Store()
@@ -167,7 +177,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             raise ApiError(401, "Missing or wrong API key: send 'Authorization: Bearer <key>'.",
                            "authentication_error", "invalid_api_key")
 
-    async def read(request: Request, schema: type[BaseModel]) -> Any:
+    async def read(request: Request, schema: type[BaseModel], names: list[str] | None = None) -> Any:
         limit = config.max_body_bytes
         if int(request.headers.get("content-length") or 0) > limit:
             raise ApiError(413, f"The request body is larger than {limit} bytes.", code="body_too_large")
@@ -188,9 +198,11 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             err = e.errors()[0]
             where = ".".join(str(x) for x in err["loc"])
             raise ApiError(400, f"'{where}': {err['msg']}.", code="invalid_value") from None
-        if req.model not in served.names:
+        names = served.names if names is None else names
+        if req.model not in names:
             raise ApiError(404, f"The model '{req.model}' does not exist here; this server serves "
-                           f"{', '.join(repr(n) for n in served.names)}.", code="model_not_found")
+                           f"{', '.join(repr(n) for n in names) or 'no such model'} on this endpoint.",
+                           code="model_not_found")
         return req
 
     def prepare(req: P._Request, prompt: str, add_special: bool, wanted: int | None, **gen_kw: Any) -> Generation:
@@ -307,7 +319,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         state.record("agent", 200, t0, prompt=req.messages, completion=reply.answer)
         rid = P.new_id("chatcmpl")
         message = {"role": "assistant", "content": reply.answer}
-        extra = {"sources": reply.sources, "refused": reply.refused}
+        extra = {"sources": reply.sources, "refused": reply.refused, "retrieved": reply.retrieved_ids}
         if not req.stream:
             return JSONResponse(P.envelope("chat.completion", rid, served.agent_name, [
                 {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}], **extra))
@@ -376,6 +388,29 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         prompt = model.apply_chat_template(P.chat_messages(req))
         return {"prompt": prompt, "tokens": model.tokenize(prompt)}
 
+    async def embeddings_work(request: Request, t0: float) -> Any:
+        if served.embedder is None:
+            raise ApiError(404, "This server has no embedding model (only bundles with an index have one).",
+                           code="model_not_found")
+        req: P.EmbeddingRequest = await read(request, P.EmbeddingRequest, [served.embedder.name])
+        texts = req.texts()
+        if not texts or len(texts) > MAX_EMBED_INPUTS:
+            raise ApiError(400, f"'input' must hold 1 to {MAX_EMBED_INPUTS} texts, got {len(texts)}.",
+                           code="invalid_value")
+        await state.acquire()
+        try:
+            vectors = await asyncio.to_thread(served.embedder.encode, texts)
+        finally:
+            state.release()
+        state.record("embeddings", 200, t0)
+        return {"object": "list", "model": served.embedder.name, "usage": {"prompt_tokens": 0, "total_tokens": 0},
+                "data": [{"object": "embedding", "index": i, "embedding": [float(x) for x in v]}
+                         for i, v in enumerate(vectors)]}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        return await guarded("embeddings", request, embeddings_work)
+
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         return await guarded("chat", request, chat_work)
@@ -395,9 +430,12 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             check_key(request)
         except ApiError as e:
             return fail("models", time.perf_counter(), e)
-        return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "llmlab",
-                                            "n_ctx": model.n_ctx, "agent": n == served.agent_name}
-                                           for n in served.names]}
+        data = [{"id": n, "object": "model", "created": 0, "owned_by": "llmlab", "n_ctx": model.n_ctx,
+                 "agent": n == served.agent_name} for n in served.names]
+        if served.embedder is not None:
+            data.append({"id": served.embedder.name, "object": "model", "created": 0, "owned_by": "llmlab",
+                         "embedding": True, "dim": served.embedder.dim})
+        return {"object": "list", "data": data}
 
     @app.get("/health")
     async def health() -> Any:

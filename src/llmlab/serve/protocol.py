@@ -57,6 +57,16 @@ class CompletionRequest(_Request):
     echo: Literal[False] = False
 
 
+class EmbeddingRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    model: str
+    input: str | list[str] = Field(..., description="One text or a list of texts (token-id input is not accepted).")
+    encoding_format: Literal["float"] = "float"
+
+    def texts(self) -> list[str]:
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
 def prompt_text(req: CompletionRequest) -> str:
     if isinstance(req.prompt, list):
         if len(req.prompt) != 1:
