@@ -353,7 +353,8 @@ def main() -> None:
         out["settings"] = {
             "model": {"name": "demo", **{k: demo.manifest.info.get(k) for k in
                                          ("architecture", "size", "n_params", "hidden_size", "layers", "steps")}},
-            "threads": settings.threads(), "parts": runs, "last_run_parts": parts,
+            "threads": settings.threads(), "threads_note": "threads of the last run; each part records its own",
+            "parts": runs, "last_run_parts": parts,
             "last_run_seconds": round(time.perf_counter() - t0, 1),
             "load_avg_start": run_load, "load_avg_end": load_avg(),
             "note": "2 shared cores: load averages (1, 5, 15 min) are of the whole machine, at the start and "
@@ -388,7 +389,8 @@ def main() -> None:
                 out.setdefault("bandwidth_by_threads", {})[str(result["threads"])] = result
                 out["bandwidth"] = max(out["bandwidth_by_threads"].values(), key=lambda r: r["bandwidth_fraction"])
                 out["bandwidth_fraction"] = out["bandwidth"]["bandwidth_fraction"]
-            runs[part] = {"seconds": round(time.perf_counter() - t, 1), "load_avg_start": start_load,
+            runs[part] = {"seconds": round(time.perf_counter() - t, 1), "threads": settings.threads(),
+                          "load_avg_start": start_load,
                           "load_avg_end": load_avg(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             print(json.dumps({part: runs[part]}), flush=True)
             save()
