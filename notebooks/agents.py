@@ -38,20 +38,19 @@ def _():
     from llmlab.agents import Agent
     from llmlab.agents.evaluate import EvalAnswersConfig, evaluate_answers
     from llmlab.agents.trace import TraceStore
-    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.build import open_or_build
     from llmlab.rag.index import IndexConfig, build_index
     from llmlab.rag.search import Searcher
     from llmlab.store import Store
 
     return (
         Agent,
-        BuildDemoConfig,
         EvalAnswersConfig,
         IndexConfig,
         Searcher,
         Store,
         TraceStore,
-        build_demo,
+        open_or_build,
         build_index,
         evaluate_answers,
         mo,
@@ -90,21 +89,18 @@ def _(MODEL_NAME, mo):
 @app.cell
 def _(
     AUTORUN,
-    BuildDemoConfig,
     INDEX_NAME,
     IndexConfig,
     MODEL_NAME,
     SIZE,
     build_button,
-    build_demo,
+    open_or_build,
     build_index,
     mo,
     store,
 ):
     mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to open or build them.*"))
-    if not store.exists(MODEL_NAME):
-        with mo.status.spinner(title=f"Training {MODEL_NAME} (minutes)"):
-            build_demo(BuildDemoConfig(name=MODEL_NAME, size=SIZE), store=store)
+    open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
     if not store.exists(INDEX_NAME):
         with mo.status.spinner(title=f"Indexing the world of {MODEL_NAME}"):
             build_index(IndexConfig(name=INDEX_NAME, source="world", world_of=MODEL_NAME), store=store)

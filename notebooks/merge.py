@@ -38,18 +38,17 @@ def _():
     import marimo as mo
     import pandas as pd
 
-    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.build import open_or_build
     from llmlab.merge import MergeConfig, check_compatibility, merge
     from llmlab.store import Store
     from llmlab.tune import TuneConfig, tune
 
     return (
-        BuildDemoConfig,
         MergeConfig,
         Store,
         TuneConfig,
         alt,
-        build_demo,
+        open_or_build,
         check_compatibility,
         merge,
         mo,
@@ -92,7 +91,6 @@ def _(MODEL_NAME, mo):
 @app.cell
 def _(
     AUTORUN,
-    BuildDemoConfig,
     MODEL_NAME,
     MULTI,
     SIZE,
@@ -100,15 +98,13 @@ def _(
     TUNE_STEPS,
     TuneConfig,
     build_button,
-    build_demo,
+    open_or_build,
     mo,
     store,
     tune,
 ):
     mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to build and tune.*"))
-    if not store.exists(MODEL_NAME):
-        with mo.status.spinner(title=f"Training {MODEL_NAME}"):
-            build_demo(BuildDemoConfig(name=MODEL_NAME, size=SIZE), store=store)
+    open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
     _jobs = {**SPECIALISTS, MULTI: "people,places"}
     with mo.status.progress_bar(total=len(_jobs), title="Tuning the adapters") as _bar:
         for _name, _skill in _jobs.items():

@@ -1,13 +1,16 @@
-"""Helpers for the front-end tests: Streamlit AppTest pages (``open_page``, ``texts``) and marimo
-notebooks run headless in a subprocess (``run_notebook``)."""
+"""Helpers for the front-end tests: Streamlit AppTest pages (``open_page``, ``texts``), a page file's
+helpers without running it (``load_page``) and marimo notebooks run headless in a subprocess
+(``run_notebook``)."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from streamlit.testing.v1 import AppTest
@@ -25,6 +28,16 @@ def open_page(page: str, timeout: float = 60) -> AppTest:
         at.run()
     assert not at.exception, [e.value for e in at.exception]
     return at
+
+
+def load_page(page: str) -> ModuleType:
+    """The page file ``app/<page>`` as a module: its helpers, without running the page."""
+    path = APP.parent / page
+    spec = importlib.util.spec_from_file_location(path.stem + "_page", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # Runs a notebook file's app, then prints REPORT (a Python expression over ``defs``, the notebook's

@@ -54,7 +54,7 @@ def micro_gguf(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path):
     return get
 
 
-AGENT_DOCS = {
+DOCS = {
     "bodo.md": "# Bodo Trastel\n\nBodo Trastel lives in Dunmere. Bodo Trastel works as a baker.",
     "dunmere.md": "# Dunmere\n\nDunmere is a town in Kelvia. Dunmere stands on the river Asel.",
     "mira.txt": "Mira Vell keeps a goat at home. Mira Vell likes the colour teal best.",
@@ -62,7 +62,16 @@ AGENT_DOCS = {
 
 
 @pytest.fixture(scope="session")
-def agent_bundle(tmp_path_factory: pytest.TempPathFactory, micro_gguf):
+def docs_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of three short documents (Markdown and text) for index and agent tests."""
+    folder = tmp_path_factory.mktemp("docs")
+    for name, text in DOCS.items():
+        (folder / name).write_text(text)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def agent_bundle(tmp_path_factory: pytest.TempPathFactory, micro_gguf, docs_folder: Path):
     """(store, bundle artifact): the GGUF micro model (``micro-f16``), an index of three documents (``docs``),
     the agent ``helper`` over both, and its exported bundle (index + ONNX embedder + agent spec)."""
     pytest.importorskip("onnxruntime")
@@ -71,14 +80,9 @@ def agent_bundle(tmp_path_factory: pytest.TempPathFactory, micro_gguf):
     from llmlab.export import ExportConfig, export
     from llmlab.rag.index import IndexConfig, build_index
 
-    root = tmp_path_factory.mktemp("agent-bundle")
-    folder = root / "docs"
-    folder.mkdir()
-    for name, text in AGENT_DOCS.items():
-        (folder / name).write_text(text)
-    store = Store(root / "models")
+    store = Store(tmp_path_factory.mktemp("agent-bundle") / "models")
     store.add(micro_gguf("f16"), "micro-f16")
-    build_index(IndexConfig(name="docs", source=str(folder)), store=store)
+    build_index(IndexConfig(name="docs", source=str(docs_folder)), store=store)
     build_agent(AgentConfig(name="helper", spec="rag-rules", index="docs", model="micro-f16"), store=store)
     return store, export(ExportConfig(model="helper", parity=False, tarball=False), store=store)
 

@@ -4,14 +4,13 @@ its sources and the trace panel appear. Its pure helpers are tested by loading t
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 pytest.importorskip("streamlit")
-from apptest import open_page, texts  # noqa: E402
+from apptest import load_page, open_page, texts  # noqa: E402
 
 from llmlab.store import Store  # noqa: E402
 
@@ -21,10 +20,7 @@ PAGE = "views/agents.py"
 
 @pytest.fixture(scope="module")
 def page() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("agents_page", ROOT / "app" / PAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_page(PAGE)
 
 
 def test_helpers(page: ModuleType, store: Store) -> None:

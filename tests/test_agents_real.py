@@ -93,27 +93,15 @@ def test_openai_chat_model_names_an_unreachable_endpoint() -> None:
         OpenAIChatModel(base_url=f"http://127.0.0.1:{port}/v1", timeout=2).invoke("Hello")
 
 
-DOCS = {
-    "bodo.md": "# Bodo Trastel\n\nBodo Trastel lives in Dunmere. Bodo Trastel works as a baker.",
-    "dunmere.md": "# Dunmere\n\nDunmere is a town in Kelvia. Dunmere stands on the river Asel.",
-    "mira.txt": "Mira Vell keeps a goat at home. Mira Vell likes the colour teal best.",
-}
-
-
 @pytest.fixture(scope="module")
-def indexed_home(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path) -> Store:
+def indexed_home(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path, docs_folder: Path) -> Store:
     """A store with the micro model (``micro``) and a real index of three documents (``docs``)."""
     pytest.importorskip("llmlab.rag.search")
     from llmlab.rag.index import IndexConfig, build_index
 
-    root = tmp_path_factory.mktemp("agents-real")
-    folder = root / "docs"
-    folder.mkdir()
-    for name, text in DOCS.items():
-        (folder / name).write_text(text)
-    store = Store(root / "models")
+    store = Store(tmp_path_factory.mktemp("agents-real") / "models")
     store.add(micro_model_dir, "micro")
-    build_index(IndexConfig(name="docs", source=str(folder)), store=store)
+    build_index(IndexConfig(name="docs", source=str(docs_folder)), store=store)
     return store
 
 

@@ -3,7 +3,6 @@ the page, a chat over HTTP, and the page's pure helpers."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 from types import ModuleType
 
@@ -11,7 +10,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 pytest.importorskip("llama_cpp")
-from apptest import open_page, texts  # noqa: E402
+from apptest import load_page, open_page, texts  # noqa: E402
 
 from llmlab.store import Store  # noqa: E402
 
@@ -21,10 +20,7 @@ PAGE = "views/export.py"
 
 @pytest.fixture(scope="module")
 def page() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("export_page", ROOT / "app" / PAGE)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_page(PAGE)
 
 
 def test_empty_store(empty_home: Store) -> None:

@@ -8,7 +8,6 @@ merge whose metrics fill the comparison table and chart.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -18,7 +17,7 @@ import pytest
 
 pytest.importorskip("streamlit")
 pytest.importorskip("mergekit")
-from apptest import open_page, texts  # noqa: E402
+from apptest import load_page, open_page, run_notebook, texts  # noqa: E402
 
 from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
@@ -29,11 +28,7 @@ PAGE = "views/merge.py"
 
 @pytest.fixture(scope="module")
 def page() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("merge_page", ROOT / "app" / PAGE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_page(PAGE)
 
 
 def copy_of(store: Store, name: str, *, hidden_scale: int = 1, seed: int = 1) -> None:
@@ -127,30 +122,13 @@ def test_a_merge_job_started_on_the_page(micro_home: Store):
 
 
 # ----- the notebook -----
-RUN_NOTEBOOK = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("merge_notebook", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-_, defs = module.app.run()
-table = defs.get("table")
-print(json.dumps({"models": list(table["model"]) if table is not None else [], "best": defs.get("best"),
-                  "best_keep": defs.get("best_keep")}))
-"""
+NOTEBOOK_REPORT = """{"models": list(defs["table"]["model"]) if defs.get("table") is not None else [],
+                    "best": defs.get("best"), "best_keep": defs.get("best_keep")}"""
 
 
 @pytest.mark.slow
 def test_notebook_runs_headless_with_the_micro_model(tmp_path: Path):
-    import os
-    import subprocess
-    import sys
-
     pytest.importorskip("marimo")
-    env = {**os.environ, "LLMLAB_HOME": str(tmp_path / "models"), "LLMLAB_NOTEBOOK_AUTORUN": "1",
-           "LLMLAB_NOTEBOOK_SIZE": "micro", "LLMLAB_TRACKING_URI": "off"}
-    result = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, str(ROOT / "notebooks" / "merge.py")],
-                            capture_output=True, text=True, env=env, cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    defs = json.loads(result.stdout.strip().splitlines()[-1])
+    defs = run_notebook(ROOT / "notebooks" / "merge.py", tmp_path, NOTEBOOK_REPORT, timeout=900)
     assert defs["models"] == ["demo-micro", "demo-micro-people", "demo-micro-places", "demo-micro-merge-ta",
                               "demo-micro-merge-ties", "demo-micro-merge-linear", "demo-micro-multi-merged"]

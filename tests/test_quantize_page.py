@@ -10,19 +10,14 @@ quantize job started from the page, and the notebook headless with the micro mod
 
 from __future__ import annotations
 
-import importlib.util
-import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
 pytest.importorskip("streamlit")
-from apptest import open_page, texts  # noqa: E402
+from apptest import load_page, open_page, run_notebook, texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
 from llmlab.gguf import QUANT_TYPES  # noqa: E402
@@ -39,32 +34,20 @@ The town of Dunmere sits by a river. Its bridge is old, and the mill beside it s
 Bo keeps a red lantern on his boat. At night he rows past the mill and waves to the baker.
 """
 
-# Runs the notebook's app and prints the definitions the test checks, as one JSON line.
-RUN_NOTEBOOK = """
-import importlib.util, json, sys
-spec = importlib.util.spec_from_file_location("quantize_notebook", sys.argv[1])
-module = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(module)
-_, defs = module.app.run()
-rows = defs.get("rows") or []
-print(json.dumps({
-    "names": [r["name"] for r in rows],
-    "kld": {r["name"]: r["kld_mean"] for r in rows},
+# What the notebook test checks, from the notebook's definitions (``defs``), as JSON.
+NOTEBOOK_REPORT = """{
+    "names": [r["name"] for r in defs.get("rows") or []],
+    "kld": {r["name"]: r["kld_mean"] for r in defs.get("rows") or []},
     "front": [r["name"] for r in defs.get("front") or []],
     "table_rows": len(defs["table"]) if "table" in defs else 0,
     "gptq": {r["name"]: r["kld_mean"] for r in defs.get("gptq_rows") or []},
-}))
-"""
+}"""
 
 
 @pytest.fixture(scope="module")
 def page() -> ModuleType:
     """The page file as a module: its helpers, without running the page."""
-    spec = importlib.util.spec_from_file_location("quantize_page", ROOT / "app" / PAGE)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_page(PAGE)
 
 
 def charts(at: AppTest) -> list:
@@ -241,12 +224,7 @@ def test_a_job_started_on_the_page_quantizes_and_fills_the_table(micro_home: Sto
 def test_notebook_runs_headless_with_the_micro_model(tmp_path: Path):
     pytest.importorskip("marimo")
     pytest.importorskip("llama_cpp")
-    env = {**os.environ, "LLMLAB_HOME": str(tmp_path / "models"), "LLMLAB_NOTEBOOK_AUTORUN": "1",
-           "LLMLAB_NOTEBOOK_SIZE": "micro", "LLMLAB_TRACKING_URI": "off"}
-    result = subprocess.run([sys.executable, "-c", RUN_NOTEBOOK, str(NOTEBOOK)], capture_output=True,
-                            text=True, env=env, cwd=tmp_path, timeout=900)
-    assert result.returncode == 0, result.stderr[-4000:]
-    defs = json.loads(result.stdout.strip().splitlines()[-1])
+    defs = run_notebook(NOTEBOOK, tmp_path, NOTEBOOK_REPORT, timeout=900)
     assert defs["names"] == ["demo-micro", "demo-micro-f16", "demo-micro-q8_0", "demo-micro-q4_k_m",
                              "demo-micro-q2_k"]
     assert defs["table_rows"] == 5
