@@ -10,7 +10,7 @@ TORCH := torch==2.13.0
 TORCH_PIP_ARGS ?=
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test app lock clean wheelhouse
+.PHONY: install quickstart test browser chromium app lock clean wheelhouse
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,8 +28,17 @@ install: $(VENV)/.installed
 quickstart: install
 	$(BIN)/llmlab run recipes/quickstart.yaml
 
-test: install
+test: install chromium
 	bash scripts/test.sh $(PYTEST_ARGS)
+
+# Only the real-browser tests (Debian's chromium; screenshots in tests/artifacts/screenshots).
+browser: install chromium
+	bash scripts/test.sh tests/test_browser.py $(PYTEST_ARGS)
+
+# The browser tests drive Debian's chromium (`playwright install` is not used): installed once if missing.
+chromium:
+	@command -v chromium >/dev/null || { s=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+	  $$s apt-get update -qq && $$s apt-get install -y -qq --no-install-recommends chromium; }
 
 app: install
 	$(BIN)/llmlab app

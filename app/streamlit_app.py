@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from llmlab.store import Store
+from widgets import session_id
 
 VIEWS = Path(__file__).parent / "views"
 
@@ -35,5 +36,6 @@ page = st.navigation(
 with st.sidebar:
     st.caption("Store (`$LLMLAB_HOME`)")
     st.code(str(Store().root), language=None)
+    st.caption(f"App session `{session_id()}`: the Jobs page exports its jobs as code.")
 
 page.run()

@@ -22,6 +22,14 @@ from llmlab.store import Artifact, Store
 CHAT_KINDS = tuple(KIND_ENGINES)  # the kinds llmlab.runtime.load can run
 
 
+def session_id() -> str:
+    """This browser session's id, drawn once; every job it submits records it, so the Jobs page can
+    export the session's work as code (``llmlab.session_code``)."""
+    from llmlab.session_code import new_session_id
+
+    return st.session_state.setdefault("llmlab:session", new_session_id())
+
+
 @st.cache_resource
 def job_queue(store_root: str) -> JobQueue:
     """One queue per store for the app's lifetime (it keeps the handles of the jobs it started)."""
@@ -134,7 +142,7 @@ def start_button(queue: JobQueue, kind: str, config: dict[str, Any] | BaseModel,
         return None
     try:
         step = recipes.make_step(kind, config, where=where or f"the {kind} form")
-        job = queue.submit(recipes.Recipe(name=title, steps=[step]), title=title)
+        job = queue.submit(recipes.Recipe(name=title, steps=[step]), title=title, session=session_id())
     except LlmlabError as e:
         st.error(str(e))
         return None

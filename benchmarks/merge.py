@@ -1,6 +1,6 @@
 """Time every merge method on the demo specialists and compare `llmlab merge` with mergekit's own CLI.
 
-Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit 60] [--only methods|ratio]
+Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit N] [--only methods|ratio]
 ``DIR`` is a store holding ``demo`` and the two specialists of recipes/merge.yaml (``demo-people``,
 ``demo-places``; run the recipe first). Writes benchmarks/results/merge.json:
 
@@ -10,7 +10,10 @@ Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit 60] [--onl
   on its own skill); ``parents`` holds the parents' scores, measured once on the same questions;
 - ``llmlab_vs_mergekit_ratio``: wall time of ``llmlab merge`` / ``mergekit-yaml`` on the same linear
   config of two random-weights Llama models of >= 100M parameters (cached under /tmp), both as
-  subprocesses with one thread, alternated for ``--rounds`` rounds, scoring off; median over median;
+  subprocesses with one thread, alternated for ``--rounds`` rounds, scoring off, each run into an empty
+  output (the previous run's output is removed before the clock starts, for both); median over median.
+  ``ratio_details.cpu_ratio`` is the same ratio of user+system CPU seconds (less sensitive to the load of a
+  shared machine than wall time, which is the goal's measure);
 - ``settings``: model, threads, versions and the machine's load average at start and end.
 
 ``--only ratio`` (or ``--only methods``) measures one part and updates that part of an existing
@@ -24,6 +27,7 @@ import json
 import math
 import os
 import platform
+import resource
 import shutil
 import statistics
 import subprocess
@@ -44,7 +48,7 @@ CASES: dict[str, dict] = {
     "dare_ties": {"densities": [0.7, 0.7]},
     "dare_linear": {"densities": [0.7, 0.7]},
     "della": {"densities": [0.7, 0.7]},
-    "breadcrumbs_ties": {"densities": [0.9, 0.9]},
+    "breadcrumbs_ties": {"weights": [1.0, 0.7], "densities": [0.8, 0.8]},  # the recipe's best balance
     "sce": {},
     "model_stock": {},
     "karcher": {},
@@ -67,7 +71,7 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def method_runs(home: Path, qa_limit: int, specialists: list[str]) -> tuple[dict, dict]:
+def method_runs(home: Path, qa_limit: int | None, specialists: list[str]) -> tuple[dict, dict, dict]:
     from llmlab.merging.scores import score_one, skill_of
     from llmlab.store import Store
     from llmlab.world import RELATION_GROUP, find_world
@@ -99,7 +103,7 @@ def method_runs(home: Path, qa_limit: int, specialists: list[str]) -> tuple[dict
                        "retention": retention, "min_retention": min(v for v in retention.values() if v is not None)}
         print(method, out[method]["seconds"], "s", "retention", retention, flush=True)
         store.rm(name, force=True)
-    return out, parents
+    return out, parents, {g: len(r) for g, r in qa.items()}
 
 
 def big_models(params_target: int = 100_000_000) -> tuple[list[Path], int]:
@@ -145,18 +149,27 @@ def ratio(rounds: int) -> dict:
                      "--num-threads", "1"],
     }
     times: dict[str, list[float]] = {k: [] for k in commands}
+    cpu: dict[str, list[float]] = {k: [] for k in commands}
     for r in range(rounds):
         for k in (commands if r % 2 == 0 else reversed(list(commands))):
+            # each run starts with no output, as a first run would (removing a 448 MB model is not the merge)
             shutil.rmtree(work / "mk-out", ignore_errors=True)
+            shutil.rmtree(work / "store" / "big", ignore_errors=True)
+            ru0 = resource.getrusage(resource.RUSAGE_CHILDREN)
             t0 = time.perf_counter()
             res = subprocess.run(commands[k], capture_output=True, text=True, env=env)
             times[k].append(round(time.perf_counter() - t0, 2))
+            ru1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+            cpu[k].append(round(ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime, 2))
             if res.returncode:
                 raise SystemExit(f"{k} failed: {res.stderr[-2000:]}")
-            print(k, times[k][-1], "s", flush=True)
+            print(k, times[k][-1], "s", cpu[k][-1], "s cpu", flush=True)
     shutil.rmtree(work, ignore_errors=True)
     med = {k: statistics.median(v) for k, v in times.items()}
+    med_cpu = {k: statistics.median(v) for k, v in cpu.items()}
     return {"ratio": round(med["llmlab"] / med["mergekit"], 3), "seconds": times, "median": med,
+            "cpu_seconds": cpu, "median_cpu": med_cpu,
+            "cpu_ratio": round(med_cpu["llmlab"] / med_cpu["mergekit"], 3),
             "n_params": n, "config": cfg | {"models": ["random-1", "random-2"]}}
 
 
@@ -164,7 +177,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True, help="store with demo, demo-people and demo-places")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--qa-limit", type=int, default=60, help="held-out questions per relation group")
+    parser.add_argument("--qa-limit", type=int, default=None, help="held-out questions per relation group "
+                        "(default: all of them, as the recipe's merge steps score)")
     parser.add_argument("--specialists", default=",".join(SPECIALISTS), help="the two adapters to merge")
     parser.add_argument("--only", choices=["methods", "ratio"], help="measure one part; the other is kept from "
                         "the existing --out file")
@@ -179,7 +193,7 @@ def main() -> None:
     t0 = time.perf_counter()
     out: dict = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).is_file() else {}
     if args.only != "ratio":
-        out["methods"], out["parents"] = method_runs(Path(args.home), args.qa_limit, args.specialists.split(","))
+        out["methods"], out["parents"], qa_n = method_runs(Path(args.home), args.qa_limit, args.specialists.split(","))
         ok = {k: v for k, v in out["methods"].items() if "min_retention" in v}
         best = max(ok, key=lambda k: ok[k]["min_retention"]) if ok else None
         out["best_merge"] = {"method": best, "min_retention": ok[best]["min_retention"] if best else None,
@@ -197,7 +211,9 @@ def main() -> None:
         "model": {"demo": {k: demo.manifest.info.get(k) for k in ("architecture", "n_params", "size")},
                   "ratio": {"architecture": "LlamaForCausalLM (random weights)", "n_params": n_big}},
         "specialists": kept.get("specialists", args.specialists.split(",")),
-        "qa_limit_per_group": kept.get("qa_limit_per_group", args.qa_limit), "rounds": args.rounds,
+        "qa_limit_per_group": kept.get("qa_limit_per_group", args.qa_limit),
+        "qa_questions_per_group": kept.get("qa_questions_per_group") if args.only == "ratio" else qa_n,
+        "rounds": out.get("ratio_details", {}).get("rounds", args.rounds),
         "threads": settings.threads(), "cpu": platform.processor() or platform.machine(),
         "cpus": os.cpu_count(), "python": platform.python_version(), "versions": library_versions(),
         "load_avg": {"start": start, "end": load_avg()}, "only": args.only,

@@ -1,7 +1,9 @@
 """Time the quickstart recipe step by step on this machine and record the demo model's scores.
 
 Usage: python benchmarks/quickstart.py [--home DIR]
-Writes benchmarks/results/quickstart.json: ``steps`` ({name, seconds} per step), the demo model's
+Writes benchmarks/results/quickstart.json: ``steps`` ({name, seconds} per step, named by station:
+build, score, tune, merge, quantize, gguf-adapter, index, agent, evaluate, export, serve), the final
+``leaderboard`` (the evaluate step's table), what the served winner answered over HTTP, the demo model's
 ``ppl`` and ``accuracy`` (held-out world questions), ``variants`` (every artifact the quickstart
 made, with its size and scores: the tuned adapter's accuracy, the quantized files' KL divergence),
 and ``settings`` (machine, threads, versions) so the figures can be reproduced. It runs in a fresh
@@ -19,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+STATION = {"build-demo": "build"}  # step kinds are named by their station, the rest already are
 
 
 def main() -> None:
@@ -35,14 +38,26 @@ def main() -> None:
 
     recipe = recipes.load(ROOT / "recipes" / "quickstart.yaml")
     store = Store(home)
+    load_start = [round(x, 2) for x in os.getloadavg()]
     t0 = time.perf_counter()
-    results = recipes.run(recipe, store=store, force=True, track=False)
+    try:
+        results = recipes.run(recipe, store=store, force=True, track=False)
+    finally:
+        from llmlab.serve import process
+
+        for server in process.running_servers(store):  # the serve step leaves the winner running
+            process.stop(server["name"], store=store)
     total = time.perf_counter() - t0
+    by_kind = {r.kind: r for r in results}
+    board_columns = ("name", "kind", "size_mb", "ppl", "kld_mean", "top1", "heldout.accuracy", "heldout.f1")
     demo = store.get("demo")
     metrics = demo.metrics
     out = {
-        "steps": [{"name": r.kind, "seconds": r.seconds} for r in results],
+        "steps": [{"name": STATION.get(r.kind, r.kind), "step": r.kind, "seconds": r.seconds} for r in results],
         "total_seconds": round(total, 1),
+        "leaderboard": [{c: row.get(c) for c in board_columns} for row in by_kind["evaluate"].metrics["table"]],
+        "served": {k: by_kind["serve"].metrics.get(k)
+                   for k in ("question", "answer", "expected", "correct", "seconds")},
         "ppl": metrics.get("ppl"),
         "accuracy": metrics.get("accuracy"),
         "gen_tok_s": metrics.get("gen_tok_s"),
@@ -59,12 +74,14 @@ def main() -> None:
             "threads": settings.threads(),
             "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(),
+            "load_avg_start": load_start,
+            "load_avg_end": [round(x, 2) for x in os.getloadavg()],
             "python": platform.python_version(),
             "versions": library_versions(),
         },
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("steps", "total_seconds", "ppl", "accuracy", "gen_tok_s")}, indent=2))
+    print(json.dumps({k: out[k] for k in ("steps", "total_seconds", "served", "leaderboard")}, indent=2))
 
 
 if __name__ == "__main__":

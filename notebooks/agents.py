@@ -42,6 +42,7 @@ def _():
     from llmlab.rag.index import IndexConfig, build_index
     from llmlab.rag.search import Searcher
     from llmlab.store import Store
+    from llmlab.world import find_world
 
     return (
         Agent,
@@ -53,6 +54,7 @@ def _():
         open_or_build,
         build_index,
         evaluate_answers,
+        find_world,
         mo,
         os,
     )
@@ -160,8 +162,11 @@ def _(Agent, INDEX_NAME, MODEL_NAME, index, mo, searcher, store):
 
 
 @app.cell(hide_code=True)
-def _(mo):
-    question = mo.ui.text(value="Which river does Kruskais stand on?", label="Ask the agent", full_width=True)
+def _(MODEL_NAME, find_world, index, mo, store):
+    # The first of the world's RAG questions (after the index cell, which opened or built the model).
+    _first = find_world(store, store.get(MODEL_NAME)).split("rag")[0]["question"]
+    question = mo.ui.text(value=_first, label=f"Ask the agent (about the world of {index.name}; try your own)",
+                          full_width=True)
     question
     return (question,)
 
@@ -224,6 +229,26 @@ def _(
     mo.vstack([mo.ui.table(_rows, selection=None, show_download=False),
                mo.md(f"Retrieval gain (accuracy): **{report['retrieval_gain'].get('accuracy', 0):+.1%}**")])
     return (report,)
+
+
+@app.cell(hide_code=True)
+def _(mo):
+    mo.md(r"""
+    ## What to try next
+
+    - Change the search: `retriever.mode` (dense, bm25, hybrid) and `retriever.k` in
+      `agents/rag-rules.yaml`, or the grading threshold, and compare which documents come back.
+    - Swap the model: `model.artifact` in the spec can be any chat model in the store (an imported
+      instruction-tuned model, `llmlab models add`, reads its sources far better than the tiny demo
+      model); evaluate again and watch the retrieval gain.
+    - Index your own files: `llmlab index --name my-docs --source path/to/folder` (txt, md, html,
+      pdf, jsonl), then build an agent over it on the **Agents** page and read its traces.
+    - Measure retrieval on a real set: `llmlab eval retrieval --index ... --corpus ... --queries ...
+      --qrels ...` (BEIR layout; `docs/agents.md` shows SciFact).
+    - Export the agent with its model and index: `llmlab export --model demo-agent`, then
+      `llmlab serve` it and ask it through the OpenAI API.
+    """)
+    return
 
 
 if __name__ == "__main__":

@@ -128,5 +128,23 @@ def _(AUTORUN, bundle, metrics, mo, process, serve_button, snippets, store, stre
     return answer, served_metrics
 
 
+@app.cell(hide_code=True)
+def _(mo):
+    mo.md(r"""
+    ## What to try next
+
+    - Verify the bundle from a terminal: `llmlab bundle verify models/<bundle>` recomputes every
+      sha256; edit one byte of a file and run it again.
+    - Serve it for real: `llmlab serve models/<bundle>` (127.0.0.1:8000), then point any OpenAI
+      client at `http://127.0.0.1:8000/v1`. Binding another address needs `--api-key-env`.
+    - Build the container: `docker build -t my-model models/<bundle>` and run it; or
+      `ollama create my-model -f models/<bundle>/Modelfile`.
+    - Export another variant (a GPTQ model, an agent with its index) and compare the parity reports.
+    - Turn the server's request log into an eval set: `llmlab eval from-logs` and put it on the
+      leaderboard (`notebooks/evaluate.py`).
+    """)
+    return
+
+
 if __name__ == "__main__":
     app.run()

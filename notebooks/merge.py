@@ -218,12 +218,16 @@ def _(alt, mo, pd, table):
 @app.cell(hide_code=True)
 def _(mo):
     mo.md(r"""
-    ## Where next
+    ## What to try next
 
     - `llmlab merge --name x --method ties --models "[a, b]" --densities 0.7,0.7` runs the same from the
       shell, and `llmlab merge --name x --mergekit-yaml my.yml` runs a mergekit YAML you already have.
     - Every merge carries `mergekit.yml`: `mergekit-yaml` reruns it outside llmlab.
     - The app's **Merge** page shows the compatibility report before starting, and chats with the merge.
+    - Try the methods this notebook did not: `della` with `epsilon`, `dare_ties` with several seeds,
+      per-layer weight gradients (`weights: [[1.0, 0.5], [0.7, 1.0]]`), or `peft_svd` to combine the two
+      adapters into one adapter of a chosen rank; `docs/merge.md` lists ~90 settings already measured.
+    - Quantize the best merge (`llmlab quantize`) and put it on the leaderboard beside its parents.
     """)
     return
 

@@ -13,6 +13,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,7 +100,7 @@ class Quickstart:
 
 
 @pytest.fixture(scope="session")
-def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Quickstart:
+def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]:
     """`llmlab run recipes/quickstart.yaml` in a fresh store, tracked in its own MLflow sqlite."""
     root = Path(__file__).resolve().parents[1]
     home = tmp_path_factory.mktemp("quickstart") / "models"
@@ -110,7 +111,11 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Quickstart:
     seconds = time.perf_counter() - started
     sys.__stderr__.write(f"\n== quickstart fixture: {seconds:.0f} s (exit {proc.returncode})\n")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return Quickstart(root, home, env, proc.stdout, seconds)
+    yield Quickstart(root, home, env, proc.stdout, seconds)
+    from llmlab.serve import process  # the serve step leaves the winner's server running
+
+    for server in process.running_servers(Store(home)):
+        process.stop(server["name"], store=Store(home))
 
 
 @pytest.fixture

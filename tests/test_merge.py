@@ -297,3 +297,14 @@ def test_one_skill_of_the_world_for_tuning_and_scoring(mstore: Store) -> None:
     assert held and all(q["split"] == "heldout" and RELATION_GROUP[q["relation"]] == "people" for q in held)
     with pytest.raises(ConfigError, match="Unknown relation group 'animals'"):
         load_data(TuneConfig(name="x", model="micro", data="world:tune:animals"), mstore)
+
+
+def test_peak_rss_is_the_blocks_own_peak() -> None:
+    from llmlab.merging.peak import peak_rss
+
+    with peak_rss() as big:
+        block = bytearray(96 * 2**20)  # touched: resident
+        del block
+    with peak_rss() as small:
+        pass
+    assert big.mb >= small.mb + 80  # the high-water mark was reset on entry, so the second block is lower

@@ -74,7 +74,9 @@ def fill_form(at, models: list[str]) -> None:
     assert [s.key for s in at.slider] == [f"merge:w:{m}" for m in models]
     at.slider(key=f"merge:w:{models[0]}").set_value(0.7)
     at.slider(key=f"merge:w:{models[1]}").set_value(0.3)
-    at.text_input(key="merge:name").input("mix").run()
+    name = at.text_input(key=f"merge:name:{'-'.join(models)}-linear")  # the default follows models and method
+    assert name.value == f"{'-'.join(models)}-linear"
+    name.input("mix").run()
     assert not at.exception and not at.button(key="merge:start").disabled
 
 

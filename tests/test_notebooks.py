@@ -1,6 +1,7 @@
-"""The marimo notebooks: every one passes `marimo check`, and the tour runs headless end to end.
+"""The marimo notebooks: every one passes `marimo check`, and each runs headless end to end (the tour,
+agents and export notebooks here; tune, quantize, merge and evaluate beside their app pages' tests).
 
-The tour runs in a subprocess (``apptest.run_notebook``: ``app.run()`` on the notebook file) with
+A notebook runs in a subprocess (``apptest.run_notebook``: ``app.run()`` on the notebook file) with
 a temporary store, ``LLMLAB_NOTEBOOK_AUTORUN=1`` pressing its run buttons and the micro model size,
 and reports a few of its definitions back as JSON.
 """
@@ -90,3 +91,73 @@ def test_open_or_build_builds_once_behind_a_bar_then_opens(store):
     assert made["title"] == "Training m" and sum(made["bar"].increments) == made["total"] > 0
     again = open_or_build("m", "micro", store, _Bar)
     assert again.content_hash == art.content_hash and len(_Bar.made) == 1  # opened, no second bar
+
+
+# The agents notebook: index the micro world, ask the agent, evaluate with vs without retrieval.
+AGENTS_REPORT = """{
+    "index_kind": defs["index"].kind,
+    "sources": len(defs["reply"].sources),
+    "refused": defs["reply"].refused,
+    "answered": isinstance(defs["reply"].answer, str),
+    "nodes": [s["node"] for s in defs["TraceStore"].for_store(defs["store"]).steps(defs["reply"].run_id)],
+    "parts": {p: defs["report"][p]["n"] for p in ("retrieval", "closed_book")},
+    "gold_doc_recall": defs["report"]["retrieval"].get("gold_doc_recall"),
+}"""
+
+# The export notebook: a GGUF of the micro model, its bundle, parity, and one answer over HTTP.
+EXPORT_REPORT = """{
+    "kind": defs["bundle"].kind,
+    "parity_ok": defs["bundle"].metrics["parity"]["ok"],
+    "files": sorted(p.name for p in defs["bundle"].path.iterdir()),
+    "answer": defs["answer"],
+    "tokens": defs["served_metrics"],
+}"""
+
+
+@pytest.mark.slow
+def test_agents_notebook_runs_headless(tmp_path: Path):
+    report = run_notebook(NOTEBOOKS / "agents.py", tmp_path, AGENTS_REPORT, timeout=900)
+    assert report["index_kind"] == "index" and report["answered"]
+    assert "retrieve" in report["nodes"] and "answer" in report["nodes"]  # the graph ran, traced node by node
+    assert report["sources"] >= 1 or report["refused"]  # it cites its sources or says it cannot answer
+    assert report["parts"] == {"retrieval": 10, "closed_book": 10}  # the micro run asks 10 questions twice
+    assert report["gold_doc_recall"] is not None and report["gold_doc_recall"] > 0.5
+
+
+@pytest.mark.slow
+def test_export_notebook_runs_headless(tmp_path: Path):
+    report = run_notebook(NOTEBOOKS / "export.py", tmp_path, EXPORT_REPORT, timeout=900)
+    assert report["kind"] == "bundle" and report["parity_ok"] is True
+    assert {"Dockerfile", "Modelfile", "manifest.json", "requirements.lock"} <= set(report["files"])
+    assert isinstance(report["answer"], str)
+    assert sum(report["tokens"].values()) > 0  # the server counted the tokens of that answer
+
+
+@pytest.mark.parametrize("notebook", sorted(p.name for p in NOTEBOOKS.glob("*.py")))
+def test_marimo_run_serves_each_notebook_as_an_app(notebook: str, tmp_path: Path):
+    """`marimo run` (read-only app mode, loopback, no token) serves the notebook's page."""
+    import socket
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([marimo_cli(), "run", str(NOTEBOOKS / notebook), "--headless", "--no-token",
+                             "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.stderr.read()[-2000:] if proc.stderr else ""
+            try:
+                page = httpx.get(f"http://127.0.0.1:{port}/", timeout=2)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, f"marimo run did not answer on port {port} within 60 s"
+                time.sleep(0.3)
+        assert page.status_code == 200 and '"mode": "read"' in page.text and notebook in page.text
+    finally:
+        proc.terminate()
+        proc.wait(10)

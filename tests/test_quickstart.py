@@ -6,6 +6,7 @@ use the demo model it builds.
 
 from __future__ import annotations
 
+import json
 import math
 import subprocess
 import sys
@@ -65,6 +66,26 @@ def test_quickstart_goes_through_every_station(quickstart):
     assert (bundle.path / "Dockerfile").is_file() and (bundle.path / "Modelfile").is_file()
 
 
+def test_quickstart_merges_and_serves_the_winner(quickstart):
+    """The adapter merged into its base scores like the adapter; the exported winner is left serving
+    on 127.0.0.1 and answered one held-out question over HTTP; the run printed where everything is."""
+    import httpx
+
+    from llmlab.serve import process
+
+    store = Store(quickstart.home)
+    merged = store.get("demo-merged")
+    assert merged.kind == "merged" and {p.name for p in merged.manifest.parents} >= {"demo", "demo-lora"}
+    assert "demo-merged" in (quickstart.home / "leaderboard.md").read_text()
+    [server] = process.running_servers(store)
+    assert server["name"] == "demo-lora-gguf-bundle" and server["url"].startswith("http://127.0.0.1:")
+    out = quickstart.stdout
+    assert f"{server['url']}/v1" in out and "asked over HTTP:" in out
+    assert "http://127.0.0.1:8501" in out and "http://127.0.0.1:5000" in out
+    models = httpx.get(f"{server['url']}/v1/models", timeout=10).json()
+    assert [m["id"] for m in models["data"]] == ["demo-lora-gguf-bundle"]
+
+
 def test_quickstart_is_tracked_in_mlflow(quickstart):
     import mlflow
 
@@ -83,7 +104,10 @@ def test_second_quickstart_run_skips_everything(quickstart):
                           cwd=quickstart.root, env=quickstart.env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     steps = len(yaml.safe_load((quickstart.root / "recipes" / "quickstart.yaml").read_text())["steps"])
-    assert proc.stdout.count('"status": "skipped"') == steps
+    assert proc.stdout.count('"status": "skipped"') == steps - 1  # all but serve, which asks its server again
+    served = [json.loads(line) for line in proc.stdout.splitlines()
+              if '"kind": "serve"' in line and '"status": "done"' in line]
+    assert served and served[0]["metrics"]["url"] in quickstart.stdout  # the same server, still running
 
 
 def test_chat_with_the_demo_model(quickstart):

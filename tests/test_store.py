@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -169,3 +170,22 @@ def test_leftover_of_a_killed_but_unreaped_writer_is_cleaned(tmp_path):
         assert not left.exists()
     finally:
         proc.wait()
+
+
+def test_store_hashes_match_hashlib_in_parallel_and_for_empty_files(tmp_path: Path) -> None:
+    """The store's finish (hashing in threads through mmap, beside fsync) gives the plain sha256 of each file."""
+    import hashlib
+
+    from llmlab.store import hash_files
+
+    blobs = {"empty.txt": b"", "small.json": b"{}", "sub/big.bin": os.urandom(3 * 2**20 + 7)}
+    store = Store(tmp_path / "s")
+    with store.write("hashed", "full") as w:
+        for rel, data in blobs.items():
+            (w.path / rel).parent.mkdir(parents=True, exist_ok=True)
+            (w.path / rel).write_bytes(data)
+    art = store.get("hashed")
+    assert art.manifest.files == {rel: hashlib.sha256(d).hexdigest() for rel, d in blobs.items()}
+    assert hash_files(art.path) == art.manifest.files and store.verify("hashed") == []
+    (art.path / "sub" / "big.bin").write_bytes(b"changed")
+    assert store.verify("hashed") == ["tampered file: sub/big.bin (sha256 differs from the manifest)"]

@@ -77,8 +77,10 @@ def export_form(store: Store, queue: JobQueue) -> None:
     art = store.get(name)
     st.dataframe(plan(art), hide_index=True)
     c1, c2, c3 = st.columns(3)
-    out = c1.text_input("Bundle name", f"{name}-bundle", key="export:name", help=HELP["name"])
-    parity = c2.checkbox("Parity check", art.kind in GGUF_KINDS, key="export:parity", help=HELP["parity"],
+    # keyed by model: a keyed widget keeps its value when its default changes, so picking another model
+    # would keep the first one's bundle name and parity setting
+    out = c1.text_input("Bundle name", f"{name}-bundle", key=f"export:name:{name}", help=HELP["name"])
+    parity = c2.checkbox("Parity check", art.kind in GGUF_KINDS, key=f"export:parity:{name}", help=HELP["parity"],
                          disabled=art.kind not in GGUF_KINDS)
     registry = c3.checkbox("Register in MLflow", False, key="export:registry", help=HELP["registry"])
     config = {"model": name, "name": out, "parity": parity, "registry": registry}

@@ -9,6 +9,7 @@ import streamlit as st
 from llmlab import recipes
 from llmlab.jobs import JobQueue
 from llmlab.store import Store
+from widgets import session_id
 
 store = Store()
 artifacts = store.list()
@@ -42,7 +43,7 @@ folder = recipes.recipes_dir()
 quickstart = folder / "quickstart.yaml" if folder else None
 if quickstart is not None and quickstart.is_file():
     if st.button("Run the quickstart as a job", type="primary"):
-        job = JobQueue(store).submit(quickstart)
+        job = JobQueue(store).submit(quickstart, session=session_id())
         st.session_state["job"] = job.id  # the Jobs page opens on it
         st.switch_page("views/jobs.py")
 

@@ -102,7 +102,8 @@ def merge_form(store: Store, queue: JobQueue) -> None:
     if info.source == "peft":
         output = st.radio("Write", ["model", "adapter"], horizontal=True, key="merge:output", help=HELP["output"])
     default_name = f"{'-'.join(models[:2]) or 'merge'}-{method}".replace("_", "-")[:100]
-    name = st.text_input("Name of the merge", default_name, key="merge:name", help=HELP["name"]).strip()
+    # keyed by the default: a keyed widget would keep the first name when other models or a method are picked
+    name = st.text_input("Name of the merge", default_name, key=f"merge:name:{default_name}", help=HELP["name"]).strip()
 
     problems: list[str] = []
     tokenizer_source = None

@@ -29,7 +29,7 @@ from llmlab.distill import DistillConfig
 from llmlab.jobs import FINAL, JobInfo, JobQueue
 from llmlab.store import Artifact, Store
 from llmlab.tune import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TUNABLE_KINDS, TuneConfig
-from widgets import job_queue, job_status, load_model, start_button, task_bar
+from widgets import job_queue, job_status, load_model, session_id, start_button, task_bar
 
 # Fields set in the first section, the main options, and (everything else) the folded ones.
 SETUP = ("name", "model", "data", "method")
@@ -204,7 +204,7 @@ def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
     if job.status in ("cancelled", "failed", "died") and st.button("Resume", key=f"tune:resume:{job.id}",
                                                                    help="Submit the same settings again."):
         try:
-            again = queue.submit(queue.recipe(job.id), title=job.title)
+            again = queue.submit(queue.recipe(job.id), title=job.title, session=session_id())
         except LlmlabError as e:
             st.error(str(e))
         else:

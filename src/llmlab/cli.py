@@ -137,6 +137,26 @@ def _summary_table(results, store) -> Any:
     return table
 
 
+def _served_text(m: dict[str, Any]) -> str:
+    """What a serve step did: where the server is and what it answered."""
+    state = "running at" if m.get("running") else "answered at (now stopped)"
+    check = {True: "  (correct)", False: f"  (expected: {m.get('expected')})", None: ""}[m.get("correct")]
+    return (f"Server {state} {m['url']}/v1  (OpenAI-compatible; stop it: llmlab servers stop --all)\n"
+            f"  asked over HTTP: {m['question']}\n  it answered:     {str(m['answer']).strip()}{check}")
+
+
+def _next_text(store) -> str:
+    return ("URLs:\n"
+            "  app     http://127.0.0.1:8501  start it: llmlab app\n"
+            "  MLflow  http://127.0.0.1:5000  start it: llmlab mlflow\n"
+            "Next:\n"
+            "  marimo edit notebooks/00_tour.py  the tour notebook\n"
+            "  llmlab chat demo-lora-gguf        talk to the tuned 4-bit model in the terminal\n"
+            "  llmlab eval leaderboard           every variant on one table (also in "
+            f"{store.root / 'leaderboard.md'})\n"
+            "  llmlab servers ls                 the servers left running")
+
+
 # ----- commands -----
 def cmd_run(args: argparse.Namespace) -> int:
     from llmlab import recipes
@@ -169,15 +189,11 @@ def _run_recipe(recipe, args: argparse.Namespace) -> int:
                                       progress=tee(bars, json_lines(events_file)), track=not args.no_track)
             console.print(_summary_table(results, store))
             console.print(f"Artifacts are in {store.root}  (list them: llmlab models ls)")
+            for r in results:
+                if r.kind == "serve" and r.metrics.get("url"):
+                    console.print(_served_text(r.metrics))
             if recipe.name == "quickstart":
-                console.print("Next:\n  llmlab app                        the lab in your browser (http://127.0.0.1:8501)\n"
-                              "  marimo edit notebooks/00_tour.py  the tour notebook\n"
-                              "  llmlab mlflow                     the tracked runs (http://127.0.0.1:5000)\n"
-                              "  llmlab chat demo-lora-gguf        talk to the tuned 4-bit model\n"
-                              "  llmlab eval leaderboard           every variant on one table (also in "
-                              f"{store.root / 'leaderboard.md'})\n"
-                              "  llmlab serve demo-lora-gguf-bundle  serve the exported winner "
-                              "(OpenAI-compatible, http://127.0.0.1:8000/v1)")
+                console.print(_next_text(store))
     except Cancelled:
         job.finish("cancelled", "cancelled by request")
         return 130
@@ -385,16 +401,66 @@ def cmd_jobs(args: argparse.Namespace) -> int:
             secs = f"{j.seconds:.0f}s" if j.seconds is not None else "-"
             print(f"{j.id}  {j.status:9}  {secs:>6}  {j.title}" + (f"  ({j.error})" if j.error else ""))
         return 0
-    if not args.id:
-        raise ConfigError(f"`llmlab jobs {args.action}` needs a job id.", "List them with `llmlab jobs ls`.")
+    if args.action == "export":
+        return _export_jobs(queue, args)
+    if len(args.id) != 1:
+        raise ConfigError(f"`llmlab jobs {args.action}` needs one job id.", "List them with `llmlab jobs ls`.")
+    job_id = args.id[0]
     if args.action == "show":
-        job = queue.get(args.id)
-        print(json.dumps({**job.model_dump(), "progress": queue.progress(args.id),
-                          "recipe": queue.recipe(args.id)}, indent=2, default=str))
+        job = queue.get(job_id)
+        print(json.dumps({**job.model_dump(), "progress": queue.progress(job_id),
+                          "recipe": queue.recipe(job_id)}, indent=2, default=str))
     elif args.action == "log":
-        print(queue.log(args.id))
+        print(queue.log(job_id))
     elif args.action == "cancel":
-        print(f"{args.id}: {queue.cancel(args.id).status}")
+        print(f"{job_id}: {queue.cancel(job_id).status}")
+    return 0
+
+
+def _export_jobs(queue, args: argparse.Namespace) -> int:
+    """`llmlab jobs export [JOB_ID...] [--session ID] [--out DIR]`: jobs as a recipe, a script and a notebook."""
+    from llmlab import session_code
+
+    session = args.session
+    if not args.id and not session:
+        known = session_code.sessions(queue)
+        if not known:
+            raise ConfigError("No job in this store was started from the app, so there is no app session to export.",
+                              "Name the jobs instead: `llmlab jobs export JOB_ID...` (ids from `llmlab jobs ls`).")
+        session = known[0]
+    options = {"statuses": tuple(args.status or ("done",)), "lineage": not args.no_lineage}
+    if session and args.id:
+        raise ConfigError("Give job ids or --session, not both.", "`llmlab jobs export --session ID` exports one "
+                          "app session; `llmlab jobs export JOB_ID...` exports the jobs named.")
+    code = (session_code.gather(queue, session=session, **options) if session
+            else session_code.gather(queue, job_ids=args.id, **options))
+    out = Path(args.out) if args.out else (session_code.session_folder(queue.store, session) if session
+                                           else Path(code.name))
+    files = session_code.write(code, out)
+    print(code.summary())
+    for path in files.values():
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_servers(args: argparse.Namespace) -> int:
+    """`llmlab servers [ls | stop NAME | stop --all]`: the background servers started from this store."""
+    from llmlab.serve import process
+
+    store = _store(args)
+    running = process.running_servers(store)
+    if args.action == "ls":
+        for s in running:
+            print(f"{s['name']}  {s['url']}  pid {s['pid']}")
+        if not running:
+            print("No server is running (start one: llmlab serve BUNDLE, or the Export page).")
+        return 0
+    names = [s["name"] for s in running] if args.all else [args.name] if args.name else []
+    if not names and not args.all:
+        raise ConfigError("`llmlab servers stop` needs a name or --all.", "List them with `llmlab servers ls`.")
+    for name in names:
+        process.stop(name, store=store)
+        print(f"stopped {name}")
     return 0
 
 
@@ -512,8 +578,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from llmlab.recipes import STEPS
 
     for kind, spec in STEPS.items():
-        if kind.startswith("eval-"):
-            continue  # run from the command line as `llmlab eval <what>`
+        if kind.startswith("eval-") or not spec.command:
+            continue  # `llmlab eval <what>`; the serve step's name is the foreground server's command
         if command not in (None, kind):
             sub.add_parser(kind, help=spec.summary)
             continue
@@ -598,9 +664,15 @@ def _other_parsers(sub: Any) -> None:
     m.add_argument("--kind", help="artifact kind (default: base, or gguf for a .gguf file)")
     sp.set_defaults(fn=cmd_models)
 
-    sp = sub.add_parser("jobs", help="jobs: ls, show, log, cancel")
-    sp.add_argument("action", choices=("ls", "show", "log", "cancel"))
-    sp.add_argument("id", nargs="?")
+    sp = sub.add_parser("jobs", help="jobs: ls, show, log, cancel, export (as a recipe, a script and a notebook)")
+    sp.add_argument("action", choices=("ls", "show", "log", "cancel", "export"))
+    sp.add_argument("id", nargs="*", help="a job id (export: any number, default the latest app session's jobs)")
+    sp.add_argument("--session", help="export: the app session whose jobs to export")
+    sp.add_argument("--out", help="export: folder for the files (default $LLMLAB_HOME/.sessions/<session>/)")
+    sp.add_argument("--status", action="append", choices=("done", "failed", "cancelled", "died"),
+                    help="export: job statuses to include (repeatable; default done)")
+    sp.add_argument("--no-lineage", action="store_true",
+                    help="export: do not prepend the steps that made the artifacts the jobs read")
     sp.set_defaults(fn=cmd_jobs)
 
     for name, fn, port, helptext in (("mlflow", cmd_mlflow, 5000, "open the MLflow UI on the tracking store"),
@@ -616,6 +688,12 @@ def _other_parsers(sub: Any) -> None:
     sp.add_argument("source", help="bundle folder, artifact name, model folder or .gguf file")
     _add_config_flags(sp, ServeConfig, skip=("source",))
     sp.set_defaults(fn=cmd_serve)
+
+    sp = sub.add_parser("servers", help="background servers (the quickstart's, the Export page's): ls, stop")
+    sp.add_argument("action", nargs="?", choices=("ls", "stop"), default="ls")
+    sp.add_argument("name", nargs="?", help="the served bundle's name")
+    sp.add_argument("--all", action="store_true", help="stop every server started from this store")
+    sp.set_defaults(fn=cmd_servers)
 
     sp = sub.add_parser("bundle", help="exported bundles: verify")
     sp.add_argument("action", choices=("verify",))

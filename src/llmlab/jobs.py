@@ -59,6 +59,7 @@ class JobInfo(BaseModel):
     queued: bool = True  # waits for a slot (app/queue) rather than starting at once (terminal)
     error: str | None = None
     dir: str = ""
+    session: str | None = None  # the app session that submitted it (llmlab.session_code exports one)
 
     @property
     def seconds(self) -> float | None:
@@ -85,12 +86,14 @@ class JobQueue:
         self._children: dict[int, subprocess.Popen] = {}
 
     # ----- submitting -----
-    def submit(self, recipe: Any, title: str | None = None, *, force: bool = False) -> JobInfo:
-        """Queue a recipe (a Recipe, a dict or a YAML path) to run in its own process."""
+    def submit(self, recipe: Any, title: str | None = None, *, force: bool = False,
+               session: str | None = None) -> JobInfo:
+        """Queue a recipe (a Recipe, a dict or a YAML path) to run in its own process; ``session``
+        records which app session asked for it."""
         from llmlab import recipes
 
         r = recipe if isinstance(recipe, recipes.Recipe) else recipes.load(recipe)
-        job = self.create(r, title)
+        job = self.create(r, title, session=session)
         argv = [sys.executable, "-m", "llmlab", "run", str(Path(job.dir) / "recipe.yaml"),
                 "--events", "--job", job.dir]
         if force:
@@ -102,13 +105,15 @@ class JobQueue:
         self._children[proc.pid] = proc
         return job
 
-    def create(self, recipe: Any, title: str | None = None, *, queued: bool = True) -> JobInfo:
+    def create(self, recipe: Any, title: str | None = None, *, queued: bool = True,
+               session: str | None = None) -> JobInfo:
         """Make a job folder holding the resolved recipe (the job process fills in the rest)."""
         job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         folder = self.root / job_id
         folder.mkdir()
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))
-        job = JobInfo(id=job_id, title=title or recipe.name, created=_now(), queued=queued, dir=str(folder))
+        job = JobInfo(id=job_id, title=title or recipe.name, created=_now(), queued=queued, dir=str(folder),
+                      session=session)
         write_json(folder / "job.json", job.model_dump())
         return job
 

@@ -50,6 +50,7 @@ from llmlab.merging.checks import Compatibility, check_compatibility, refuse
 from llmlab.merging.inputs import MODEL_KINDS, Gradient, Input, ModelSpec, inputs_of
 from llmlab.merging.mergekit_config import load_mergekit_yaml, mergekit_dict, run_mergekit, yaml_inputs
 from llmlab.merging.methods import PEFT_COMBINATIONS, MethodInfo, get_method, mergekit_methods, methods
+from llmlab.merging.peak import peak_rss
 from llmlab.merging.scores import evaluate, skill_of
 from llmlab.store import Artifact, StepRecord, Store
 
@@ -141,10 +142,8 @@ def merge(config: MergeConfig, *, store: Store | None = None, progress: Reporter
         info["inputs"] = [i.name for i in inputs]
     info.update(method=method, tokenizer_source=config.tokenizer_source)
     emit(progress, "log", message=f"merging {', '.join(info['inputs'])} with {method}")
-    from llmlab.scoring import peak_memory
-
     t0 = time.perf_counter()
-    with store.write(config.name, kind, overwrite=overwrite) as w, peak_memory() as pm:
+    with store.write(config.name, kind, overwrite=overwrite) as w, peak_rss() as peak:
         if method == "unload":
             from llmlab.tune import merged_folder
 
@@ -162,7 +161,7 @@ def merge(config: MergeConfig, *, store: Store | None = None, progress: Reporter
         w.step = step
         info.update(seconds=round(time.perf_counter() - t0, 2))
         w.info = info
-    store.record_metrics(config.name, {"merge_seconds": info["seconds"], "merge_peak_rss_mb": round(pm.peak_mb, 1)})
+    store.record_metrics(config.name, {"merge_seconds": info["seconds"], "merge_peak_rss_mb": round(peak.mb, 1)})
     if config.evaluate:
         evaluate(config.name, store=store, qa_limit=config.qa_limit, progress=progress)
     return store.get(config.name)

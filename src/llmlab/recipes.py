@@ -45,6 +45,8 @@ class StepSpec:
     summary: str
     inputs: tuple[str, ...] = ()  # config fields that name input artifacts (str or list of str)
     output: str | None = "name"  # config field (or property) naming what it writes: one name or a list
+    cached: bool = True  # a step without outputs is skipped when its config and inputs are unchanged
+    command: bool = True  # also a CLI command `llmlab <kind>` (False where that name is taken)
 
     def load_config(self) -> type[BaseModel]:
         return _import(self.config)
@@ -118,6 +120,11 @@ STEPS: dict[str, StepSpec] = {
         "llmlab.export:ExportConfig", "llmlab.export:export",
         "Export a model as a hash-verified bundle (server, Dockerfile, Modelfile, lock) with a parity check.",
         inputs=("store_inputs",), output="output",
+    ),
+    "serve": StepSpec(
+        "llmlab.serve.step:ServeStepConfig", "llmlab.serve.step:serve_step",
+        "Start a bundle's OpenAI-compatible server in the background and ask it one question over HTTP.",
+        inputs=("bundle",), output=None, cached=False, command=False,
     ),
 }
 
@@ -349,7 +356,7 @@ def run_step(step: Step, *, store: Store, force: bool = False, progress: Reporte
                                  "(imported?).", "Choose another output name, or pass --force to replace it.")
             if all(m.config_hash == digest for m in made_by):
                 return StepResult(step.kind, outs, "skipped", 0.0, store.get(outs[-1]).metrics)
-        if not outs and cache.is_file():
+        if not outs and step.spec.cached and cache.is_file():
             return StepResult(step.kind, [], "skipped", 0.0, json.loads(cache.read_text()))
     fn = step.spec.load_function()
     value = fn(step.config, store=store, progress=progress, overwrite=True, step=record)
@@ -362,19 +369,27 @@ def run_step(step: Step, *, store: Store, force: bool = False, progress: Reporte
 
 
 # ----- export as a script -----
+def step_call(step: Step) -> tuple[dict[str, set[str]], str]:
+    """The Python call that runs ``step`` (its station function on its typed config, with ``store`` and
+    ``progress`` variables), and what it imports: ``{module: {names}}``."""
+    cmod, ccls = step.spec.config.split(":")
+    fmod, fn = step.spec.function.split(":")
+    imports: dict[str, set[str]] = {}
+    imports.setdefault(cmod, set()).add(ccls)
+    imports.setdefault(fmod, set()).add(fn)
+    args = ",\n".join(f"        {k}={v!r}" for k, v in step.config_dict().items())
+    return imports, f"{fn}(\n    {ccls}(\n{args},\n    ),\n    store=store, progress=progress, overwrite=True,\n)"
+
+
 def export_script(recipe: Recipe) -> str:
     """A standalone Python script that makes the same public API calls as ``run``."""
     imports: dict[str, set[str]] = {}
     body: list[str] = []
     for i, step in enumerate(recipe.steps, 1):
-        spec = step.spec
-        cmod, ccls = spec.config.split(":")
-        fmod, fn = spec.function.split(":")
-        imports.setdefault(cmod, set()).add(ccls)
-        imports.setdefault(fmod, set()).add(fn)
-        args = ",\n".join(f"        {k}={v!r}" for k, v in step.config_dict().items())
-        body.append(f"\n# Step {i}: {step.kind}. {spec.summary}")
-        call = f"{fn}(\n    {ccls}(\n{args},\n    ),\n    store=store, progress=progress, overwrite=True,\n)"
+        needs, call = step_call(step)
+        for module, names in needs.items():
+            imports.setdefault(module, set()).update(names)
+        body.append(f"\n# Step {i}: {step.kind}. {step.spec.summary}")
         body.append(f"result = {call}\nprint('{step.kind}:', result)")
     head = [
         f'"""Recipe \'{recipe.name}\' as plain Python, written by `llmlab export-script`.',

@@ -20,6 +20,7 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import mmap
 import os
 import re
 import shutil
@@ -72,22 +73,30 @@ def library_versions(names: tuple[str, ...] = TRACKED_LIBRARIES) -> dict[str, st
     return out
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 of a file, read through mmap: no copy out of the page cache, and hashlib releases the GIL."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+        if os.fstat(f.fileno()).st_size:  # mmap refuses empty files
+            with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+                h.update(m)
     return h.hexdigest()
 
 
 def hash_files(root: Path) -> dict[str, str]:
-    """sha256 of every file under ``root`` except the manifest and metrics, by relative path."""
-    out = {}
+    """sha256 of every file under ``root`` except the manifest and metrics, by relative path
+    (several files are hashed in parallel threads)."""
+    paths = {}
     for p in sorted(root.rglob("*")):
         rel = p.relative_to(root).as_posix()
         if p.is_file() and rel not in (MANIFEST, METRICS):
-            out[rel] = sha256_file(p)
-    return out
+            paths[rel] = p
+    if len(paths) < 2:
+        return {rel: sha256_file(p) for rel, p in paths.items()}
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(min(len(paths), os.cpu_count() or 1, 8)) as pool:
+        return dict(zip(paths, pool.map(sha256_file, paths.values())))
 
 
 def content_hash(files: dict[str, str]) -> str:
@@ -337,7 +346,14 @@ class Store:
                 shutil.rmtree(tmp, ignore_errors=True)
 
     def _finish(self, w: Writer, final: Path) -> None:
-        files = hash_files(w.path)
+        # The data files go to disk (fsync: waiting on I/O) while they are hashed (CPU); both finish before
+        # the manifest is written and the folder renamed into place.
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(1) as pool:
+            synced = pool.submit(_fsync_tree, w.path)
+            files = hash_files(w.path)
+            synced.result()
         if not files:
             raise StoreError(f"Nothing was written for artifact '{w.name}'; it was not created.")
         manifest = Manifest(
@@ -353,8 +369,7 @@ class Store:
         )
         write_json(w.path / MANIFEST, manifest.model_dump(mode="json"))
         if w.metrics:
-            write_json(w.path / METRICS, w.metrics)
-        _fsync_tree(w.path)
+            write_json(w.path / METRICS, w.metrics)  # write_json fsyncs, like the manifest
         old = None
         if final.exists():  # overwrite: move the old one aside first, then swap
             old = self._tmp / f"{w.name}.old.{uuid.uuid4().hex[:8]}"

@@ -5,5 +5,6 @@
 - ``checks``: the compatibility report and memory estimate, before any weight is read;
 - ``mergekit_config``: llmlab config -> mergekit dict, a user's mergekit YAML, running mergekit;
 - ``adapters``: peft's weighted adapter combination;
+- ``peak``: peak resident memory of a merge (the kernel's high-water mark);
 - ``scores``: the merge and its parents scored on the same held-out text and questions.
 """
