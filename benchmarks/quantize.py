@@ -4,13 +4,17 @@ Usage: LLMLAB_THREADS=1 python benchmarks/quantize.py [--home /tmp/bench-models]
 Parts (all by default): ``gguf`` (one row per type: size, bits per weight, perplexity, KL divergence
 and top-1 agreement against the f16 GGUF, generation tokens/s; plus imatrix rows), ``imatrix`` (is
 the imatrix Q4_K_M's KL difference from plain Q4_K_M real or noise: calibration sets, calibration
-seeds, eval splits), ``gptq`` (GPTQ, AWQ and RTN at 4 bits, group size 32), ``ratio`` (generation
-tokens/s through llmlab's runtime divided by plain ``llama_cpp.Llama``, alternating runs) and
-``bandwidth`` (a random-weights Llama whose Q4_K_M file is >= 100 MB: tokens/s x file bytes / the
-memory read bandwidth measured here). Writes benchmarks/results/quantize.json (parts not run keep
-their previous values) with a ``settings`` block: model, threads, versions, load average at start
-and end (the machine is shared). The demo model is copied from /tmp/demo-home when present, else
-built once into --home; the bandwidth model is cached under /tmp/llmlab-bench-bandwidth.
+seeds, eval splits), ``imatrix_big`` (the same question on a bigger model: build-demo's ``large`` shape,
+~29M parameters, trained ``--big-steps`` steps on TinyStories and cached under ``--big-cache``; plain vs
+imatrix Q4_K_M, IQ4_XS, Q3_K_M and Q2_K, an all-ones control matrix, and imatrix IQ3_XXS, against its
+f16 GGUF on >= 12k TinyStories validation tokens; its result sets the top-level ``imatrix_goal``),
+``gptq`` (GPTQ, AWQ and RTN at 4 bits, group size 32), ``ratio`` (generation tokens/s through
+llmlab's runtime divided by plain ``llama_cpp.Llama``, alternating runs) and ``bandwidth`` (a
+random-weights Llama whose Q4_K_M file is >= 100 MB: tokens/s x file bytes / the memory read
+bandwidth measured here). Writes benchmarks/results/quantize.json (parts not run keep their previous
+values) with a ``settings`` block: model, threads, versions, load average at start and end (the
+machine is shared). The demo model is copied from /tmp/demo-home when present, else built once into
+--home; the bandwidth model is cached under /tmp/llmlab-bench-bandwidth.
 """
 
 from __future__ import annotations
@@ -27,11 +31,19 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-PARTS = ("gguf", "imatrix", "gptq", "ratio", "bandwidth")
+PARTS = ("gguf", "imatrix", "imatrix_big", "gptq", "ratio", "bandwidth")
 PLAIN_TYPES = ["Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q5_0", "Q4_K_M", "Q4_K_S", "Q4_0", "Q3_K_M", "Q3_K_S",
                "Q2_K", "IQ4_NL", "IQ4_XS"]
 IMATRIX_TYPES = ["Q4_K_M", "IQ3_S", "IQ3_XXS", "IQ2_M", "IQ2_XS"]
 BANDWIDTH_CACHE = Path("/tmp/llmlab-bench-bandwidth")
+BIG_CACHE = Path("/tmp/llmlab-bench-imatrix-big")
+# (type, with an importance matrix?) rows of the bigger-model study; the IQ types need one
+BIG_VARIANTS = [("Q4_K_M", False), ("Q4_K_M", True), ("IQ4_XS", False), ("IQ4_XS", True), ("Q3_K_M", False),
+                ("Q3_K_M", True), ("Q2_K", False), ("Q2_K", True), ("IQ3_XXS", True)]
+BIG_EVAL_TOKENS = 12_000
+BIG_STEPS = 220
+BIG_EVERY_IMATRIX = ("Q4_K_M", "Q3_K_M", "Q2_K")  # types also run with sample B and the uniform control
+UNIFORM = "uniform (control)"
 
 
 def load_avg() -> list[float]:
@@ -173,6 +185,168 @@ def imatrix_check(store: Any, work: Path, text: str) -> dict[str, Any]:
         model(torch.tensor([ids]))
     errs = {k: float(np.abs(v - ours[k]).max() / np.abs(v).max()) for k, v in theirs.items()}
     return {"tokens": len(ids), "weights_compared": len(errs), "max_relative_difference": _r(max(errs.values()), 6)}
+
+
+# ----- the importance matrix on a bigger model -----
+def big_model(cache: Path, steps: int) -> Any:
+    """The ``large`` demo shape (hidden 512, 8 layers, ~29M parameters) trained for ``steps`` steps of
+    4 x 512 tokens on TinyStories (public data, via LLMLAB_DATA) plus the micro world; cached in
+    ``cache``/store (a store of its own) so a re-run skips the training."""
+    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.store import Store
+
+    store = Store(cache / "store")
+    name = f"big-{steps}"
+    if not store.exists(name):
+        print(f"training {name} (the large demo shape, {steps} steps; ~6 s per step at 1 thread)", flush=True)
+        start = load_avg()
+        build_demo(BuildDemoConfig(name=name, size="large", world_size="micro", steps=steps, batch_size=4,
+                                   learning_rate=2e-3, grounded_share=0.0, tinystories_chars=1_000_000,
+                                   eval_every=25), store=store, progress=_print_metrics)
+        (cache / f"{name}.load_avg.json").write_text(json.dumps({"start": start, "end": load_avg()}))
+    return store.get(name)
+
+
+def imatrix_big(cache: Path, steps: int, home_store: Any) -> dict[str, Any]:
+    """Plain vs importance-matrix KL divergence (and top-1) against the f16 GGUF of the bigger model,
+    on >= ``BIG_EVAL_TOKENS`` tokens of TinyStories' validation text in four disjoint parts;
+    importance matrices from two disjoint samples of TinyStories' training text, plus an all-ones
+    control matrix."""
+    import random
+
+    import numpy as np
+
+    from llmlab import data, gguf, settings
+    from llmlab.quantize import gguf_bpw
+    from llmlab.runtime import load
+    from llmlab.scoring import compare, perplexity
+
+    t0 = time.perf_counter()
+    art = big_model(cache, steps)
+    work = cache / art.name  # its GGUF files, beside the store
+    work.mkdir(exist_ok=True)
+    f16 = work / "f16.gguf"
+    if not f16.is_file():
+        gguf.convert(art.path, f16, "f16")
+    train = data.load_texts(data.public_path("tinystories"))
+    valid = data.load_texts(data.public_path("tinystories-valid"))
+    with load(f16) as ref:
+        evals: list[str] = []
+        n_tokens = 0
+        for text in valid:  # whole stories from the start of the validation file up to the token target
+            if n_tokens >= BIG_EVAL_TOKENS:
+                break
+            evals.append(text)
+            n_tokens += len(ref.tokenize(text, add_special=True))
+        f16_ppl = perplexity(ref, evals)["ppl"]
+    groups = [evals[i::4] for i in range(4)]
+    # two disjoint random samples of the training stories (at most 64 chunks of 512 tokens each)
+    shuffled = random.Random(0).sample(train, len(train))
+    calib = {"train sample A": shuffled[:400], "train sample B": shuffled[400:800]}
+    imatrices, imatrix_info = {}, {}
+    for i, (label, texts) in enumerate(calib.items()):
+        imatrices[label] = work / f"calib{i}.imatrix.gguf"
+        imatrix_info[label] = gguf.compute_imatrix(f16, texts, imatrices[label], max_chunks=64, dataset=label)
+    # Control: the same importance-matrix code path of llama.cpp with every weight equally important,
+    # which tells the activation statistics apart from the different rounding search llama.cpp runs
+    # whenever it is given a matrix. (Written with gguf's own imatrix writer.)
+    imatrices[UNIFORM] = work / "uniform.imatrix.gguf"
+    ones = {k: np.ones_like(v) for k, v in gguf.read_imatrix(imatrices["train sample A"]).items()}
+    gguf.write_imatrix(imatrices[UNIFORM], ones, dict.fromkeys(ones, 1), chunks=1, chunk_size=512, dataset=UNIFORM)
+    runs: list[tuple[str, str, str | None]] = []  # (label, type, calibration)
+    for type_name, with_imatrix in BIG_VARIANTS:
+        for label in (list(imatrices) if with_imatrix else [None]):
+            if label not in (None, "train sample A") and type_name not in BIG_EVERY_IMATRIX:
+                continue
+            runs.append((f"{type_name}" + (f" imatrix ({label})" if label else " plain"), type_name, label))
+    out: dict[str, Any] = {"variants": {}}
+    tokens = 0
+    with load(f16) as ref:
+        for label, type_name, calibration in runs:
+            path = gguf.quantize(f16, work / f"{label.replace(' ', '_').replace('(', '').replace(')', '')}.gguf",
+                                 type_name, imatrix=imatrices[calibration] if calibration else None)
+            with load(path) as m:
+                parts = [compare(m, ref, g, max_len=512, stride=512) for g in groups]
+            tokens = sum(p["tokens"] for p in parts)
+            out["variants"][label] = {
+                "type": type_name, "imatrix": calibration, "size_bytes": path.stat().st_size,
+                "bpw": _r(gguf_bpw(path), 3),
+                "kld": _r(sum(p["kld_mean"] * p["tokens"] for p in parts) / tokens, 6),
+                "top1": _r(sum(p["top1"] * p["tokens"] for p in parts) / tokens),
+                "kld_by_eval_part": [_r(p["kld_mean"], 6) for p in parts],
+                "top1_by_eval_part": [_r(p["top1"]) for p in parts]}
+            print(json.dumps({label: out["variants"][label]}), flush=True)
+            path.unlink()
+    v = out["variants"]
+    for label, row in v.items():
+        plain = v.get(f"{row['type']} plain")
+        if plain is not None and row["imatrix"]:
+            diffs = [a - b for a, b in zip(row["kld_by_eval_part"], plain["kld_by_eval_part"], strict=True)]
+            row["minus_plain_by_part"] = [_r(d, 6) for d in diffs]
+            row["better_than_plain_in_parts"] = sum(d < 0 for d in diffs)
+            row["kld_ratio_to_plain"] = _r(row["kld"] / plain["kld"])
+    out["goals"] = {  # every calibrated importance matrix, for each type that also runs without one
+        f"imatrix_{t.lower()}_kld_no_worse": all(r["kld"] <= v[f"{t} plain"]["kld"] for r in v.values()
+                                                 if r["type"] == t and r["imatrix"] not in (None, UNIFORM))
+        for t in dict.fromkeys(r["type"] for r in v.values() if f"{r['type']} plain" in v)}
+    out["outliers"] = {"big": activation_outliers(imatrices["train sample A"])}
+    if home_store.exists("demo-f16"):  # the same statistic for the small demo model, on its own training text
+        small = work / "small-demo.imatrix.gguf"
+        facts, stories, _ = world_texts(home_store)
+        gguf.compute_imatrix(home_store.get("demo-f16").file(".gguf"), facts + stories, small, max_chunks=64)
+        out["outliers"]["small_demo"] = activation_outliers(small)
+    info = art.manifest.info
+    train_load = cache / f"{art.name}.load_avg.json"
+    out["settings"] = {
+        "model": {k: info.get(k) for k in ("architecture", "size", "n_params", "hidden_size", "layers", "vocab_size",
+                                           "steps", "train_loss", "val_loss", "train_seconds", "train_tok_s",
+                                           "threads")},
+        "model_note": "build-demo's `large` shape (hidden 512, FFN 1536, 8 layers, 8 heads / 4 KV heads) trained "
+                      f"from scratch for {info.get('steps')} steps of 4 x 512 tokens (peak lr 2e-3) on TinyStories "
+                      "train.txt plus the micro world's texts (LLMLAB_DATA); val_loss is on the world's eval stories",
+        "training_load_avg": json.loads(train_load.read_text()) if train_load.is_file() else None,
+        "cache": str(cache), "f16_ppl_on_eval": _r(f16_ppl),
+        "eval": "TinyStories valid.txt, whole stories from the start; four interleaved parts (story i to part "
+                "i % 4), each scored in windows of 512 tokens without overlap",
+        "eval_tokens": tokens,
+        "calibration": "two disjoint random samples of 400 TinyStories train.txt stories (the model's training "
+                       "text, disjoint from the eval text), at most 64 chunks of 512 tokens each",
+        "imatrix": imatrix_info, "reference": "f16 GGUF of the same model", "threads": settings.threads(),
+        "seconds": round(time.perf_counter() - t0, 1)}
+    return out
+
+
+def activation_outliers(imatrix_file: Path) -> dict[str, float]:
+    """How uneven the importance (mean squared input) of a weight's columns is: per weight matrix the
+    largest column's share over the mean one, median and maximum over the model's weights."""
+    from llmlab import gguf
+
+    ratios = [float(v.max() / v.mean()) for v in gguf.read_imatrix(imatrix_file).values()]
+    return {"max_over_mean_median": _r(statistics.median(ratios), 2), "max_over_mean_max": _r(max(ratios), 2)}
+
+
+def imatrix_goal(out: dict[str, Any]) -> dict[str, Any]:
+    """The goal "imatrix Q4_K_M KL divergence no worse than plain Q4_K_M", judged on the bigger model
+    (the small demo model's row is kept beside it: too small to show the difference)."""
+    goal: dict[str, Any] = {}
+    big = out.get("imatrix_bigger_model")
+    if big:
+        v = big["variants"]
+        goal["met"] = big["goals"]["imatrix_q4_k_m_kld_no_worse"]
+        goal["judged_on"] = (f"bigger demo model ({big['settings']['model']['n_params'] / 1e6:.1f}M parameters, "
+                             f"{big['settings']['eval_tokens']} TinyStories eval tokens)")
+        goal["bigger_model"] = {k: r["kld"] for k, r in v.items() if r["type"] == "Q4_K_M"}
+    small = out.get("gguf", {}).get("rows")
+    if small:
+        by = {r["type"]: r["kld"] for r in small}
+        goal["small_demo"] = {"Q4_K_M plain": by.get("Q4_K_M"), "Q4_K_M imatrix": by.get("Q4_K_M imatrix"),
+                              "met": out["gguf"]["goals"]["imatrix_q4_k_m_kld_no_worse"]}
+    return goal
+
+
+def _print_metrics(event: dict[str, Any]) -> None:
+    if event["type"] == "metric":
+        print(json.dumps({k: v for k, v in event.items() if k != "type"}), flush=True)
 
 
 # ----- gptq, awq, rtn -----
@@ -329,6 +503,8 @@ def main() -> None:
     parser.add_argument("--home", default="/tmp/bench-models", help="benchmark store (the demo model is kept there)")
     parser.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts: {', '.join(PARTS)}")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quantize.json"))
+    parser.add_argument("--big-cache", default=str(BIG_CACHE), help="where imatrix_big keeps its trained model")
+    parser.add_argument("--big-steps", type=int, default=BIG_STEPS, help="training steps of imatrix_big's model")
     args = parser.parse_args()
     parts = [p.strip() for p in args.only.split(",") if p.strip()]
     unknown = set(parts) - set(PARTS)
@@ -375,6 +551,8 @@ def main() -> None:
                 if not store.exists("demo-f16"):
                     gguf_rows(store, work)
                 out["imatrix_study"] = imatrix_study(store, work)
+            elif part == "imatrix_big":
+                out["imatrix_bigger_model"] = imatrix_big(Path(args.big_cache), args.big_steps, store)
             elif part == "gptq":
                 out["gptq_awq_rtn"] = gptq_rows(store)
                 for m in ("gptq", "awq", "rtn"):
@@ -389,13 +567,14 @@ def main() -> None:
                 out.setdefault("bandwidth_by_threads", {})[str(result["threads"])] = result
                 out["bandwidth"] = max(out["bandwidth_by_threads"].values(), key=lambda r: r["bandwidth_fraction"])
                 out["bandwidth_fraction"] = out["bandwidth"]["bandwidth_fraction"]
+            out["imatrix_goal"] = imatrix_goal(out)
             runs[part] = {"seconds": round(time.perf_counter() - t, 1), "threads": settings.threads(),
                           "load_avg_start": start_load,
                           "load_avg_end": load_avg(), "finished": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             print(json.dumps({part: runs[part]}), flush=True)
             save()
     print(json.dumps({k: v for k, v in out.items() if k in ("llmlab_vs_llama_cpp_tok_s_ratio", "bandwidth_fraction")}
-                     | {"goals": out.get("gguf", {}).get("goals")}, indent=2))
+                     | {"goals": out.get("gguf", {}).get("goals"), "imatrix_goal": out.get("imatrix_goal")}, indent=2))
 
 
 if __name__ == "__main__":

@@ -570,13 +570,15 @@ def compute_imatrix(gguf_file: str | Path, texts: list[str], out_file: str | Pat
         llama_cpp.llama_model_free(model)
     if not sums:
         raise ConversionError(f"No weight matrix of '{gguf_file.name}' was seen while computing the importance matrix.")
-    _write_imatrix(out_file, sums, counts, chunks=len(chunks), chunk_size=n_ctx, dataset=dataset)
+    write_imatrix(out_file, sums, counts, chunks=len(chunks), chunk_size=n_ctx, dataset=dataset)
     return {"entries": len(sums), "chunks": len(chunks), "chunk_size": n_ctx,
             "tokens": sum(len(c) + 1 for c in chunks)}
 
 
-def _write_imatrix(path: Path, sums: dict[str, Any], counts: dict[str, int], *, chunks: int, chunk_size: int,
-                   dataset: str) -> None:
+def write_imatrix(path: Path, sums: dict[str, Any], counts: dict[str, int], *, chunks: int, chunk_size: int,
+                  dataset: str) -> None:
+    """An importance matrix in llama.cpp's GGUF layout: per weight, the sums of squared activations of its
+    inputs and how many tokens they cover (what ``llama-quantize --imatrix`` reads); written atomically."""
     import numpy as np
     from gguf import GGUFWriter
 
