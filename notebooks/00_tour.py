@@ -28,24 +28,21 @@ def _(mo):
 
 @app.cell
 def _():
-    import os
-
     import altair as alt
     import marimo as mo
     import pandas as pd
 
     from llmlab import scoring, world
     from llmlab.build import open_or_build
+    from llmlab.settings import notebook_settings
     from llmlab.store import Store
 
-    return Store, alt, mo, open_or_build, os, pd, scoring, world
+    return Store, alt, mo, open_or_build, notebook_settings, pd, scoring, world
 
 
 @app.cell
-def _(Store, mo, os):
-    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
-    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
-    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+def _(Store, mo, notebook_settings):
+    AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
     store = Store()
     mo.md(f"The store is `{store.root}`; this tour uses the **{SIZE}** demo model `{MODEL_NAME}`.")
     return AUTORUN, MODEL_NAME, SIZE, store

@@ -31,8 +31,6 @@ def _(mo):
 
 @app.cell
 def _():
-    import os
-
     import marimo as mo
 
     from llmlab.agents import Agent
@@ -41,6 +39,7 @@ def _():
     from llmlab.build import open_or_build
     from llmlab.rag.index import IndexConfig, build_index
     from llmlab.rag.search import Searcher
+    from llmlab.settings import notebook_settings
     from llmlab.store import Store
     from llmlab.world import find_world
 
@@ -56,15 +55,13 @@ def _():
         evaluate_answers,
         find_world,
         mo,
-        os,
+        notebook_settings,
     )
 
 
 @app.cell
-def _(Store, mo, os):
-    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
-    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
-    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+def _(Store, mo, notebook_settings):
+    AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
     INDEX_NAME = f"{MODEL_NAME}-index"
     store = Store()
     mo.md(f"The store is `{store.root}`; the model is `{MODEL_NAME}` and the index `{INDEX_NAME}`.")

@@ -31,8 +31,6 @@ def _(mo):
 
 @app.cell
 def _():
-    import os
-
     import marimo as mo
 
     from llmlab.build import open_or_build
@@ -40,17 +38,16 @@ def _():
     from llmlab.quantize import QuantizeConfig, quantize
     from llmlab.serve import process
     from llmlab.serve.client import metrics, snippets, stream_chat
+    from llmlab.settings import notebook_settings
     from llmlab.store import Store
 
-    return (ExportConfig, QuantizeConfig, Store, export, metrics, mo, open_or_build, os, plan, process, quantize,
-            snippets, stream_chat, verify_bundle)
+    return (ExportConfig, QuantizeConfig, Store, export, metrics, mo, notebook_settings, open_or_build, plan, process,
+            quantize, snippets, stream_chat, verify_bundle)
 
 
 @app.cell
-def _(Store, mo, os):
-    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
-    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
-    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+def _(Store, mo, notebook_settings):
+    AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
     store = Store()
     mo.md(f"The store is `{store.root}`; this notebook exports the Q4_K_M GGUF of `{MODEL_NAME}`.")
     return AUTORUN, MODEL_NAME, SIZE, store

@@ -32,14 +32,13 @@ def _(mo):
 
 @app.cell
 def _():
-    import os
-
     import altair as alt
     import marimo as mo
     import pandas as pd
 
     from llmlab.build import open_or_build
     from llmlab.merge import MergeConfig, check_compatibility, merge
+    from llmlab.settings import notebook_settings
     from llmlab.store import Store
     from llmlab.tune import TuneConfig, tune
 
@@ -52,17 +51,15 @@ def _():
         check_compatibility,
         merge,
         mo,
-        os,
+        notebook_settings,
         pd,
         tune,
     )
 
 
 @app.cell
-def _(Store, mo, os):
-    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
-    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
-    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+def _(Store, mo, notebook_settings):
+    AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
     # The same specialists as recipes/merge.yaml; micro (tests) trains for a few steps only.
     SPECIALISTS = {f"{MODEL_NAME}-people": "people", f"{MODEL_NAME}-places": "places"}
     MULTI = f"{MODEL_NAME}-multi"

@@ -32,8 +32,6 @@ def _(mo):
 
 @app.cell
 def _():
-    import os
-
     import altair as alt
     import marimo as mo
     import pandas as pd
@@ -41,6 +39,7 @@ def _():
     from llmlab.build import open_or_build
     from llmlab.quantize import DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, quality_table, quantize
     from llmlab.scoring import pareto_front
+    from llmlab.settings import notebook_settings
     from llmlab.store import Store
 
     return (
@@ -51,7 +50,7 @@ def _():
         alt,
         mo,
         open_or_build,
-        os,
+        notebook_settings,
         pareto_front,
         pd,
         quality_table,
@@ -60,10 +59,8 @@ def _():
 
 
 @app.cell
-def _(DEFAULT_TYPES, Store, mo, os):
-    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
-    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
-    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+def _(DEFAULT_TYPES, Store, mo, notebook_settings):
+    AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
     # micro is for tests: three types show the trend in seconds; the other sizes get the default six
     TYPES = ["q8_0", "q4_k_m", "q2_k"] if SIZE == "micro" else list(DEFAULT_TYPES)
     store = Store()

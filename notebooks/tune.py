@@ -33,7 +33,6 @@ def _(mo):
 @app.cell
 def _():
     import html
-    import os
 
     import altair as alt
     import marimo as mo
@@ -43,6 +42,7 @@ def _():
     from llmlab.build import open_or_build
     from llmlab.distill import DistillConfig, distill
     from llmlab.events import bar_updates
+    from llmlab.settings import notebook_settings
     from llmlab.store import Store
     from llmlab.tune import MASK_CLOSE, MASK_OPEN, TuneConfig, preview, select_backend, tune
 
@@ -58,7 +58,7 @@ def _():
         html,
         mo,
         open_or_build,
-        os,
+        notebook_settings,
         pd,
         preview,
         select_backend,
@@ -68,10 +68,8 @@ def _():
 
 
 @app.cell
-def _(Store, mo, os):
-    AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the buttons
-    SIZE = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
-    MODEL_NAME = "demo" if SIZE == "small" else f"demo-{SIZE}"
+def _(Store, mo, notebook_settings):
+    AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
     TUNED_NAME = f"{MODEL_NAME}-lora"
     store = Store()
     mo.md(f"The store is `{store.root}`; this notebook tunes the **{SIZE}** demo model `{MODEL_NAME}` "

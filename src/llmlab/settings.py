@@ -6,12 +6,15 @@
 | ``LLMLAB_DATA`` | ``../shared/data`` if it exists | public data sets used by tests and benchmarks |
 | ``LLMLAB_TRACKING_URI`` | ``sqlite:///$LLMLAB_HOME/.mlflow/mlflow.db`` | an MLflow tracking URI; ``off``: none |
 | ``LLMLAB_THREADS`` | all cores | CPU threads for torch and llama.cpp |
+| ``LLMLAB_NOTEBOOK_SIZE`` | ``small`` | the demo model size the notebooks open or build |
+| ``LLMLAB_NOTEBOOK_AUTORUN`` | unset | ``1``: the notebooks press their own run buttons (headless runs, CI) |
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import NamedTuple
 
 
 def home() -> Path:
@@ -45,3 +48,16 @@ def threads() -> int:
     if env:
         return max(1, int(env))
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+class NotebookSettings(NamedTuple):
+    autorun: bool  # press the run buttons
+    size: str  # demo model size
+    model_name: str  # "demo" (the quickstart's model) for the small size, else "demo-<size>"
+
+
+def notebook_settings() -> NotebookSettings:
+    """What the notebooks read from the environment: ``AUTORUN, SIZE, MODEL_NAME = notebook_settings()``."""
+    size = os.environ.get("LLMLAB_NOTEBOOK_SIZE", "small")
+    return NotebookSettings(os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1", size,
+                            "demo" if size == "small" else f"demo-{size}")
