@@ -381,14 +381,28 @@ def step_call(step: Step) -> tuple[dict[str, set[str]], str]:
     return imports, f"{fn}(\n    {ccls}(\n{args},\n    ),\n    store=store, progress=progress, overwrite=True,\n)"
 
 
-def export_script(recipe: Recipe) -> str:
-    """A standalone Python script that makes the same public API calls as ``run``."""
+def step_calls(recipe: Recipe) -> tuple[dict[str, set[str]], list[str]]:
+    """Every step's call (``step_call``), and what they import together: ``{module: {names}}``."""
     imports: dict[str, set[str]] = {}
-    body: list[str] = []
-    for i, step in enumerate(recipe.steps, 1):
+    calls = []
+    for step in recipe.steps:
         needs, call = step_call(step)
         for module, names in needs.items():
             imports.setdefault(module, set()).update(names)
+        calls.append(call)
+    return imports, calls
+
+
+def import_lines(imports: dict[str, set[str]]) -> list[str]:
+    """``from module import a, b`` lines, sorted, for ``{module: {names}}``."""
+    return [f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())]
+
+
+def export_script(recipe: Recipe) -> str:
+    """A standalone Python script that makes the same public API calls as ``run``."""
+    imports, calls = step_calls(recipe)
+    body: list[str] = []
+    for i, (step, call) in enumerate(zip(recipe.steps, calls), 1):
         body.append(f"\n# Step {i}: {step.kind}. {step.spec.summary}")
         body.append(f"result = {call}\nprint('{step.kind}:', result)")
     head = [
@@ -398,7 +412,7 @@ def export_script(recipe: Recipe) -> str:
         'and makes the same calls as `llmlab run`; edit it freely."""',
         "",
     ]
-    head += [f"from {m} import {', '.join(sorted(names))}" for m, names in sorted(imports.items())]
+    head += import_lines(imports)
     head += ["from llmlab.store import Store", "", "store = Store()",
              "progress = None  # or llmlab.events.json_lines() to print progress events"]
     return "\n".join(head + body) + "\n"

@@ -44,7 +44,7 @@ from llmlab.store import Store
 
 SESSIONS = ".sessions"  # $LLMLAB_HOME/.sessions/<id>/ holds what the app exported
 # What the notebook's own cells define; a step's config class or function must not share a name.
-NOTEBOOK_NAMES = frozenset({"AUTORUN", "Store", "mo", "os", "progress", "run_button", "store"})
+NOTEBOOK_NAMES = frozenset({"AUTORUN", "Store", "mo", "notebook_settings", "progress", "run_button", "store"})
 _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
@@ -219,15 +219,8 @@ def notebook(code: SessionCode) -> str:
     """A marimo notebook with one markdown cell and one code cell per step, behind one run button
     (``LLMLAB_NOTEBOOK_AUTORUN=1`` presses it); each step cell waits for the previous one."""
     recipe = code.recipe
-    imports: dict[str, set[str]] = {}
-    calls = []
-    for step in recipe.steps:
-        needs, call = recipes.step_call(step)
-        for module, names in needs.items():
-            imports.setdefault(module, set()).update(names)
-        calls.append(call)
+    imports, calls = recipes.step_calls(recipe)
     names = sorted({n for ns in imports.values() for n in ns})
-    import_lines = [f"from {m} import {', '.join(sorted(ns))}" for m, ns in sorted(imports.items())]
     intro = [f"# {recipe.name}", "", recipe.description or "Steps exported from llmlab.", "",
              "Each step below calls the llmlab API, as `llmlab run recipe.yaml` and the script beside this "
              "notebook do. It writes to the store at `$LLMLAB_HOME` (default `./models`)."]
@@ -236,10 +229,11 @@ def notebook(code: SessionCode) -> str:
                   + ", ".join(f"`{n}`" for n in code.needs) + "."]
     cells = [
         _cell(["mo"], _md(intro), [], hide=True),
-        _cell([], ["import os", "", "import marimo as mo", "", *import_lines, "from llmlab.store import Store"],
-              sorted(["Store", "mo", "os", *names])),
-        _cell(["Store", "mo", "os"], [
-            'AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"  # CI presses the button',
+        _cell([], ["import marimo as mo", "", *recipes.import_lines(imports),
+                   "from llmlab.settings import notebook_settings", "from llmlab.store import Store"],
+              sorted(["Store", "mo", "notebook_settings", *names])),
+        _cell(["Store", "mo", "notebook_settings"], [
+            "AUTORUN = notebook_settings().autorun  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the button",
             "store = Store()",
             "progress = None  # or llmlab.events.json_lines() to print progress events",
             f'run_button = mo.ui.run_button(label="Run the {len(recipe.steps)} steps", kind="success")',
