@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -56,3 +58,23 @@ def test_missing_bundle_fails_before_starting_anything(store: Store) -> None:
     with pytest.raises(NotFoundError, match="no-such-bundle"):
         recipes.run(recipes.loads("name: s\nsteps:\n  - serve: {bundle: no-such-bundle}\n"), store=store, track=False)
     assert process.running_servers(store) == []
+
+
+def llmlab(store: Store, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "llmlab", "--home", str(store.root), "servers", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_servers_command_lists_and_stops(served_store: Store) -> None:
+    assert "No server is running" in llmlab(served_store).stdout
+    process.start("micro-f16", store=served_store)
+    [server] = process.running_servers(served_store)
+    assert f"micro-f16  {server['url']}" in llmlab(served_store, "ls").stdout
+    no_name = llmlab(served_store, "stop")
+    assert no_name.returncode == 2 and "needs a name or --all" in no_name.stderr
+    unknown = llmlab(served_store, "stop", "other")
+    assert unknown.returncode == 3 and "No running server for 'other'" in unknown.stderr
+    assert "llmlab servers ls" in unknown.stderr  # the hint
+    stopped = llmlab(served_store, "stop", "micro-f16")
+    assert stopped.returncode == 0 and "stopped micro-f16" in stopped.stdout
+    assert process.running_servers(served_store) == []

@@ -455,8 +455,11 @@ def cmd_servers(args: argparse.Namespace) -> int:
         if not running:
             print("No server is running (start one: llmlab serve BUNDLE, or the Export page).")
         return 0
-    names = [s["name"] for s in running] if args.all else [args.name] if args.name else []
-    if not names and not args.all:
+    if args.all:
+        names = [s["name"] for s in running]
+    elif args.name:
+        names = [args.name]
+    else:
         raise ConfigError("`llmlab servers stop` needs a name or --all.", "List them with `llmlab servers ls`.")
     for name in names:
         process.stop(name, store=store)

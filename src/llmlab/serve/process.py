@@ -103,7 +103,7 @@ def stop(name: str, *, store: Store, timeout: float = 10) -> None:
 
     info = next((s for s in running_servers(store) if s["name"] == name), None)
     if info is None:
-        raise NotFoundError(f"No running server for '{name}'.")
+        raise NotFoundError(f"No running server for '{name}'.", "List the running ones with `llmlab servers ls`.")
     proc = psutil.Process(info["pid"])
     proc.send_signal(signal.SIGTERM)
     try:
