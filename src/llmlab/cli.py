@@ -581,8 +581,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     from llmlab.recipes import STEPS
 
     for kind, spec in STEPS.items():
-        if kind.startswith("eval-") or not spec.command:
-            continue  # `llmlab eval <what>`; the serve step's name is the foreground server's command
+        if not spec.command:
+            continue  # run by another command: `llmlab eval <what>`, the foreground `llmlab serve`
         if command not in (None, kind):
             sub.add_parser(kind, help=spec.summary)
             continue

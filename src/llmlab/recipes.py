@@ -46,7 +46,7 @@ class StepSpec:
     inputs: tuple[str, ...] = ()  # config fields that name input artifacts (str or list of str)
     output: str | None = "name"  # config field (or property) naming what it writes: one name or a list
     cached: bool = True  # a step without outputs is skipped when its config and inputs are unchanged
-    command: bool = True  # also a CLI command `llmlab <kind>` (False where that name is taken)
+    command: bool = True  # also a CLI command `llmlab <kind>` (False where another command runs it)
 
     def load_config(self) -> type[BaseModel]:
         return _import(self.config)
@@ -104,12 +104,12 @@ STEPS: dict[str, StepSpec] = {
     "eval-answers": StepSpec(
         "llmlab.agents.evaluate:EvalAnswersConfig", "llmlab.agents.evaluate:eval_answers_step",
         "Score an agent's answers (exact match, F1) with vs without retrieval; LLM judge without gold.",
-        inputs=("agent", "index", "model"), output=None,
+        inputs=("agent", "index", "model"), output=None, command=False,  # `llmlab eval answers`
     ),
     "eval-retrieval": StepSpec(
         "llmlab.rag.beir:RetrievalEvalConfig", "llmlab.rag.beir:eval_retrieval_step",
         "Measure retrieval (nDCG@10, recall@k, MRR) on a BEIR-layout set for each search mode.",
-        inputs=("index",), output=None,
+        inputs=("index",), output=None, command=False,  # `llmlab eval retrieval`
     ),
     "evaluate": StepSpec(
         "llmlab.evaluate.leaderboard:EvaluateConfig", "llmlab.evaluate.leaderboard:evaluate_step",
