@@ -72,6 +72,11 @@ def _now() -> float:
     return round(time.time(), 3)
 
 
+def time_id() -> str:
+    """A fresh id that sorts by time and is unique by its random tail: ``20261124-001700-ab12cd``."""
+    return datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+
 def max_jobs() -> int:
     return max(1, int(os.environ.get("LLMLAB_MAX_JOBS", "1")))
 
@@ -108,7 +113,7 @@ class JobQueue:
     def create(self, recipe: Any, title: str | None = None, *, queued: bool = True,
                session: str | None = None) -> JobInfo:
         """Make a job folder holding the resolved recipe (the job process fills in the rest)."""
-        job_id = datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        job_id = time_id()
         folder = self.root / job_id
         folder.mkdir()
         (folder / "recipe.yaml").write_text(yaml.safe_dump(recipe.resolved(), sort_keys=False))

@@ -29,9 +29,7 @@ import json
 import os
 import re
 import textwrap
-import uuid
 import zipfile
-from datetime import datetime
 from pathlib import Path
 
 import yaml
@@ -39,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 
 from llmlab import recipes
 from llmlab.errors import ConfigError, LlmlabError, NotFoundError
-from llmlab.jobs import JobInfo, JobQueue, Status
+from llmlab.jobs import JobInfo, JobQueue, Status, time_id
 from llmlab.store import Store
 
 SESSIONS = ".sessions"  # $LLMLAB_HOME/.sessions/<id>/ holds what the app exported
@@ -49,8 +47,8 @@ _SESSION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")
 
 
 def new_session_id() -> str:
-    """A fresh app session id: sortable by time, unique by its random tail."""
-    return datetime.now().strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    """A fresh app session id: sortable by time, unique by its random tail (like a job's id)."""
+    return time_id()
 
 
 def check_session_id(session: str) -> str:
