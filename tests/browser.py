@@ -23,13 +23,14 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from llmlab.serve.process import free_port
 
 if TYPE_CHECKING:
     from playwright.sync_api import BrowserContext, Page, Playwright
@@ -59,12 +60,6 @@ def chromium_path() -> str:
         raise RuntimeError("chromium is not installed: `apt-get install -y --no-install-recommends chromium` "
                            f"(`.ci/run` does this), or set {NO_BROWSER}=1 to skip the browser tests.")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class AppServer:
@@ -196,12 +191,21 @@ def pick(page: Page, label: str, option: str) -> None:
     """Choose ``option`` in the selectbox labelled ``label`` and wait for the rerun."""
     from playwright.sync_api import expect
 
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
     box = page.get_by_role("combobox", name=label, exact=True)
-    if box.input_value() == option:  # typing the current value would not open the list
-        return
-    box.click()
-    box.fill(option)  # filters the list, so the option is drawn even in a long one
-    page.get_by_role("option", name=option, exact=True).click()
+    for attempt in range(3):  # a rerun of the page while the list is open closes it: wait, open it again
+        if box.input_value() == option:  # typing the current value would not open the list
+            break
+        box.click()
+        box.fill(option)  # filters the list, so the option is drawn even in a long one
+        try:
+            page.get_by_role("option", name=option, exact=True).click(timeout=20_000)
+            break
+        except PlaywrightTimeout:
+            if attempt == 2:
+                raise
+            settle(page)
     expect(box).to_have_value(option)
     settle(page)
 
