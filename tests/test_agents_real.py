@@ -5,7 +5,6 @@ with ``llmlab eval answers`` on the command line."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from llmlab.errors import ConfigError, NotFoundError
+from llmlab.serve.process import free_port
 from llmlab.store import Store
 
 
@@ -45,9 +45,7 @@ def llama_server(micro_gguf) -> Iterator[str]:
     """`python -m llama_cpp.server` on 127.0.0.1 serving the micro model's f16 GGUF."""
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(micro_gguf("f16")),
                              "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "256", "--n_threads", "1"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -86,9 +84,7 @@ def test_openai_chat_model_against_a_real_llama_cpp_server(llama_server: str, mi
 def test_openai_chat_model_names_an_unreachable_endpoint() -> None:
     from llmlab.agents.chat_model import OpenAIChatModel
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     with pytest.raises(NotFoundError, match="Cannot reach"):
         OpenAIChatModel(base_url=f"http://127.0.0.1:{port}/v1", timeout=2).invoke("Hello")
 

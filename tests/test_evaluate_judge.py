@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmlab.evaluate.judge import EndpointJudge, JudgeUnavailable, ModelJudge, cohen_kappa, grade, judge_set, pairwise
+from llmlab.serve.process import free_port
 
 
 class FakeJudge:
@@ -118,11 +119,7 @@ def test_endpoint_judge_retries_errors_and_garbage(endpoint: tuple[str, list[str
 
 
 def test_endpoint_down_is_marked_missing() -> None:
-    import socket
-
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     judge = EndpointJudge(f"http://127.0.0.1:{port}/v1", timeout=2)
     with pytest.raises(JudgeUnavailable):
         judge.ask("hi")

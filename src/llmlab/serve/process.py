@@ -35,10 +35,21 @@ def _folder(store: Store) -> Path:
     return path
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_free(port: int) -> bool:
+    """Whether ``port`` on 127.0.0.1 can be bound now."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
 def running_servers(store: Store) -> list[dict[str, Any]]:
@@ -68,7 +79,7 @@ def start(name: str, *, store: Store, port: int | None = None, log_prompts: bool
         raise ConfigError(f"A server for '{name}' is already running.", "Stop it first.")
     art = store.get(name)
     source = str(art.path) if art.kind == "bundle" else name
-    port = port or _free_port()
+    port = port or free_port()
     log_path = _folder(store) / f"{name}.requests.jsonl"
     out = _folder(store) / f"{name}.server.log"
     cmd = [sys.executable, "-m", "llmlab", "serve", source, "--host", "127.0.0.1", "--port", str(port),

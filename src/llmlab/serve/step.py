@@ -15,7 +15,6 @@ running and asks again.
 
 from __future__ import annotations
 
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -40,15 +39,6 @@ class ServeStepConfig(BaseModel):
     max_tokens: int = Field(32, ge=1, le=1024, description="Most tokens in the answer.")
 
 
-def _port_free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _question(config: ServeStepConfig, store: Store) -> tuple[str, str | None]:
     """The question to ask and its expected answer, if known."""
     if config.question:
@@ -70,7 +60,7 @@ def serve_step(config: ServeStepConfig, *, store: Store, progress: Reporter | No
 
     info = next((s for s in process.running_servers(store) if s["name"] == config.bundle), None)
     if info is None:
-        port = config.port if _port_free(config.port) else None
+        port = config.port if process.port_free(config.port) else None
         emit(progress, "log", message=f"starting the server for {config.bundle}"
              + ("" if port else f" (port {config.port} is taken: using a free one)"))
         info = process.start(config.bundle, store=store, port=port)
