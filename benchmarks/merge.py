@@ -8,6 +8,8 @@ Usage: python benchmarks/merge.py --home DIR [--rounds 3] [--qa-limit N] [--only
   ``peak_rss_mb`` (each merge runs in its own subprocess) and the demo scores of the merge
   (world-text perplexity, held-out accuracy per relation group, retention of each specialist
   on its own skill); ``parents`` holds the parents' scores, measured once on the same questions;
+- ``plain``: the same for the specialists tuned without an anchor (``demo-people-plain``,
+  ``demo-places-plain``), merged at full weight and with the best setting found for them;
 - ``llmlab_vs_mergekit_ratio``: wall time of ``llmlab merge`` / ``mergekit-yaml`` on the same linear
   config of two random-weights Llama models of >= 100M parameters (cached under /tmp), both as
   subprocesses with one thread, alternated for ``--rounds`` rounds, scoring off, each run into an empty
@@ -39,23 +41,29 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 BIG = Path("/tmp/llmlab-merge-bench-models")
-SPECIALISTS = ["demo-people", "demo-places"]
+SPECIALISTS = ["demo-people", "demo-places"]  # tuned with an anchor (recipes/merge.yaml)
+PLAIN = ["demo-people-plain", "demo-places-plain"]  # the same without it
 # method -> options for the two specialists (a base is found from the adapters when needed)
 CASES: dict[str, dict] = {
     "linear": {"weights": [0.5, 0.5]},
-    "task_arithmetic": {"weights": [1.0, 0.6]},
-    "ties": {"densities": [0.7, 0.7]},
+    "task_arithmetic": {"weights": [1.0, 1.0]},  # the recipe's best merge of the anchored specialists
+    "ties": {"weights": [1.0, 1.0], "densities": [0.8, 0.8]},
     "dare_ties": {"densities": [0.7, 0.7]},
     "dare_linear": {"densities": [0.7, 0.7]},
     "della": {"densities": [0.7, 0.7]},
-    "breadcrumbs_ties": {"weights": [1.0, 0.7], "densities": [0.8, 0.8]},  # the recipe's best balance
+    "breadcrumbs_ties": {"weights": [1.0, 1.0], "densities": [0.8, 0.8]},
     "sce": {},
     "model_stock": {},
     "karcher": {},
     "multislerp": {"weights": [0.5, 0.5]},
     "nuslerp": {"weights": [0.5, 0.5]},
-    "peft_cat": {"weights": [1.0, 0.6], "output": "model"},
-    "peft_svd": {"weights": [1.0, 0.6]},
+    "peft_cat": {"weights": [1.0, 1.0], "output": "model"},
+    "peft_svd": {"weights": [1.0, 1.0]},
+}
+# The plain specialists merged the recipe's two ways: at full weight, and the best setting found for them.
+PLAIN_CASES: dict[str, dict] = {
+    "task_arithmetic": {"weights": [1.0, 1.0]},
+    "breadcrumbs_ties": {"weights": [1.0, 0.7], "densities": [0.8, 0.8]},
 }
 MERGE_ONE = """
 import json, sys
@@ -71,7 +79,8 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def method_runs(home: Path, qa_limit: int | None, specialists: list[str]) -> tuple[dict, dict, dict]:
+def method_runs(home: Path, qa_limit: int | None, specialists: list[str],
+                cases: dict[str, dict]) -> tuple[dict, dict, dict]:
     from llmlab.merging.scores import score_one, skill_of
     from llmlab.store import Store
     from llmlab.world import RELATION_GROUP, find_world
@@ -83,7 +92,7 @@ def method_runs(home: Path, qa_limit: int | None, specialists: list[str]) -> tup
     if store.exists("demo-multi"):
         parents["demo-multi"] = score_one(store.get("demo-multi"), store, [world.eval_text], qa, None)
     out = {}
-    for method, extra in CASES.items():
+    for method, extra in cases.items():
         name = f"bench-{method}"
         cfg = {"name": name, "method": method, "models": specialists, "evaluate": False, **extra}
         r = subprocess.run([sys.executable, "-c", MERGE_ONE, str(home), json.dumps(cfg)], capture_output=True,
@@ -193,7 +202,12 @@ def main() -> None:
     t0 = time.perf_counter()
     out: dict = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).is_file() else {}
     if args.only != "ratio":
-        out["methods"], out["parents"], qa_n = method_runs(Path(args.home), args.qa_limit, args.specialists.split(","))
+        out["methods"], out["parents"], qa_n = method_runs(Path(args.home), args.qa_limit,
+                                                           args.specialists.split(","), CASES)
+        if all(Store(args.home).exists(n) for n in PLAIN):  # what the anchor buys: the unanchored pair
+            plain, plain_parents, _ = method_runs(Path(args.home), args.qa_limit, PLAIN, PLAIN_CASES)
+            out["plain"] = {"specialists": PLAIN, "methods": plain,
+                            "parents": {n: plain_parents[n] for n in PLAIN}}
         ok = {k: v for k, v in out["methods"].items() if "min_retention" in v}
         best = max(ok, key=lambda k: ok[k]["min_retention"]) if ok else None
         out["best_merge"] = {"method": best, "min_retention": ok[best]["min_retention"] if best else None,

@@ -24,8 +24,16 @@ def _(mo):
     dish), merges them with several methods, and compares every merge with the specialists and
     with one **multi-task** adapter tuned on both skills, question by question on held-out
     phrasings. The number to watch: how much of each specialist's accuracy on its *own* skill the
-    merge keeps (the goal is at least 70%). Every cell calls `llmlab`: the same calls the
-    `recipes/merge.yaml` steps, `llmlab merge` and the app's Merge page make.
+    merge keeps (the goal is at least 70%).
+
+    The lesson: how the specialists are **tuned** matters more than how they are merged. Tuned on
+    their skill alone, each adapter also changes the answers to the *other* skill's questions (the
+    places adapter answers "curry" to "Which animal is Zikoum's pet?"), and every merge inherits
+    that. Tuned with an **anchor** (a KL term that keeps the base model's predictions on the other
+    skill's questions), each adapter changes only its own skill, and plain task arithmetic merges
+    them almost losslessly. The notebook tunes both pairs and merges both. Every cell calls
+    `llmlab`: the same calls the `recipes/merge.yaml` steps, `llmlab merge` and the app's Merge page
+    make.
     """)
     return
 
@@ -60,13 +68,14 @@ def _():
 @app.cell
 def _(Store, mo, notebook_settings):
     AUTORUN, SIZE, MODEL_NAME = notebook_settings()  # LLMLAB_NOTEBOOK_AUTORUN=1: CI presses the buttons
-    # The same specialists as recipes/merge.yaml; micro (tests) trains for a few steps only.
-    SPECIALISTS = {f"{MODEL_NAME}-people": "people", f"{MODEL_NAME}-places": "places"}
+    # The same adapters as recipes/merge.yaml; micro (tests) trains for a few steps only.
+    SPECIALISTS = {f"{MODEL_NAME}-people": "people", f"{MODEL_NAME}-places": "places"}  # anchored
+    PLAIN = {f"{MODEL_NAME}-people-plain": "people", f"{MODEL_NAME}-places-plain": "places"}
     MULTI = f"{MODEL_NAME}-multi"
     TUNE_STEPS = 4 if SIZE == "micro" else None
     store = Store()
     mo.md(f"The store is `{store.root}`; the base is the **{SIZE}** demo model `{MODEL_NAME}`.")
-    return AUTORUN, MODEL_NAME, MULTI, SIZE, SPECIALISTS, TUNE_STEPS, store
+    return AUTORUN, MODEL_NAME, MULTI, PLAIN, SIZE, SPECIALISTS, TUNE_STEPS, store
 
 
 @app.cell(hide_code=True)
@@ -74,11 +83,13 @@ def _(MODEL_NAME, mo):
     build_button = mo.ui.run_button(label=f"Open or build '{MODEL_NAME}' and tune the adapters", kind="success")
     mo.vstack([
         mo.md(r"""
-    ## The base and three adapters
+    ## The base and five adapters
 
-    The base is the demo model (built if the store lacks it). Two LoRA adapters learn one relation
-    group each (`data: world:tune:people`, `world:tune:places`), and a third learns both. Adapters
-    already in the store are reused (the recipe makes the same ones).
+    The base is the demo model (built if the store lacks it). Two LoRA specialists learn one
+    relation group each (`data: world:tune:people`, `world:tune:places`) with the other group's
+    questions as their `anchor` (`anchor_weight: 0.3`); two more learn the same without an anchor
+    (`-plain`), and a fifth learns both groups (multi-task). Adapters already in the store are
+    reused (the recipe makes the same ones).
     """),
         build_button,
     ])
@@ -90,6 +101,7 @@ def _(
     AUTORUN,
     MODEL_NAME,
     MULTI,
+    PLAIN,
     SIZE,
     SPECIALISTS,
     TUNE_STEPS,
@@ -102,13 +114,16 @@ def _(
 ):
     mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to build and tune.*"))
     open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
-    _jobs = {**SPECIALISTS, MULTI: "people,places"}
+    _other = {"people": "places", "places": "people"}
+    _jobs = {**SPECIALISTS, **PLAIN, MULTI: "people,places"}
     with mo.status.progress_bar(total=len(_jobs), title="Tuning the adapters") as _bar:
         for _name, _skill in _jobs.items():
             if not store.exists(_name):
+                _anchor = ({"anchor": f"world:tune:{_other[_skill]}", "anchor_weight": 0.3}
+                           if _name in SPECIALISTS else {})
                 # places has ~3.5x fewer tuning records than people: more epochs for about as many steps
                 tune(TuneConfig(name=_name, model=MODEL_NAME, data=f"world:tune:{_skill}", steps=TUNE_STEPS,
-                                epochs=30 if _skill == "places" else 8), store=store)
+                                epochs=30 if _skill == "places" else 8, **_anchor), store=store)
             _bar.update(subtitle=_name)
     adapters = {n: store.get(n) for n in _jobs}
     mo.md("Adapters: " + ", ".join(f"**{n}** ({a.manifest.info.get('records')} records, "
@@ -138,8 +153,10 @@ def _(mo):
 
     Each `merge(MergeConfig(...))` writes a `merged` artifact whose manifest lists the base and both
     adapters with their weights, plus the `mergekit.yml` it ran, then scores the merge and its
-    parents on the same held-out text and questions, per relation group. The multi-task adapter is
-    merged into the base (`unload`) so it is scored the same way.
+    parents on the same held-out text and questions, per relation group. The anchored pair is
+    merged by task arithmetic at full weight, TIES and a plain average; the plain pair by task
+    arithmetic at full weight and by the best setting found for it (breadcrumbs TIES, places at
+    0.7). The multi-task adapter is merged into the base (`unload`) so it is scored the same way.
     """),
         merge_button,
     ])
@@ -147,17 +164,22 @@ def _(mo):
 
 
 @app.cell
-def _(AUTORUN, MODEL_NAME, MULTI, MergeConfig, SIZE, SPECIALISTS, adapters, merge, merge_button, mo, store):
+def _(AUTORUN, MODEL_NAME, MULTI, MergeConfig, PLAIN, SIZE, SPECIALISTS, adapters, merge, merge_button, mo, store):
     _ = adapters
     mo.stop(not (merge_button.value or AUTORUN), mo.md("*Press the button above to merge.*"))
-    _pair = list(SPECIALISTS)
+    _pair, _plain = list(SPECIALISTS), list(PLAIN)
     _qa = 10 if SIZE == "micro" else 200
     _configs = [
-        MergeConfig(name=f"{MODEL_NAME}-merge-ta", method="task_arithmetic", models=_pair, weights=[1.0, 0.6],
+        MergeConfig(name=f"{MODEL_NAME}-merge-ta", method="task_arithmetic", models=_pair, weights=[1.0, 1.0],
                     qa_limit=_qa),
-        MergeConfig(name=f"{MODEL_NAME}-merge-ties", method="ties", models=_pair, densities=[0.7, 0.7], qa_limit=_qa),
+        MergeConfig(name=f"{MODEL_NAME}-merge-ties", method="ties", models=_pair, weights=[1.0, 1.0],
+                    densities=[0.8, 0.8], qa_limit=_qa),
         MergeConfig(name=f"{MODEL_NAME}-merge-linear", method="linear", models=_pair, weights=[0.5, 0.5],
                     qa_limit=_qa),
+        MergeConfig(name=f"{MODEL_NAME}-merge-plain-ta", method="task_arithmetic", models=_plain,
+                    weights=[1.0, 1.0], qa_limit=_qa),
+        MergeConfig(name=f"{MODEL_NAME}-merge-plain-breadcrumbs", method="breadcrumbs_ties", models=_plain,
+                    weights=[1.0, 0.7], densities=[0.8, 0.8], qa_limit=_qa),
         MergeConfig(name=f"{MODEL_NAME}-multi-merged", method="unload", models=[MULTI], qa_limit=_qa),
     ]
     with mo.status.progress_bar(total=len(_configs), title="Merging and scoring") as _bar:
@@ -170,34 +192,46 @@ def _(AUTORUN, MODEL_NAME, MULTI, MergeConfig, SIZE, SPECIALISTS, adapters, merg
 
 
 @app.cell
-def _(SPECIALISTS, merges, mo, pd):
+def _(PLAIN, SPECIALISTS, merges, mo, pd):
     _groups = ("people", "places", "objects")
-    _rows = []
-    _first = merges[0].metrics["parents"]
-    _base = next(p.name for p in merges[0].manifest.parents if p.role == "base")
-    for _name in [_base, *SPECIALISTS]:
-        _rows.append({"model": _name, "role": "base" if _name == _base else "specialist",
-                      **{g: _first[_name].get(f"accuracy_{g}") for g in _groups}, "ppl": _first[_name].get("ppl")})
+    _scores = {}  # every parent as its merges scored it: base, anchored and plain specialists, multi-task
     for _m in merges:
-        _row = {"model": _m.name, "role": "multi-task" if _m.manifest.info["method"] == "unload" else
-                _m.manifest.info["method"], **{g: _m.metrics.get(f"accuracy_{g}") for g in _groups},
-                "ppl": _m.metrics.get("ppl")}
-        for _s, _g in SPECIALISTS.items():
-            _theirs = _first[_s].get(f"accuracy_{_g}") or 0
+        _scores.update({k: v for k, v in _m.metrics["parents"].items() if k not in _scores})
+    _base = next(p.name for p in merges[0].manifest.parents if p.role == "base")
+    _roles = {_base: "base", **{n: "specialist" for n in SPECIALISTS}, **{n: "plain specialist" for n in PLAIN}}
+    _rows = [{"model": _name, "role": _role, **{g: _scores[_name].get(f"accuracy_{g}") for g in _groups},
+              "ppl": _scores[_name].get("ppl")} for _name, _role in _roles.items()]
+    for _m in merges:
+        _multi = _m.manifest.info["method"] == "unload"
+        _row = {"model": _m.name, "role": "multi-task" if _multi else _m.manifest.info["method"],
+                **{g: _m.metrics.get(f"accuracy_{g}") for g in _groups}, "ppl": _m.metrics.get("ppl")}
+        # what the merge keeps of its own parents' skills (the multi-task model: of the anchored specialists')
+        _of = SPECIALISTS if _multi else {p.name: SPECIALISTS.get(p.name) or PLAIN.get(p.name)
+                                          for p in _m.manifest.parents if p.role != "base"}
+        for _s, _g in _of.items():
+            _theirs = _scores[_s].get(f"accuracy_{_g}") or 0
             _row[f"keeps {_g}"] = round(_row[_g] / _theirs, 3) if _theirs else None
         _rows.append(_row)
     table = pd.DataFrame(_rows)
-    _merged = table[table["role"].isin(["task_arithmetic", "ties", "linear"])]
-    _keep = _merged[[c for c in table.columns if c.startswith("keeps")]].min(axis=1)
+    _merged = table[~table["role"].isin(["base", "specialist", "plain specialist", "multi-task"])]
+    _keep = _merged[["keeps people", "keeps places"]].min(axis=1)
     best = _merged.loc[_keep.idxmax(), "model"] if len(_keep.dropna()) else None
     best_keep = float(_keep.max()) if len(_keep.dropna()) else None
+    _plain = table[table["role"] == "plain specialist"].set_index("model")
+    _vs_plain = ""
+    if best is not None:
+        _b = table.set_index("model").loc[best]
+        _share = [_b[g] / _plain.loc[n, g] for n, g in PLAIN.items() if _plain.loc[n, g]]
+        if len(_share) == 2:
+            _vs_plain = (f" Against the plain specialists (no anchor), whose scores are higher, it still keeps "
+                         f"{_share[0]:.0%} of people and {_share[1]:.0%} of places.")
     mo.vstack([
         mo.md("## The comparison\n\nHeld-out accuracy per relation group (questions phrased differently from "
               "the tuning ones), world-text perplexity, and what share of each specialist's accuracy on its "
-              "own skill the merge keeps:"),
+              "own skill the merge keeps (of its own parents: anchored or plain):"),
         mo.ui.table(table, selection=None, show_download=False),
         mo.md(f"The best merge is **{best}**: it keeps at least **{best_keep:.0%}** of each specialist's "
-              f"score on its own skill (goal: 70%)." if best is not None else "No merge was scored."),
+              f"score on its own skill (goal: 70%).{_vs_plain}" if best is not None else "No merge was scored."),
     ])
     return best, best_keep, table
 
@@ -223,7 +257,11 @@ def _(mo):
     - The app's **Merge** page shows the compatibility report before starting, and chats with the merge.
     - Try the methods this notebook did not: `della` with `epsilon`, `dare_ties` with several seeds,
       per-layer weight gradients (`weights: [[1.0, 0.5], [0.7, 1.0]]`), or `peft_svd` to combine the two
-      adapters into one adapter of a chosen rank; `docs/merge.md` lists ~90 settings already measured.
+      adapters into one adapter of a chosen rank; `docs/merge.md` lists ~90 settings already measured
+      on the plain specialists.
+    - Change `anchor_weight`: 1.0 keeps the merge closer still to its parents but weakens the people
+      specialist (94.5% -> 80.5%); 0.1 leaves more interference. Anchor a specialist on general text
+      (a `.txt` file) to keep it from drifting on everything else too.
     - Quantize the best merge (`llmlab quantize`) and put it on the leaderboard beside its parents.
     """)
     return

@@ -278,9 +278,13 @@ def test_lineage_and_scores_against_parents(mstore: Store) -> None:
 def test_merge_recipe_loads() -> None:
     recipe = load_recipe(ROOT / "recipes" / "merge.yaml")
     kinds = [s.kind for s in recipe.steps]
-    assert kinds.count("tune") == 3 and kinds.count("merge") >= 2
+    assert kinds.count("tune") == 5 and kinds.count("merge") >= 2
     merges = [s for s in recipe.steps if s.kind == "merge"]
     assert len({s.config.method for s in merges}) >= 2
+    # The specialists are anchored on each other's questions; the -plain pair is not.
+    tunes = {s.config.name: s.config for s in recipe.steps if s.kind == "tune"}
+    assert tunes["demo-people"].anchor == "world:tune:places" and tunes["demo-places"].anchor == "world:tune:people"
+    assert tunes["demo-people-plain"].anchor is None and tunes["demo-places-plain"].anchor is None
 
 
 def test_one_skill_of_the_world_for_tuning_and_scoring(mstore: Store) -> None:

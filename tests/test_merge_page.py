@@ -132,5 +132,7 @@ NOTEBOOK_REPORT = """{"models": list(defs["table"]["model"]) if defs.get("table"
 def test_notebook_runs_headless_with_the_micro_model(tmp_path: Path):
     pytest.importorskip("marimo")
     defs = run_notebook(ROOT / "notebooks" / "merge.py", tmp_path, NOTEBOOK_REPORT, timeout=900)
-    assert defs["models"] == ["demo-micro", "demo-micro-people", "demo-micro-places", "demo-micro-merge-ta",
-                              "demo-micro-merge-ties", "demo-micro-merge-linear", "demo-micro-multi-merged"]
+    assert defs["models"] == ["demo-micro", "demo-micro-people", "demo-micro-places", "demo-micro-people-plain",
+                              "demo-micro-places-plain", "demo-micro-merge-ta", "demo-micro-merge-ties",
+                              "demo-micro-merge-linear", "demo-micro-merge-plain-ta",
+                              "demo-micro-merge-plain-breadcrumbs", "demo-micro-multi-merged"]

@@ -280,3 +280,44 @@ def test_evaluate_and_adapter_loading(micro_model_dir, store):
     with pytest.raises(StoreError, match="the base does not match"):
         T.base_of(store.get("t-ad"), store)
     assert base.kind == "base"
+
+
+def _anchor_kl(store: Store, adapter: str, anchor: list[T.Example]) -> float:
+    """KL(base || tuned) on the anchor's answer tokens, for an adapter in the store."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(store.get("micro").path),
+                                      store.get(adapter).path)
+    probe = T.AnchoredLoss(anchor, 1.0, len(anchor), 1, 0, "cpu", 0)
+    ex = anchor[0]
+    probe(model, *T._collate([ex], 0, "cpu")[:3], 1)
+    return probe.kl[-1]
+
+
+def test_anchor_keeps_the_base_on_the_anchor_data(micro_store, micro_model_dir, tok, tmp_path):
+    store, _ = micro_store
+    qa = world.World.load(micro_model_dir / "world").split("tune")
+    people = _jsonl(tmp_path / "people.jsonl", [r for r in qa if world.RELATION_GROUP[r["relation"]] == "people"])
+    places = _jsonl(tmp_path / "places.jsonl", [r for r in qa if world.RELATION_GROUP[r["relation"]] != "people"])
+    opts = {"steps": 12, "learning_rate": 1e-2, "val_fraction": 0}
+    T.tune(_cfg(people, name="t-plain", **opts), store=store)
+    events: list[dict] = []
+    anchored = T.tune(_cfg(people, name="t-anchored", anchor=str(places), anchor_weight=5.0, **opts), store=store,
+                      progress=events.append)
+    info = anchored.manifest.info["anchor"]
+    assert info["records"] > 0 and info["weight"] == 5.0 and info["kl_end"] >= 0
+    assert any("anchored on" in e.get("message", "") for e in events)
+    cfg = _cfg(people, anchor=str(places))
+    anchor = T.prepare_anchor(cfg, tok, store)
+    assert len(anchor) == info["records"]
+    kl_plain, kl_anchored = _anchor_kl(store, "t-plain", anchor), _anchor_kl(store, "t-anchored", anchor)
+    # Without the anchor, training on people moves the answers to places questions; with it, far less.
+    assert kl_plain > 0.05 and kl_anchored < kl_plain / 3, (kl_plain, kl_anchored)
+
+
+def test_anchor_needs_a_lora_type_method():
+    for method in ("full", "dpo"):
+        with pytest.raises(ValidationError, match="anchor needs a LoRA-type method"):
+            T.TuneConfig(name="x", model="m", method=method, anchor="world:tune:people")
+    assert T.TuneConfig(name="x", model="m", method="dora", anchor="world:tune:people").anchor_weight == 1.0

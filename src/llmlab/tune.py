@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from llmlab import settings
 from llmlab.errors import ConfigError, NotFoundError, ResourceError, StoreError
@@ -117,6 +117,12 @@ class TuneConfig(LoopOptions):
                       "question/answer, text; for dpo/orpo: prompt/chosen/rejected (or 'world:tune' again: "
                       "pairs built from the world, a wrong answer of the same relation as 'rejected').")
     data_limit: int | None = Field(None, ge=1, description="Most records read from data (None: all).")
+    anchor: str | None = Field(
+        None, description="Data on which the tuned model must keep the base model's predictions (the same "
+        "forms as data, e.g. 'world:tune:people' for a places specialist): a KL term to the base (the adapter "
+        "switched off) on its answer tokens is added to the loss. It stops an adapter from changing what it "
+        "was not tuned for, so adapters of one base merge with less interference. LoRA-type methods only.")
+    anchor_weight: float = Field(1.0, gt=0, description="Strength of the anchor's KL term against the training loss.")
     method: Method = Field("lora", description="lora, dora (weight-decomposed LoRA), full (every weight), "
                            "qlora (4-bit base, needs an NVIDIA GPU), dpo or orpo (preference pairs, LoRA).")
     backend: Literal["auto", "peft", "unsloth"] = Field(
@@ -144,6 +150,13 @@ class TuneConfig(LoopOptions):
     def _targets(cls, v: list[str] | str) -> list[str] | str:
         # peft reads a string as a regex; "q_proj,v_proj" (a CLI flag) means a list of names.
         return [m.strip() for m in v.split(",") if m.strip()] if isinstance(v, str) and "," in v else v
+
+    @model_validator(mode="after")
+    def _anchor_needs_adapter(self) -> TuneConfig:
+        if self.anchor and self.method not in ("lora", "dora", "qlora"):
+            raise ValueError(f"anchor needs a LoRA-type method (lora, dora, qlora), not '{self.method}': the base's "
+                             "predictions come from switching the adapter off")
+        return self
 
     @field_validator("rank")
     @classmethod
@@ -256,27 +269,30 @@ def _world(store: Store, path: Path, artifact: Artifact | None) -> World | None:
 
 def load_data(config: TuneConfig, store: Store) -> tuple[list[dict[str, Any]], bool]:
     """The training records, and whether they are demo-world questions (asked the world's way)."""
+    records, is_world = _records(config.data, config, store)
+    if is_world and config.method in PREFERENCE_METHODS:
+        records, is_world = world_pairs(records, config.seed), False
+    return (records[: config.data_limit] if config.data_limit else records), is_world
+
+
+def _records(spec: str, config: TuneConfig, store: Store) -> tuple[list[dict[str, Any]], bool]:
+    """The records of ``spec`` (``data`` or ``anchor``), and whether they are demo-world questions."""
     from llmlab import data as datamod
 
-    if config.data.startswith("world:"):
-        split = config.data.partition(":")[2]  # "tune", or "tune:people" for one skill (world.RELATION_GROUP)
+    if spec.startswith("world:"):
+        split = spec.partition(":")[2]  # "tune", or "tune:people" for one skill (world.RELATION_GROUP)
         if split.partition(":")[0] not in ("tune", "heldout", "rag"):
             raise ConfigError(f"Unknown world split '{split}'.", "Use world:tune (or world:heldout, world:rag; "
                               "world:tune:people keeps one relation group).")
         the_world = _world(store, *resolve_model(config.model, store))
         if the_world is None:
             raise NotFoundError(f"'{config.model}' has no demo world (no world/ folder on it or its ancestors).",
-                                "Give your own data file with data: PATH.")
-        records = the_world.split(split)
-        is_world = True
-        if config.method in PREFERENCE_METHODS:
-            records, is_world = world_pairs(records, config.seed), False
+                                f"Give your own data file ({spec} needs the world).")
+        records, is_world = the_world.split(split), True
     else:
-        records = datamod.load_records(config.data)
-        is_world = False
-    records = records[: config.data_limit] if config.data_limit else records
+        records, is_world = datamod.load_records(spec), False
     if not records:
-        raise ConfigError(f"The data '{config.data}' holds no records: there is nothing to train on.",
+        raise ConfigError(f"The data '{spec}' holds no records: there is nothing to train on.",
                           "Check the file or split, or point data at another source.")
     return records, is_world
 
@@ -425,6 +441,23 @@ def prepare(config: TuneConfig, tok: PreTrainedTokenizerBase, records: list[dict
                           "Raise max_len or shorten the prompts.")
     train_idx, val_idx = _split(len(examples), config.val_fraction, config.seed)
     return Prepared([examples[i] for i in train_idx], [examples[i] for i in val_idx], truncated, dropped)
+
+
+def prepare_anchor(config: TuneConfig, tok: PreTrainedTokenizerBase, store: Store) -> list[Example]:
+    """The anchor's records tokenized like training examples (their labels mark where the KL is taken)."""
+    assert config.anchor
+    records, is_world = _records(config.anchor, config, store)
+    limit = min(config.max_len, getattr(tok, "model_max_length", config.max_len) or config.max_len)
+    examples = []
+    for i, rec in enumerate(records, 1):
+        ex = tokenize(tok, record_to_sft(i, rec, is_world), config.answer_only)
+        ex = Example(ex.input_ids[:limit], ex.labels[:limit])
+        if any(x != -100 for x in ex.labels[1:]):
+            examples.append(ex)
+    if not examples:
+        raise ConfigError(f"No record of the anchor '{config.anchor}' keeps an answer token within max_len {limit}.",
+                          "Raise max_len or give shorter anchor records.")
+    return examples
 
 
 def preview(config: TuneConfig, n: int = 3, *, store: Store | None = None) -> list[dict[str, Any]]:
@@ -656,6 +689,43 @@ def sft_loss(model: Any, ids: Any, mask: Any, labels: Any, n_items: int) -> Any:
 
 def _loss_tokens(e: Example) -> int:
     return sum(x != -100 for x in e.labels[1:])
+
+
+class AnchoredLoss:
+    """The training loss plus ``weight`` x KL(base || tuned) on the answer tokens of a batch of anchor
+    examples (the next one in a fixed shuffled order at each call). The base is the same model with
+    its adapter switched off, so it costs one more forward pass and no second copy of the weights."""
+
+    def __init__(self, anchor: list[Example], weight: float, batch_size: int, grad_accum: int, pad_id: int,
+                 device: str, seed: int):
+        self.anchor, self.weight, self.batch_size, self.grad_accum = anchor, weight, batch_size, grad_accum
+        self.pad_id, self.device = pad_id, device
+        self.order = list(range(len(anchor)))
+        random.Random(f"anchor-{seed}").shuffle(self.order)
+        self.calls = 0
+        self.kl: list[float] = []  # per call, for the artifact's info
+
+    def __call__(self, model: Any, ids: Any, mask: Any, labels: Any, n_items: int) -> Any:
+        import torch
+        import torch.nn.functional as F
+
+        first = self.calls * self.batch_size
+        self.calls += 1
+        batch = [self.anchor[self.order[(first + j) % len(self.order)]]
+                 for j in range(min(self.batch_size, len(self.order)))]
+        a_ids, a_mask, a_labels, _ = _collate(batch, self.pad_id, self.device)
+        keep = a_labels[:, 1:] != -100
+        with torch.no_grad(), model.disable_adapter():
+            base = model(input_ids=a_ids, attention_mask=a_mask).logits[:, :-1][keep].float()
+        tuned = model(input_ids=a_ids, attention_mask=a_mask).logits[:, :-1][keep].float()
+        kl = F.kl_div(F.log_softmax(tuned, -1), F.log_softmax(base, -1), log_target=True,
+                      reduction="sum") / keep.sum()
+        self.kl.append(float(kl.detach()))
+        return sft_loss(model, ids, mask, labels, n_items) + self.weight * kl / self.grad_accum
+
+    def summary(self, records: int) -> dict[str, Any]:
+        tail = self.kl[-max(1, len(self.kl) // 10):]  # the last tenth of training
+        return {"records": records, "weight": self.weight, "kl_end": round(sum(tail) / len(tail), 5)}
 
 
 def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device: str, ckpt: _Checkpoints,
@@ -960,7 +1030,20 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             data = prepare(config, tok, records, is_world, progress)
             info.update(train_examples=len(data.train), val_examples=len(data.val), truncated=data.truncated,
                         dropped=data.dropped)
-            train_log, facts = train_loop(model, tok, data, config, plan.device, ckpt, progress, dist=dist)
+            loss_fn: LossFn = sft_loss
+            if config.anchor:
+                if dist.world > 1:
+                    raise ConfigError("anchor is not supported under torchrun (two forward passes per batch "
+                                      "through DDP).", "Tune with an anchor in one process.")
+                anchor = prepare_anchor(config, tok, store)
+                pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+                loss_fn = AnchoredLoss(anchor, config.anchor_weight, config.batch_size, config.grad_accum, pad_id,
+                                       plan.device, config.seed)
+                emit(progress, "log", message=f"anchored on {len(anchor)} records of '{config.anchor}'")
+            train_log, facts = train_loop(model, tok, data, config, plan.device, ckpt, progress,
+                                          loss_fn=loss_fn, dist=dist)
+            if isinstance(loss_fn, AnchoredLoss):
+                info["anchor"] = loss_fn.summary(len(loss_fn.anchor))
     except torch.OutOfMemoryError:
         raise ResourceError("Training ran out of GPU memory.",
                             "Use a smaller batch_size (with grad_accum to keep the effective batch), a shorter "
