@@ -51,6 +51,9 @@ def test_errors_are_one_line_with_exit_codes(tmp_path, capsys):
     bad.write_text("name: x\nsteps:\n  - build-demo:\n      sise: micro\n")
     assert main([*home, "run", str(bad)]) == 2
     assert "(line 4): unknown key 'sise'" in capsys.readouterr().err
+    # A check across fields names the step, not a field (it used to crash on the empty field path).
+    assert main([*home, "tune", "m", "--name", "x", "--method", "full", "--anchor", "world:tune:people"]) == 2
+    assert "the 'tune' step: anchor needs a LoRA-type method" in capsys.readouterr().err
     assert main([*home, "run", str(tmp_path / "missing.yaml")]) == 3
     assert not (tmp_path / "evil").exists()
 

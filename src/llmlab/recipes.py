@@ -260,6 +260,8 @@ def make_step(kind: str, config: dict[str, Any] | BaseModel, *, where: str = "st
         if err["type"] == "extra_forbidden":
             msg = f"unknown key '{field}' in the '{kind}' step"
             hint = _did_you_mean(str(loc[-1]), model.model_fields) or f"Its keys: {', '.join(model.model_fields)}."
+        elif not loc:  # a check across fields (a model validator): no one field to name
+            msg, hint = f"the '{kind}' step: {err['msg'].removeprefix('Value error, ')}", None
         else:
             msg = f"'{field}' in the '{kind}' step: {err['msg']} (got {err.get('input')!r})"
             hint = _field_help(model, str(loc[0]))
