@@ -172,7 +172,8 @@ def _suffix(path: Path) -> str:
     return suffixes[-1].lower() if suffixes else ""
 
 
-def _read_text(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a file (gzip-compressed when it ends in .gz); a clear error when unreadable."""
     try:
         if path.suffix == ".gz":
             with gzip.open(path, "rt", encoding="utf-8") as f:
@@ -185,11 +186,11 @@ def _read_text(path: Path) -> str:
 def _load_file(path: Path) -> list[Record]:
     kind = _suffix(path)
     if kind == ".txt":
-        return [{"text": p.strip()} for p in re.split(r"\n\s*\n", _read_text(path)) if p.strip()]
+        return [{"text": p.strip()} for p in re.split(r"\n\s*\n", read_text(path)) if p.strip()]
     if kind == ".jsonl":
-        return _parse_jsonl(_read_text(path), path)
+        return _parse_jsonl(read_text(path), path)
     if kind == ".json":
-        return _parse_json(_read_text(path), path)
+        return _parse_json(read_text(path), path)
     if kind == ".parquet":
         return _load_parquet(path)
     raise ConfigError(f"Unsupported data file type: {path.name}.",

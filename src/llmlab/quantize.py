@@ -529,9 +529,9 @@ def log_quality_table(rows: Sequence[dict[str, Any]], *, store: Store, title: st
     active = "mlflow" in sys.modules and sys.modules["mlflow"].active_run() is not None
     if not (active or new_run):
         return False  # e.g. a recipe run with --no-track, or a direct call: no run to log into
-    from llmlab.tracking import _mlflow
+    from llmlab.tracking import open_mlflow
 
-    mlflow, experiment_id = _mlflow(store)
+    mlflow, experiment_id = open_mlflow(store)
     metrics = {f"{r['name']}.{k}": float(r[k]) for r in rows for k in METRIC_FIELDS if is_number(r.get(k))}
     columns = sorted({k for r in rows for k in r})
     table = {k: [r.get(k) for r in rows] for k in columns}

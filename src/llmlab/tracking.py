@@ -32,7 +32,7 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
         out[prefix] = value
 
 
-def _mlflow(store: Store):
+def open_mlflow(store: Store) -> tuple[Any, str]:
     """Import mlflow, point it at the tracking URI and return (mlflow, experiment id)."""
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     import mlflow
@@ -82,7 +82,7 @@ def recipe_run(recipe: Recipe, *, store: Store, enabled: bool = True) -> Iterato
     if not enabled or settings.tracking_uri() is None:
         yield Tracker(None, store)
         return
-    mlflow, experiment_id = _mlflow(store)
+    mlflow, experiment_id = open_mlflow(store)
     with mlflow.start_run(experiment_id=experiment_id, run_name=recipe.name) as run:
         mlflow.set_tags({"llmlab.recipe": recipe.name, "llmlab.store": str(store.root)})
         mlflow.log_dict(recipe.resolved(), "recipe.json")

@@ -329,9 +329,9 @@ def log_to_mlflow(board: Leaderboard, store: Store) -> str | None:
 
     if settings.tracking_uri() is None:
         return None
-    from llmlab.tracking import _mlflow
+    from llmlab.tracking import open_mlflow
 
-    mlflow, experiment_id = _mlflow(store)
+    mlflow, experiment_id = open_mlflow(store)
     nested = mlflow.active_run() is not None  # inside a recipe run (the `evaluate` step): a child run
     with mlflow.start_run(experiment_id=experiment_id, run_name=f"leaderboard:{board.suite}", nested=nested) as run:
         mlflow.set_tags({"llmlab.leaderboard": board.suite, "llmlab.suite_hash": board.suite_hash,

@@ -35,9 +35,9 @@ def _client(store: Store) -> tuple[Any, Any]:
                           "Unset LLMLAB_TRACKING_URI to use the store's own sqlite MLflow.")
     from mlflow import MlflowClient
 
-    from llmlab.tracking import _mlflow
+    from llmlab.tracking import open_mlflow
 
-    mlflow, experiment_id = _mlflow(store)
+    mlflow, experiment_id = open_mlflow(store)
     return MlflowClient(), experiment_id
 
 

@@ -56,12 +56,12 @@ class RetrievalEvalConfig(BaseModel):
 
 
 def _open_text(path: str | Path) -> str:
-    from llmlab.data import _read_text
+    from llmlab.data import read_text
 
     p = Path(path).expanduser()
     if not p.is_file():
         raise NotFoundError(f"The file {p} does not exist.", "Give the path of a BEIR-layout file.")
-    return _read_text(p)
+    return read_text(p)
 
 
 def load_queries(path: str | Path) -> dict[str, str]:

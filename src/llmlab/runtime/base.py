@@ -1,9 +1,10 @@
 """What every engine shares: sampling parameters, the generation loop, stop strings, checks.
 
 An engine (``hf.py``, ``llamacpp.py``) only supplies tokenization, the chat template and the
-next-token logits (``_begin`` / ``_advance``). Sampling, stop strings, ``max_tokens`` and
-incremental detokenization happen here, once, so the same ``SamplingParams`` mean exactly the
-same thing in every engine: with the same logits, two engines pick the same tokens.
+next-token logits (``_begin`` / ``_advance``, used through ``Model.decoding``). Sampling, stop
+strings, ``max_tokens`` and incremental detokenization happen here, once, so the same
+``SamplingParams`` mean exactly the same thing in every engine: with the same logits, two engines
+pick the same tokens.
 
 Sampling order (as in transformers): repetition penalty, temperature, top-k, top-p, then a draw
 from numpy's ``default_rng(seed)``. ``temperature=0`` is greedy (argmax after the penalty).
@@ -12,6 +13,7 @@ from numpy's ``default_rng(seed)``. ``temperature=0`` is greedy (argmax after th
 from __future__ import annotations
 
 import abc
+import contextlib
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -102,6 +104,19 @@ class _StopFilter:
         return out
 
 
+class Decoder:
+    """One sequence being decoded (made by ``Model.decoding``): ``logits`` for the next token."""
+
+    def __init__(self, model: Model, ids: Sequence[int]):
+        self._model = model
+        self.logits: np.ndarray = model._begin(ids)
+
+    def push(self, token: int) -> np.ndarray:
+        """Append ``token``; the logits for the one after it (also kept in ``logits``)."""
+        self.logits = self._model._advance(token)
+        return self.logits
+
+
 class Model(abc.ABC):
     """A loaded model. Use as a context manager, or call ``close()`` when done."""
 
@@ -165,6 +180,14 @@ class Model(abc.ABC):
         """Release the weights (the object is unusable afterwards)."""
 
     # ----- shared -----
+    @contextlib.contextmanager
+    def decoding(self, ids: Sequence[int]) -> Iterator[Decoder]:
+        """Token-by-token access to the next-token logits of one sequence: ``decoder.logits`` after
+        the prompt ``ids``, then ``decoder.push(token)`` for each token chosen. The model's cache
+        is held for the whole block (other generations wait)."""
+        with self._lock:
+            yield Decoder(self, ids)
+
     def generate_ids(self, ids: Sequence[int], params: SamplingParams | None = None, *,
                      ignore_eos: bool = False) -> Iterator[int]:
         """Generated token ids after the prompt ``ids`` (stops at EOS, ``max_tokens`` or ``n_ctx``;
@@ -178,16 +201,15 @@ class Model(abc.ABC):
         rng = np.random.default_rng(params.seed)
         history = list(ids)
         budget = min(params.max_tokens, self.n_ctx - len(ids))
-        with self._lock:
-            logits = self._begin(ids)
+        with self.decoding(ids) as decoder:
             for i in range(budget):
-                tok = sample_token(logits, params, rng, history)
+                tok = sample_token(decoder.logits, params, rng, history)
                 if not ignore_eos and self.is_eog(tok):
                     return
                 history.append(tok)
                 yield tok
                 if i + 1 < budget:
-                    logits = self._advance(tok)
+                    decoder.push(tok)
 
     def stream(self, prompt: str, params: SamplingParams | None = None, *, add_special: bool = True) -> Iterator[str]:
         """Continue ``prompt``, yielding text pieces as they are decoded."""

@@ -70,9 +70,9 @@ class Generation:
         rng = np.random.default_rng(params.seed)
         history = list(ids)
         try:
-            with m._lock:
-                logits = m._begin(ids)
+            with m.decoding(ids) as decoder:
                 for i in range(params.max_tokens):
+                    logits = decoder.logits
                     if self.cancel.is_set():
                         self.finish_reason = "cancelled"
                         return
@@ -88,7 +88,7 @@ class Generation:
                     history.append(tok)
                     yield tok
                     if i + 1 < params.max_tokens:
-                        logits = m._advance(tok)
+                        decoder.push(tok)
         finally:
             if mask:
                 mask.close()
