@@ -105,6 +105,31 @@ def test_the_form_and_the_comparison_of_a_stored_merge(micro_home: Store, page: 
     assert at.selectbox(key="merge:chat").options == ["mix", "micro", "micro-a"]
 
 
+def test_a_lossy_merge_of_unanchored_specialists_suggests_the_anchor(micro_home: Store, page: ModuleType):
+    from llmlab.store import StepRecord
+
+    base = micro_home.get("micro")
+    for name, anchor in (("spec-a", None), ("spec-b", "world:tune:people")):
+        with micro_home.write(name, "adapter") as w:
+            (w.path / "adapter_config.json").write_text("{}")
+            w.parents = [Parent(name="micro", content_hash=base.content_hash, role="base")]
+            w.step = StepRecord(kind="tune", config={"name": name, "model": "micro", "anchor": anchor},
+                                config_hash=name)
+    for name, retention in (("lossy", 0.4), ("fine", 0.9)):
+        with micro_home.write(name, "merged") as w:
+            shutil.copytree(base.path, w.path, dirs_exist_ok=True, ignore=shutil.ignore_patterns("manifest.json"))
+            w.parents = [Parent(name=n, content_hash=micro_home.get(n).content_hash, role="adapter")
+                         for n in ("spec-a", "spec-b")]
+            w.info = {"method": "task_arithmetic", "inputs": ["spec-a", "spec-b"]}
+        micro_home.record_metrics(name, {"retention": {"spec-a:people": retention, "spec-b:places": 1.0}})
+    assert page.unanchored(micro_home.get("lossy"), micro_home) == ["spec-a"]
+    at = open_page(PAGE)
+    for name, shown in (("lossy", True), ("fine", False)):
+        at.selectbox(key="merge:result").set_value(name).run()
+        assert not at.exception, [e.value for e in at.exception]
+        assert ("Tune specialists with `anchor:`" in texts(at)) == shown
+
+
 @pytest.mark.slow
 def test_a_merge_job_started_on_the_page(micro_home: Store):
     copy_of(micro_home, "micro-a")

@@ -150,6 +150,17 @@ def latest_job(queue: JobQueue) -> JobInfo | None:
     return None
 
 
+def unanchored(art: Artifact, store: Store) -> list[str]:
+    """The adapter parents of a merge that were tuned without an anchor."""
+    out = []
+    for p in art.manifest.parents:
+        parent = store.get(p.name) if store.exists(p.name) else None
+        step = parent.manifest.step if parent is not None and parent.kind == "adapter" else None
+        if step is not None and step.kind == "tune" and not step.config.get("anchor"):
+            out.append(p.name)
+    return out
+
+
 def results(store: Store) -> None:
     st.subheader("Merges against their parents")
     merges = merged_artifacts(store)
@@ -169,6 +180,11 @@ def results(store: Store) -> None:
     if retention:
         st.caption("Retention (merge accuracy / specialist accuracy on the specialist's own skill): " +
                    ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in retention.items()))
+        if min((v for v in retention.values() if v is not None), default=1.0) < 0.7 and unanchored(art, store):
+            st.info("A specialist lost much of its skill in this merge, and its adapter was tuned without an "
+                    "anchor. Tune specialists with `anchor:` set to the other skills' data (a KL term that keeps "
+                    "the base's answers there): on the demo, task arithmetic then keeps 87-100% of both skills "
+                    "instead of 8-78% (docs/merge.md).")
     data = accuracy_long(rows)
     if data.empty:
         st.caption("No scores yet: this merge was not evaluated (no demo world, or evaluate was off).")
