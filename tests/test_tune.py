@@ -316,6 +316,27 @@ def test_anchor_keeps_the_base_on_the_anchor_data(micro_store, micro_model_dir, 
     assert kl_plain > 0.05 and kl_anchored < kl_plain / 3, (kl_plain, kl_anchored)
 
 
+def test_an_anchored_run_resumes_to_the_same_weights(micro_store, micro_model_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    store, qa = micro_store
+    places = _jsonl(tmp_path / "places.jsonl", world.World.load(micro_model_dir / "world").split("tune:places"))
+    cfg = _cfg(qa, name="t-aresume", steps=6, checkpoint_every=2, anchor=str(places), batch_size=4)
+
+    def crash_at_5(event: dict) -> None:
+        if event["type"] == "progress" and event["done"] == 5:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        T.tune(cfg, store=store, progress=crash_at_5)
+    resumed = T.tune(cfg, store=store)
+    straight = T.tune(cfg.model_copy(update={"name": "t-astraight"}), store=store)
+    assert resumed.manifest.info["resumed_from_step"] == 5
+    a = load_file(resumed.path / "adapter_model.safetensors")
+    b = load_file(straight.path / "adapter_model.safetensors")
+    assert all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
+
+
 def test_anchor_needs_a_lora_type_method():
     for method in ("full", "dpo"):
         with pytest.raises(ValidationError, match="anchor needs a LoRA-type method"):

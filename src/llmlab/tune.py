@@ -767,6 +767,8 @@ def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device
         torch.set_rng_state(state["rng"])
         start, train_log, elapsed_before = state["step"], state["log"], state["elapsed"]
         val_before = state["val_before"]
+        if isinstance(loss_fn, AnchoredLoss):  # the anchor batches follow on where they stopped
+            loss_fn.calls = start * config.grad_accum
         emit(progress, "log", message=f"resumed from the checkpoint at step {start} of {steps}")
     net = model
     if dist.world > 1:
