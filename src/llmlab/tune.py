@@ -723,9 +723,10 @@ class AnchoredLoss:
         self.kl.append(float(kl.detach()))
         return sft_loss(model, ids, mask, labels, n_items) + self.weight * kl / self.grad_accum
 
-    def summary(self, records: int) -> dict[str, Any]:
-        tail = self.kl[-max(1, len(self.kl) // 10):]  # the last tenth of training
-        return {"records": records, "weight": self.weight, "kl_end": round(sum(tail) / len(tail), 5)}
+    def summary(self) -> dict[str, Any]:
+        tail = self.kl[-max(1, len(self.kl) // 10):]  # the last tenth of training (of this run, if resumed)
+        return {"records": len(self.anchor), "weight": self.weight,
+                "kl_end": round(sum(tail) / len(tail), 5) if tail else None}
 
 
 def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device: str, ckpt: _Checkpoints,
@@ -1045,7 +1046,7 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             train_log, facts = train_loop(model, tok, data, config, plan.device, ckpt, progress,
                                           loss_fn=loss_fn, dist=dist)
             if isinstance(loss_fn, AnchoredLoss):
-                info["anchor"] = loss_fn.summary(len(loss_fn.anchor))
+                info["anchor"] = loss_fn.summary()
     except torch.OutOfMemoryError:
         raise ResourceError("Training ran out of GPU memory.",
                             "Use a smaller batch_size (with grad_accum to keep the effective batch), a shorter "
