@@ -26,7 +26,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import json
-import os
 import re
 import textwrap
 import zipfile
@@ -38,7 +37,7 @@ from pydantic import BaseModel, ConfigDict
 from llmlab import recipes
 from llmlab.errors import ConfigError, LlmlabError, NotFoundError
 from llmlab.jobs import JobInfo, JobQueue, Status, time_id
-from llmlab.store import Store
+from llmlab.store import Store, write_text
 
 SESSIONS = ".sessions"  # $LLMLAB_HOME/.sessions/<id>/ holds what the app exported
 # What the notebook's own cells define; a step's config class or function must not share a name.
@@ -299,9 +298,7 @@ def write(code: SessionCode, out_dir: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     written = {}
     for key, (filename, text) in texts.items():
-        tmp = out / f".{filename}.{os.getpid()}.tmp"
-        tmp.write_text(text)
-        tmp.replace(out / filename)
+        write_text(out / filename, text)
         written[key] = out / filename
     return written
 

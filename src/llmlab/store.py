@@ -450,15 +450,20 @@ def _first_error(e: Exception) -> str:
     return str(e).splitlines()[0]
 
 
-def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temporary file, fsync, rename)."""
+def write_text(path: Path, text: str) -> None:
+    """Write a text file atomically (temporary file beside it, fsync, rename): a reader sees the old
+    file or the whole new one, never a part."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write JSON atomically (``write_text``)."""
+    write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def _fsync_tree(root: Path) -> None:

@@ -168,10 +168,10 @@ def _cell(v: Any) -> str:
 def _maybe_write(text: str, path: str | Path | None) -> str:
     if path is not None:
         p = Path(path)
+        from llmlab.store import write_text
+
         p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp")
-        tmp.write_text(text)
-        tmp.replace(p)
+        write_text(p, text)
     return text
 
 

@@ -18,7 +18,6 @@ Requests that failed, were cut off or were logged without text are skipped and c
 from __future__ import annotations
 
 import json
-import os
 import random
 import re
 from pathlib import Path
@@ -27,6 +26,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError, NotFoundError
+from llmlab.store import write_text
 
 EMAIL = re.compile(r"[A-Za-z0-9._%+-]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
 # digit groups with separators (+1 555 123 4567, (020) 7946-0958); 9+ digits, so dates are not phones
@@ -93,8 +93,6 @@ def from_logs(config: FromLogsConfig) -> dict[str, Any]:
     sample = random.Random(config.seed).sample(usable, min(config.limit, len(usable)))
     out = Path(config.output)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample))
-    os.replace(tmp, out)
+    write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in sample))
     return {"read": len(lines), "usable": len(usable), "written": len(sample),
             "skipped": len(lines) - len(usable), "output": str(out), "scrubbed": config.scrub}
