@@ -45,8 +45,7 @@ def main() -> None:
     finally:
         from llmlab.serve import process
 
-        for server in process.running_servers(store):  # the serve step leaves the winner running
-            process.stop(server["name"], store=store)
+        process.stop_all(store)  # the serve step leaves the winner running
     total = time.perf_counter() - t0
     by_kind = {r.kind: r for r in results}
     board_columns = ("name", "kind", "size_mb", "ppl", "kld_mean", "top1", "heldout.accuracy", "heldout.f1")

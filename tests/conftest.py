@@ -114,8 +114,7 @@ def quickstart(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Quickstart]
     yield Quickstart(root, home, env, proc.stdout, seconds)
     from llmlab.serve import process  # the serve step leaves the winner's server running
 
-    for server in process.running_servers(Store(home)):
-        process.stop(server["name"], store=Store(home))
+    process.stop_all(Store(home))
 
 
 @pytest.fixture

@@ -69,8 +69,7 @@ def home(timed_module: None, chromium: str, tmp_path_factory: pytest.TempPathFac
     from llmlab.jobs import FINAL, JobQueue
     from llmlab.serve import process
 
-    for server in process.running_servers(store):
-        process.stop(server["name"], store=store)
+    process.stop_all(store)
     queue = JobQueue(store)
     for job in queue.list():
         if job.status not in FINAL:

@@ -62,5 +62,4 @@ def test_bundle_server_and_chat(empty_home: Store, micro_gguf) -> None:
         at.button(key="export:stop").click().run()
         assert process.running_servers(store) == []
     finally:
-        for s in process.running_servers(store):
-            process.stop(s["name"], store=store)
+        process.stop_all(store)

@@ -22,8 +22,7 @@ pytest.importorskip("llama_cpp")
 def served_store(store: Store, micro_gguf) -> Iterator[Store]:
     store.add(micro_gguf("f16"), "micro-f16")
     yield store
-    for server in process.running_servers(store):
-        process.stop(server["name"], store=store)
+    process.stop_all(store)
 
 
 def serve_recipe(**config) -> recipes.Recipe:

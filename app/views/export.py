@@ -110,7 +110,7 @@ def server_section(store: Store, bundle: Artifact) -> None:
     from llmlab.serve import process
     from llmlab.serve.client import snippets, stream_chat
 
-    server = next((s for s in process.running_servers(store) if s["name"] == bundle.name), None)
+    server = process.server_of(bundle.name, store)
     if server is None:
         if st.button("Start server", key="export:serve", type="primary"):
             with st.spinner("Starting the server…"):

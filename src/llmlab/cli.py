@@ -448,21 +448,21 @@ def cmd_servers(args: argparse.Namespace) -> int:
     from llmlab.serve import process
 
     store = _store(args)
-    running = process.running_servers(store)
     if args.action == "ls":
+        running = process.running_servers(store)
         for s in running:
             print(f"{s['name']}  {s['url']}  pid {s['pid']}")
         if not running:
             print("No server is running (start one: llmlab serve BUNDLE, or the Export page).")
         return 0
     if args.all:
-        names = [s["name"] for s in running]
+        names = process.stop_all(store)
     elif args.name:
+        process.stop(args.name, store=store)
         names = [args.name]
     else:
         raise ConfigError("`llmlab servers stop` needs a name or --all.", "List them with `llmlab servers ls`.")
     for name in names:
-        process.stop(name, store=store)
         print(f"stopped {name}")
     return 0
 

@@ -1,10 +1,12 @@
 """Servers as background processes (the app's Start / Stop buttons).
 
 ```python
-from llmlab.serve.process import start, stop, running_servers
+from llmlab.serve.process import start, stop, running_servers, server_of, stop_all
 info = start("demo-q4_k_m-bundle", store=store)      # `llmlab serve` in a subprocess; waits for /health
 running_servers(store)                               # [{'name', 'url', 'pid', 'port', 'log_path', ...}]
+server_of("demo-q4_k_m-bundle", store)               # that one's record, or None
 stop("demo-q4_k_m-bundle", store=store)
+stop_all(store)                                      # every server started from this store
 ```
 
 Each server writes ``$LLMLAB_HOME/.serve/<name>.server.json`` (pid, port, url, start time); a
@@ -69,13 +71,18 @@ def running_servers(store: Store) -> list[dict[str, Any]]:
     return out
 
 
+def server_of(name: str, store: Store) -> dict[str, Any] | None:
+    """The running server started from this store for ``name``, if there is one."""
+    return next((s for s in running_servers(store) if s["name"] == name), None)
+
+
 def start(name: str, *, store: Store, port: int | None = None, log_prompts: bool = True,
           timeout: float = 120) -> dict[str, Any]:
     """Start ``llmlab serve NAME`` (a bundle artifact is served from its folder) and wait until it answers."""
     import httpx
     import psutil
 
-    if any(s["name"] == name for s in running_servers(store)):
+    if server_of(name, store) is not None:
         raise ConfigError(f"A server for '{name}' is already running.", "Stop it first.")
     art = store.get(name)
     source = str(art.path) if art.kind == "bundle" else name
@@ -112,7 +119,7 @@ def stop(name: str, *, store: Store, timeout: float = 10) -> None:
     """Stop the server started for ``name`` (SIGTERM, then SIGKILL after ``timeout``)."""
     import psutil
 
-    info = next((s for s in running_servers(store) if s["name"] == name), None)
+    info = server_of(name, store)
     if info is None:
         raise NotFoundError(f"No running server for '{name}'.", "List the running ones with `llmlab servers ls`.")
     proc = psutil.Process(info["pid"])
@@ -122,3 +129,11 @@ def stop(name: str, *, store: Store, timeout: float = 10) -> None:
     except psutil.TimeoutExpired:
         proc.kill()
     (_folder(store) / f"{name}.server.json").unlink(missing_ok=True)
+
+
+def stop_all(store: Store) -> list[str]:
+    """Stop every server started from this store; the names of those stopped."""
+    names = [s["name"] for s in running_servers(store)]
+    for name in names:
+        stop(name, store=store)
+    return names

@@ -58,7 +58,7 @@ def serve_step(config: ServeStepConfig, *, store: Store, progress: Reporter | No
 
     from llmlab.serve import process
 
-    info = next((s for s in process.running_servers(store) if s["name"] == config.bundle), None)
+    info = process.server_of(config.bundle, store)
     if info is None:
         port = config.port if process.port_free(config.port) else None
         emit(progress, "log", message=f"starting the server for {config.bundle}"
