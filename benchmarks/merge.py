@@ -79,8 +79,10 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
-def method_runs(home: Path, qa_limit: int | None, specialists: list[str],
-                cases: dict[str, dict]) -> tuple[dict, dict, dict]:
+def method_runs(home: Path, qa_limit: int | None, specialists: list[str], cases: dict[str, dict],
+                others: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
+    """Each of ``cases`` run on ``specialists`` and scored; the parents' scores (the specialists', and
+    those of ``others`` in the store, for comparison) on the same questions."""
     from llmlab.merging.scores import score_one, skill_of
     from llmlab.store import Store
     from llmlab.world import RELATION_GROUP, find_world
@@ -88,9 +90,8 @@ def method_runs(home: Path, qa_limit: int | None, specialists: list[str],
     store = Store(home)
     world = find_world(store, store.get("demo"))
     qa = {g: world.split(f"heldout:{g}")[:qa_limit] for g in sorted(set(RELATION_GROUP.values()))}
-    parents = {n: score_one(store.get(n), store, [world.eval_text], qa, None) for n in ["demo", *specialists]}
-    if store.exists("demo-multi"):
-        parents["demo-multi"] = score_one(store.get("demo-multi"), store, [world.eval_text], qa, None)
+    parents = {n: score_one(store.get(n), store, [world.eval_text], qa, None)
+               for n in [*others, *specialists] if n in specialists or store.exists(n)}
     out = {}
     for method, extra in cases.items():
         name = f"bench-{method}"
@@ -203,11 +204,10 @@ def main() -> None:
     out: dict = json.loads(Path(args.out).read_text()) if args.only and Path(args.out).is_file() else {}
     if args.only != "ratio":
         out["methods"], out["parents"], qa_n = method_runs(Path(args.home), args.qa_limit,
-                                                           args.specialists.split(","), CASES)
+                                                           args.specialists.split(","), CASES, ("demo", "demo-multi"))
         if all(Store(args.home).exists(n) for n in PLAIN):  # what the anchor buys: the unanchored pair
             plain, plain_parents, _ = method_runs(Path(args.home), args.qa_limit, PLAIN, PLAIN_CASES)
-            out["plain"] = {"specialists": PLAIN, "methods": plain,
-                            "parents": {n: plain_parents[n] for n in PLAIN}}
+            out["plain"] = {"specialists": PLAIN, "methods": plain, "parents": plain_parents}
         ok = {k: v for k, v in out["methods"].items() if "min_retention" in v}
         best = max(ok, key=lambda k: ok[k]["min_retention"]) if ok else None
         out["best_merge"] = {"method": best, "min_retention": ok[best]["min_retention"] if best else None,
@@ -236,8 +236,7 @@ def main() -> None:
         out["settings"]["load_avg_methods"] = kept.get("load_avg_methods", kept.get("load_avg"))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({k: out[k] for k in ("llmlab_vs_mergekit_ratio",) + (("best_merge",) if "best_merge" in out
-                                                                           else ())}))
+    print(json.dumps({k: out[k] for k in ("llmlab_vs_mergekit_ratio", "best_merge") if k in out}))
 
 
 if __name__ == "__main__":
