@@ -16,10 +16,8 @@ from pydantic import BaseModel
 from llmlab import recipes, world
 from llmlab.errors import LlmlabError
 from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.runtime import KIND_ENGINES  # a table: no engine is imported
 from llmlab.store import Artifact, Store
 
-CHAT_KINDS = tuple(KIND_ENGINES)  # the kinds llmlab.runtime.load can run
 
 
 def session_id() -> str:

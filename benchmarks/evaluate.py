@@ -53,7 +53,7 @@ def main() -> None:
     from llmlab.evaluate import EvaluateConfig, evaluate
     from llmlab.evaluate.judge import ModelJudge, judge_set
     from llmlab.evaluate.suites import messages_for, resolve_task
-    from llmlab import gguf
+    from llmlab.quantize import gguf
     from llmlab.runtime import load
     from llmlab.store import Parent, Store, library_versions
 

@@ -67,7 +67,7 @@ PLAIN_CASES: dict[str, dict] = {
 }
 MERGE_ONE = """
 import json, sys
-from llmlab.merge import MergeConfig, merge
+from llmlab.merge.step import MergeConfig, merge
 from llmlab.store import Store
 store = Store(sys.argv[1])
 art = merge(MergeConfig.model_validate(json.loads(sys.argv[2])), store=store, overwrite=True)
@@ -83,7 +83,7 @@ def method_runs(home: Path, qa_limit: int | None, specialists: list[str], cases:
                 others: tuple[str, ...] = ()) -> tuple[dict, dict, dict]:
     """Each of ``cases`` run on ``specialists`` and scored; the parents' scores (the specialists', and
     those of ``others`` in the store, for comparison) on the same questions."""
-    from llmlab.merging.scores import score_one, skill_of
+    from llmlab.merge.scores import score_one, skill_of
     from llmlab.store import Store
     from llmlab.world import RELATION_GROUP, find_world
 

@@ -82,7 +82,7 @@ def write_jsonl(path: Path, texts: list[str]) -> Path:
 
 # ----- gguf -----
 def gguf_rows(store: Any, work: Path) -> dict[str, Any]:
-    from llmlab.quantize import QuantizeConfig, quality_table, quantize
+    from llmlab.quantize.step import QuantizeConfig, quality_table, quantize
 
     facts, stories, _ = world_texts(store)
     calib = write_jsonl(work / "calibration.jsonl", facts + stories)
@@ -116,7 +116,7 @@ def imatrix_study(store: Any, work: Path) -> dict[str, Any]:
     sets and seeds, on the whole eval text and on four disjoint parts of it (paired differences)."""
     import random
 
-    from llmlab import gguf
+    from llmlab.quantize import gguf
     from llmlab.runtime import load
     from llmlab.scoring import compare
 
@@ -165,7 +165,7 @@ def imatrix_check(store: Any, work: Path, text: str) -> dict[str, Any]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     demo = store.get("demo").path
     gguf.compute_imatrix(store.get("demo-f16").file(".gguf"), [text], work / "check.imatrix.gguf")
@@ -217,7 +217,7 @@ def imatrix_big(cache: Path, steps: int, home_store: Any) -> dict[str, Any]:
     import numpy as np
 
     from llmlab import data, gguf, settings
-    from llmlab.quantize import gguf_bpw
+    from llmlab.quantize.step import gguf_bpw
     from llmlab.runtime import load
     from llmlab.scoring import compare, perplexity
 
@@ -319,7 +319,7 @@ def imatrix_big(cache: Path, steps: int, home_store: Any) -> dict[str, Any]:
 def activation_outliers(imatrix_file: Path) -> dict[str, float]:
     """How uneven the importance (mean squared input) of a weight's columns is: per weight matrix the
     largest column's share over the mean one, median and maximum over the model's weights."""
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     ratios = [float(v.max() / v.mean()) for v in gguf.read_imatrix(imatrix_file).values()]
     return {"max_over_mean_median": _r(statistics.median(ratios), 2), "max_over_mean_max": _r(max(ratios), 2)}
@@ -351,7 +351,7 @@ def _print_metrics(event: dict[str, Any]) -> None:
 
 # ----- gptq, awq, rtn -----
 def gptq_rows(store: Any) -> dict[str, Any]:
-    from llmlab.quantize import QuantizeConfig, quantize
+    from llmlab.quantize.step import QuantizeConfig, quantize
 
     t0 = time.perf_counter()
     summary = quantize(QuantizeConfig(model="demo", types=["gptq", "awq", "rtn"], bits=4, group_size=32,
@@ -461,7 +461,7 @@ def bandwidth_model(store_dir: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     BANDWIDTH_CACHE.mkdir(parents=True, exist_ok=True)
     hf = BANDWIDTH_CACHE / "hf"

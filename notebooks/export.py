@@ -35,7 +35,7 @@ def _():
 
     from llmlab.build import open_or_build
     from llmlab.export import ExportConfig, export, plan, verify_bundle
-    from llmlab.quantize import QuantizeConfig, quantize
+    from llmlab.quantize.step import QuantizeConfig, quantize
     from llmlab.serve import process
     from llmlab.serve.client import metrics, snippets, stream_chat
     from llmlab.settings import notebook_settings

@@ -45,10 +45,10 @@ def _():
     import pandas as pd
 
     from llmlab.build import open_or_build
-    from llmlab.merge import MergeConfig, check_compatibility, merge
+    from llmlab.merge.step import MergeConfig, check_compatibility, merge
     from llmlab.settings import notebook_settings
     from llmlab.store import Store
-    from llmlab.tune import TuneConfig, tune
+    from llmlab.tune.step import TuneConfig, tune
 
     return (
         MergeConfig,

@@ -37,7 +37,7 @@ def _():
     import pandas as pd
 
     from llmlab.build import open_or_build
-    from llmlab.quantize import DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, quality_table, quantize
+    from llmlab.quantize.step import DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, quality_table, quantize
     from llmlab.scoring import pareto_front
     from llmlab.settings import notebook_settings
     from llmlab.store import Store

@@ -40,11 +40,11 @@ def _():
 
     from llmlab import world
     from llmlab.build import open_or_build
-    from llmlab.distill import DistillConfig, distill
+    from llmlab.tune.distill import DistillConfig, distill
     from llmlab.events import bar_updates
     from llmlab.settings import notebook_settings
     from llmlab.store import Store
-    from llmlab.tune import MASK_CLOSE, MASK_OPEN, TuneConfig, preview, select_backend, tune
+    from llmlab.tune.step import MASK_CLOSE, MASK_OPEN, TuneConfig, preview, select_backend, tune
 
     return (
         DistillConfig,

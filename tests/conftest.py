@@ -44,7 +44,7 @@ def store(tmp_path: Path) -> Store:
 def micro_gguf(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path):
     """``micro_gguf("f16")``: the micro model converted to GGUF, once per type per session."""
     pytest.importorskip("llama_cpp")
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     def get(outtype: str) -> Path:
         out = tmp_path_factory.getbasetemp() / "micro-gguf" / f"micro-{outtype}.gguf"

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 pytest.importorskip("transformers")
 
 from llmlab import recipes  # noqa: E402
-from llmlab.distill import DistillConfig, distill, kd_loss  # noqa: E402
+from llmlab.tune.distill import DistillConfig, distill, kd_loss  # noqa: E402
 from llmlab.errors import ConfigError  # noqa: E402
 from llmlab.store import Store  # noqa: E402
 

@@ -18,7 +18,7 @@ from llmlab import recipes  # noqa: E402
 from llmlab.errors import StoreError  # noqa: E402
 from llmlab.export import ExportConfig, export, open_bundle, verify_bundle  # noqa: E402
 from llmlab.export.ollama import PROBES, Untranslatable, fill_go_template, translate  # noqa: E402
-from llmlab.parity import ParityError, check  # noqa: E402
+from llmlab.export.parity import ParityError, check  # noqa: E402
 from llmlab.store import Store  # noqa: E402
 
 

@@ -91,7 +91,7 @@ def test_agent_answers_as_a_model_name_with_sources(served) -> None:
 def test_index_built_with_another_embedder_is_refused(agent_bundle, served) -> None:
     from dataclasses import replace
 
-    from llmlab.export.onnx_embedder import OnnxEmbedder
+    from llmlab.rag.onnx_embedder import OnnxEmbedder
     from llmlab.rag.search import Searcher
 
     store, _ = agent_bundle
@@ -108,7 +108,7 @@ def test_index_built_with_another_embedder_is_refused(agent_bundle, served) -> N
 
 
 def test_tampered_onnx_file_is_refused(served, tmp_path: Path) -> None:
-    from llmlab.export.onnx_embedder import OnnxEmbedder
+    from llmlab.rag.onnx_embedder import OnnxEmbedder
 
     _, copy = served
     shutil.copytree(copy / "embedder", tmp_path / "embedder")
@@ -122,7 +122,7 @@ def test_tampered_onnx_file_is_refused(served, tmp_path: Path) -> None:
 def test_export_refused_when_onnx_does_not_reproduce_the_index(agent_bundle) -> None:
     import numpy as np
 
-    from llmlab.export.onnx_embedder import EmbedderParityError
+    from llmlab.rag.onnx_embedder import EmbedderParityError
 
     store, _ = agent_bundle
     vectors = store.get("docs").path / "vectors.npy"

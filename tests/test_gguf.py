@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from llmlab import gguf
+from llmlab.quantize import gguf
 from llmlab.errors import ConfigError
 from llmlab.runtime import CorruptFileError
 
@@ -119,7 +119,7 @@ def test_too_little_disk_is_refused_with_numbers(tmp_path: Path, monkeypatch, mi
     from collections import namedtuple
 
     from llmlab.errors import ResourceError
-    from llmlab.quantize import QuantizeConfig, quantize
+    from llmlab.quantize.step import QuantizeConfig, quantize
     from llmlab.store import Store
 
     src = micro_gguf("f16")

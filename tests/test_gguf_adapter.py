@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmlab import gguf_adapter, recipes
+from llmlab import recipes
+from llmlab.quantize import adapter as gguf_adapter
 from llmlab.errors import ConfigError
-from llmlab.gguf_adapter import GGUFAdapterConfig, convert_adapter
+from llmlab.quantize.adapter import GGUFAdapterConfig, convert_adapter
 from llmlab.store import Parent, Store
 
 pytest.importorskip("peft")
@@ -67,7 +68,7 @@ def test_adapter_artifact_and_lineage(adapted: Store):
     roles = {p.role: p.name for p in art.manifest.parents}
     assert roles == {"adapter": "micro-lora", "base": "micro-f16"}
     assert art.manifest.info["rank"] == 8 and art.manifest.info["alpha"] == 16
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     header = gguf.read_header(art.file(".gguf"))
     assert header["type"] == "adapter" and header["metadata"]["adapter.lora.alpha"] == 16
@@ -123,7 +124,7 @@ def test_unsupported_adapters_are_refused(adapted: Store):
 
 
 def test_shape_mismatch_is_named(adapted: Store, monkeypatch: pytest.MonkeyPatch):
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     shapes = {"lora.gguf": {"blk.0.attn_q.weight.lora_a": [256, 8], "blk.0.attn_q.weight.lora_b": [8, 256]},
               "base.gguf": {"blk.0.attn_q.weight": [512, 512]}}

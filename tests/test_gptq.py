@@ -15,9 +15,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from llmlab import gptq
+from llmlab.quantize import gptq
 from llmlab.errors import ConfigError, StoreError
-from llmlab.quantize import QuantizeConfig, log_quality_table, quality_table, quantize, stored_table, tensor_shapes
+from llmlab.quantize.step import QuantizeConfig, log_quality_table, quality_table, quantize, stored_table, tensor_shapes
 from llmlab.scoring import pareto_front
 from llmlab.store import Store
 
@@ -82,7 +82,7 @@ def test_group_size_is_checked_against_the_real_folder(store: Store, micro_model
     assert shapes["model.layers.0.mlp.down_proj.weight"] == [256, 768]
     # a model whose FFN is 720 wide (not a multiple of 64) is refused before anything is written
     monkeypatch.setitem(shapes, "model.layers.0.mlp.down_proj.weight", [256, 720])
-    monkeypatch.setattr("llmlab.quantize.tensor_shapes", lambda folder: shapes)
+    monkeypatch.setattr("llmlab.quantize.step.tensor_shapes", lambda folder: shapes)
     with pytest.raises(ConfigError, match="Group size 64 does not divide 'model.layers.0.mlp.down_proj.weight'"):
         quantize(QuantizeConfig(model="micro", types=["rtn"], group_size=64, score=False), store=store)
     assert [a.name for a in store.list()] == ["micro"]
@@ -90,7 +90,7 @@ def test_group_size_is_checked_against_the_real_folder(store: Store, micro_model
 
 def test_too_little_memory_is_refused_with_numbers(tmp_path: Path):
     from llmlab.errors import ResourceError
-    from llmlab.quantize import _check_resources
+    from llmlab.quantize.step import _check_resources
 
     with pytest.raises(ResourceError, match=r"model \(7,000 M parameters\) into GPTQModel .* needs about "
                                             r"[\d,]+ MB of RAM but only 100 MB"):

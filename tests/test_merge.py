@@ -1,4 +1,4 @@
-"""The Merge station (llmlab.merge) on micro models.
+"""The Merge station (llmlab.merge.step) on micro models.
 
 One module-scoped store holds the micro model (with its micro world) as ``micro``, two copies
 with perturbed weights (``micro-a``, ``micro-b``: fine-tunes of one base), two LoRA adapters on
@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from llmlab.errors import ConfigError, NotFoundError  # noqa: E402
-from llmlab.merge import (MergeConfig, check_compatibility, mergekit_methods, merge,  # noqa: E402
+from llmlab.merge.step import (MergeConfig, check_compatibility, mergekit_methods, merge,  # noqa: E402
                           methods)
 from llmlab.recipes import load as load_recipe  # noqa: E402
 from llmlab.store import Parent, StepRecord, Store  # noqa: E402
@@ -172,7 +172,7 @@ def test_users_mergekit_yaml_with_store_names(mstore: Store, tmp_path: Path) -> 
 
 
 def test_adapter_merged_into_its_base(mstore: Store) -> None:
-    from llmlab.tune import merged_folder
+    from llmlab.runtime.adapters import merged_folder
 
     art = merge(MergeConfig(name="unloaded", method="unload", models=["lora-people"], evaluate=False), store=mstore)
     want = load_file(merged_folder(mstore.get("lora-people"), mstore) / WEIGHTS)
@@ -289,7 +289,7 @@ def test_merge_recipe_loads() -> None:
 
 def test_one_skill_of_the_world_for_tuning_and_scoring(mstore: Store) -> None:
     from llmlab.data import resolve_questions
-    from llmlab.tune import TuneConfig, load_data
+    from llmlab.tune.step import TuneConfig, load_data
     from llmlab.world import RELATION_GROUP
 
     records, is_world = load_data(TuneConfig(name="x", model="micro", data="world:tune:places"), mstore)
@@ -304,7 +304,7 @@ def test_one_skill_of_the_world_for_tuning_and_scoring(mstore: Store) -> None:
 
 
 def test_peak_rss_is_the_blocks_own_peak() -> None:
-    from llmlab.merging.peak import peak_rss
+    from llmlab.merge.peak import peak_rss
 
     with peak_rss() as big:
         block = bytearray(96 * 2**20)  # touched: resident

@@ -81,7 +81,7 @@ def fill_form(at, models: list[str]) -> None:
 
 
 def test_the_form_and_the_comparison_of_a_stored_merge(micro_home: Store, page: ModuleType):
-    from llmlab.merge import MergeConfig, merge
+    from llmlab.merge.step import MergeConfig, merge
 
     copy_of(micro_home, "micro-a")
     at = open_page(PAGE)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from llmlab import gguf
+from llmlab.quantize import gguf
 from llmlab.errors import ConfigError, LlmlabError, StoreError
-from llmlab.quantize import TYPE_INFO, QuantizeConfig, check_shapes, quality_table, quantize, resolve_types
+from llmlab.quantize.step import TYPE_INFO, QuantizeConfig, check_shapes, quality_table, quantize, resolve_types
 from llmlab.store import Store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -101,7 +101,7 @@ def test_truncated_safetensors_is_refused(store: Store, micro_model_dir: Path, t
 
 def test_too_little_memory_is_refused_with_numbers(tmp_path: Path):
     from llmlab.errors import ResourceError
-    from llmlab.quantize import _check_resources
+    from llmlab.quantize.step import _check_resources
 
     with pytest.raises(ResourceError, match=r"needs about [\d,]+ MB of RAM but only 100 MB"):
         _check_resources(7_000_000_000, ["Q4_K_M"], tmp_path, available=100 * 1024 * 1024)

@@ -20,7 +20,7 @@ pytest.importorskip("streamlit")
 from apptest import load_page, open_page, run_notebook, texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from llmlab.gguf import QUANT_TYPES  # noqa: E402
+from llmlab.quantize.gguf import QUANT_TYPES  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
@@ -109,7 +109,7 @@ def test_method_options_give_sizes_and_reasons(page: ModuleType):
 
 
 def test_page_offers_gptq_awq_rtn_and_asks_for_calibration(micro_home: Store):
-    from llmlab.gptq import METHODS
+    from llmlab.quantize.gptq import METHODS
 
     at = open_page(PAGE, timeout=60)
     gptq_box = at.checkbox(key="quantize:method:gptq")

@@ -55,7 +55,7 @@ def cpp(micro_gguf):
 
 # ----- no model needed -----
 def test_import_does_not_load_engines():
-    code = ("import sys, llmlab.runtime, llmlab.gguf, llmlab.scoring; "
+    code = ("import sys, llmlab.runtime, llmlab.quantize.gguf, llmlab.scoring; "
             "print([m for m in ('torch', 'transformers', 'llama_cpp') if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

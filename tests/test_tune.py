@@ -12,7 +12,8 @@ from pydantic import ValidationError
 
 pytest.importorskip("peft")
 
-from llmlab import tune as T  # noqa: E402
+from llmlab.runtime.adapters import base_of, merged_folder
+from llmlab.tune import step as T  # noqa: E402
 from llmlab import world  # noqa: E402
 from llmlab.errors import ConfigError, NotFoundError, StoreError  # noqa: E402
 from llmlab.store import Store  # noqa: E402
@@ -44,7 +45,7 @@ def _cfg(data: Path | str, **kw) -> T.TuneConfig:
 
 
 def test_import_does_not_load_torch():
-    code = ("import sys, llmlab.tune; heavy = {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules); "
+    code = ("import sys, llmlab.tune.step; heavy = {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -270,15 +271,15 @@ def test_evaluate_and_adapter_loading(micro_model_dir, store):
     # An adapter on a store base loads through merged_folder (what the runtime calls).
     qa = world.World.load(micro_model_dir / "world").split("tune")
     adapter = T.tune(_cfg(_jsonl(store.root.parent / "qa.jsonl", qa), name="t-ad", steps=1), store=store)
-    folder = T.merged_folder(adapter, store)
-    assert T.merged_folder(adapter, store) == folder  # cached
+    folder = merged_folder(adapter, store)
+    assert merged_folder(adapter, store) == folder  # cached
     with load(folder) as model:
         assert model.chat(world.chat_messages("Hi?"))  # runs
     manifest = json.loads((adapter.path / "manifest.json").read_text())
     manifest["parents"][0]["content_hash"] = "0" * 64
     (adapter.path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(StoreError, match="the base does not match"):
-        T.base_of(store.get("t-ad"), store)
+        base_of(store.get("t-ad"), store)
     assert base.kind == "base"
 
 

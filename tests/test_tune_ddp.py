@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("peft")
 
-from llmlab import tune as T  # noqa: E402
+from llmlab.tune import step as T  # noqa: E402
 from llmlab import world  # noqa: E402
 from llmlab.serve.process import free_port  # noqa: E402
 from llmlab.store import Store  # noqa: E402

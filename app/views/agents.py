@@ -24,9 +24,9 @@ import streamlit as st
 
 from llmlab.agents.spec import SEARCH_MODES, load_spec, shipped_specs
 from llmlab.errors import LlmlabError
-from llmlab.store import Artifact, Store
+from llmlab.store import RUNNABLE_KINDS, Artifact, Store
 from llmlab.world import find_world
-from widgets import CHAT_KINDS, job_queue, job_status, load_model, start_button
+from widgets import job_queue, job_status, load_model, start_button
 
 LIVE_MODES = [m for m in SEARCH_MODES if m != "hybrid_rerank"]  # rerank needs a local reranker
 
@@ -204,7 +204,7 @@ def main() -> None:
     st.markdown("A RAG agent over an index: it retrieves, grades, rewrites and retries, answers with its "
                 "sources or refuses, and every step it takes is traced.")
     indexes = store.list(kind="index")
-    models = [a for a in store.list() if a.kind in CHAT_KINDS]
+    models = [a for a in store.list() if a.kind in RUNNABLE_KINDS]
     if not indexes:
         no_index(store)
         return

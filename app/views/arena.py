@@ -22,8 +22,7 @@ from llmlab import world
 from llmlab.errors import LlmlabError
 from llmlab.evaluate import EvaluateConfig, evaluate
 from llmlab.evaluate.arena import Arena
-from llmlab.runtime import KIND_ENGINES
-from llmlab.store import Store
+from llmlab.store import RUNNABLE_KINDS, Store
 from widgets import load_model, sampling_controls
 
 AUTO_COLUMNS = ("ppl", "heldout.accuracy", "kld_mean", "size_mb")
@@ -47,7 +46,7 @@ def main() -> None:
     st.title("Arena")
     st.markdown("Ask two or more variants the same thing, read their answers side by side and vote for the "
                 "better one. Votes become Elo and Bradley-Terry ratings.")
-    variants = [a.name for a in store.list() if a.kind in KIND_ENGINES]
+    variants = [a.name for a in store.list() if a.kind in RUNNABLE_KINDS]
     if len(variants) < 2:
         st.info("The Arena needs at least two models in the store. Run the quickstart "
                 "(`llmlab run recipes/quickstart.yaml`) to get a base model, an adapter and GGUF quants.")

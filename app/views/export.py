@@ -18,9 +18,9 @@ from typing import Any
 import streamlit as st
 
 from llmlab.errors import LlmlabError
-from llmlab.export import GGUF_KINDS, HF_KINDS, ExportConfig, plan
+from llmlab.export import ExportConfig, plan
 from llmlab.jobs import FINAL, JobQueue
-from llmlab.store import Artifact, Store
+from llmlab.store import GGUF_KINDS, HF_KINDS, Artifact, Store
 from widgets import job_queue, job_status, start_button, task_bar
 
 HELP = {name: f.description for name, f in ExportConfig.model_fields.items()}
@@ -165,7 +165,7 @@ def bundle_section(store: Store) -> None:
                     f"{parity.get('prompts')} prompts")
     source = bundle.manifest.info.get("source")
     if source and store.exists(source) and st.button("Run the parity check again", key="export:parity_again"):
-        from llmlab.parity import check
+        from llmlab.export.parity import check
 
         with st.spinner("Replaying the prompts through the bundle's server and the artifact…"):
             try:

@@ -22,11 +22,10 @@ import streamlit as st
 
 from llmlab.errors import LlmlabError
 from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.merge import MODEL_KINDS, MergeConfig, check_compatibility, methods
-from llmlab.store import Artifact, Store
+from llmlab.merge.step import MergeConfig, check_compatibility, methods
+from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Store
 from widgets import chat_panel, job_panel, job_queue, start_button
 
-INPUT_KINDS = (*MODEL_KINDS, "adapter")
 GROUPS = ("people", "places", "objects")
 HELP = {name: f.description for name, f in MergeConfig.model_fields.items()}
 TABLE_COLUMNS = ("model", "role", "weight", "ppl", "accuracy", *(f"accuracy_{g}" for g in GROUPS))
@@ -73,7 +72,7 @@ def config_from_form(name: str, method: str, models: list[str], base: str | None
 
 # ----- the page -----
 def merge_form(store: Store, queue: JobQueue) -> None:
-    arts = [a for a in store.list() if a.kind in INPUT_KINDS]
+    arts = [a for a in store.list() if a.kind in HF_KINDS]
     known = methods()
     c1, c2 = st.columns([2, 1])
     models = c1.multiselect("Models and adapters", [a.name for a in arts], key="merge:models",
@@ -204,7 +203,7 @@ def main() -> None:
     st.title("Merge")
     st.markdown("Combine models or adapters into one model (every mergekit method, or peft's adapter "
                 "combinations), check first that they fit, and compare the merge with its parents.")
-    if not any(a.kind in INPUT_KINDS for a in store.list()):
+    if not any(a.kind in HF_KINDS for a in store.list()):
         st.info("The store has no models or adapters to merge. Run `llmlab run recipes/merge.yaml` (it tunes two "
                 "skill adapters on the demo model and merges them) or import models with `llmlab models add`.")
         return

@@ -12,8 +12,8 @@ from typing import Any
 
 import streamlit as st
 
-from llmlab.store import Artifact, Store
-from widgets import CHAT_KINDS, chat_panel
+from llmlab.store import RUNNABLE_KINDS, Artifact, Store
+from widgets import chat_panel
 
 KEY_METRICS = ("ppl", "accuracy", "gen_tok_s")
 
@@ -104,9 +104,9 @@ names = [a.name for a in artifacts]
 name = st.selectbox("Artifact", names, key="models:selected")
 art = store.get(name)
 details(store, art)
-if art.kind in CHAT_KINDS:
+if art.kind in RUNNABLE_KINDS:
     st.subheader(f"Chat with {art.name}")
     chat_panel(store, art)
 else:
     st.caption(f"Artifacts of kind '{art.kind}' cannot be chatted with here; the chat takes "
-               f"{', '.join(CHAT_KINDS)}.")
+               f"{', '.join(RUNNABLE_KINDS)}.")

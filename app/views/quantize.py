@@ -1,11 +1,11 @@
 """Quantize: GGUF, GPTQ, AWQ and RTN variants of a model, their quality table, a chart, and a chat.
 
 Pick a model (kind base, full, merged or distilled), tick quant types (each with its one-line
-explanation from ``llmlab.quantize.TYPE_INFO`` and its expected size, parameters x bits / 8),
-choose where the importance matrix comes from, tick GPTQ/AWQ/RTN (``llmlab.gptq.METHODS``) with
+explanation from ``llmlab.quantize.step.TYPE_INFO`` and its expected size, parameters x bits / 8),
+choose where the importance matrix comes from, tick GPTQ/AWQ/RTN (``llmlab.quantize.gptq.METHODS``) with
 bits, group size and calibration text, and start a one-step ``quantize`` recipe as a job;
 a fragment follows its progress. Below, the model's variants are read back from the store
-(``llmlab.quantize.stored_table``: children of the model, with their ``metrics.json``) as a table and
+(``llmlab.quantize.step.stored_table``: children of the model, with their ``metrics.json``) as a table and
 a chart of size against KL divergence or perplexity with the Pareto front highlighted, and any
 variant can be chatted with. Nothing imports torch or llama.cpp until a chat loads a model.
 
@@ -26,13 +26,13 @@ import streamlit as st
 from llmlab import world
 from llmlab.data import SPLITS
 from llmlab.errors import LlmlabError
-from llmlab.gguf import IMATRIX_TYPES, QUANT_TYPES
-from llmlab.gptq import BITS, CALIBRATED, GROUP_SIZES, METHODS, check_group_size, expected_bytes
+from llmlab.quantize.gguf import IMATRIX_TYPES, QUANT_TYPES
+from llmlab.quantize.gptq import BITS, CALIBRATED, GROUP_SIZES, METHODS, check_group_size, expected_bytes
 from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.quantize import (DEFAULT_TYPES, SOURCE_KINDS, TYPE_INFO, QuantizeConfig, check_shapes, stored_table,
+from llmlab.quantize.step import (DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, check_shapes, stored_table,
                              tensor_shapes)
 from llmlab.scoring import is_number, pareto_front
-from llmlab.store import Artifact, Store
+from llmlab.store import MODEL_KINDS, Artifact, Store
 from widgets import chat_panel, job_panel, job_queue, start_button
 
 IMATRIX_SOURCES = {
@@ -329,9 +329,9 @@ def main() -> None:
     st.markdown("Make GGUF variants of a model with llama.cpp (or GPTQ, AWQ and RTN ones with GPTQModel), score "
                 "each against its reference on the same held-out text, and pick the smallest one whose quality "
                 "you can accept.")
-    models = [a for a in store.list() if a.kind in SOURCE_KINDS]
+    models = [a for a in store.list() if a.kind in MODEL_KINDS]
     if not models:
-        st.info(f"The store has no model to quantize (kinds {', '.join(SOURCE_KINDS)}). Build the demo model "
+        st.info(f"The store has no model to quantize (kinds {', '.join(MODEL_KINDS)}). Build the demo model "
                 "with the quickstart (`llmlab run recipes/quickstart.yaml`) or import one with "
                 "`llmlab models add`.")
         return

@@ -1,6 +1,6 @@
 """Tune: pick a model, data and method, preview the data, start a tuning job, watch it learn, chat.
 
-Every option widget is built from a ``llmlab.tune.TuneConfig`` field (its type, default and
+Every option widget is built from a ``llmlab.tune.step.TuneConfig`` field (its type, default and
 description), and the form is validated by ``TuneConfig`` itself (through ``recipes.make_step``),
 so the page and a recipe's ``tune`` step accept and reject the same things. "Start" submits a
 one-step recipe as a job (``llmlab.jobs.JobQueue``); the live part of the page is a fragment
@@ -8,7 +8,7 @@ that reruns every second while the job is active and draws its progress, loss cu
 tokens/s from the job's events. Resuming is submitting the same settings again: ``resume`` is
 on by default, so the step continues from the last checkpoint of a cancelled or crashed run.
 When the job is done, the artifact's metrics (base vs tuned) and a side-by-side chat follow.
-A folded section distils a model into a smaller student (``llmlab.distill``) the same way.
+A folded section distils a model into a smaller student (``llmlab.tune.distill``) the same way.
 
 torch is imported only by library calls made while the page runs (the backend plan, the
 preview, the chat), never when the page is imported.
@@ -25,10 +25,10 @@ import streamlit as st
 
 from llmlab import recipes, world
 from llmlab.errors import LlmlabError
-from llmlab.distill import DistillConfig
+from llmlab.tune.distill import DistillConfig
 from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.store import Artifact, Store
-from llmlab.tune import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TUNABLE_KINDS, TuneConfig
+from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Store
+from llmlab.tune.step import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TuneConfig
 from widgets import job_queue, job_status, load_model, session_id, start_button, task_bar
 
 # Fields set in the first section, the main options, and (everything else) the folded ones.
@@ -44,7 +44,7 @@ LOCAL = "(a local folder)"
 @st.cache_data(show_spinner=False)
 def backend_plan(method: str, backend: str, device: str) -> tuple[str, list[str]]:
     """What ``select_backend`` will run for these settings, as a line, and its messages."""
-    from llmlab.tune import select_backend
+    from llmlab.tune.step import select_backend
 
     config = TuneConfig(name="plan", model="plan", method=method, backend=backend, device=device)
     plan = select_backend(config)
@@ -82,9 +82,9 @@ def field_widget(name: str, container: Any = st) -> Any:
 
 
 def pick_model(store: Store) -> str:
-    models = [a.name for a in store.list() if a.kind in TUNABLE_KINDS]
+    models = [a.name for a in store.list() if a.kind in MODEL_KINDS]
     if not models:
-        st.info(f"The store at `{store.root}` holds no model to tune ({', '.join(TUNABLE_KINDS)}): run the "
+        st.info(f"The store at `{store.root}` holds no model to tune ({', '.join(MODEL_KINDS)}): run the "
                 "quickstart on the Jobs page, or give a local Hugging Face folder.")
     choice = st.selectbox("Model", [*models, LOCAL], key="tune:model",
                           help=TuneConfig.model_fields["model"].description)
@@ -137,7 +137,7 @@ def show_plan(config: TuneConfig) -> bool:
 
 
 def show_preview(config: TuneConfig, store: Store) -> None:
-    from llmlab.tune import preview
+    from llmlab.tune.step import preview
 
     try:
         with st.spinner("Formatting the first records…"):
@@ -338,12 +338,12 @@ def runs(store: Store, queue: JobQueue) -> None:
 
 
 def distill_section(store: Store, queue: JobQueue) -> None:
-    """Folded: distil a model into a smaller student (``llmlab.distill``) as a job, then its scores."""
+    """Folded: distil a model into a smaller student (``llmlab.tune.distill``) as a job, then its scores."""
     with st.expander("Distil into a smaller student"):
         st.caption("Train a fresh, smaller demo model on the teacher's own tokenizer to copy the teacher's "
                    "next-token distribution (KL divergence on temperature-softened logits, mixed with the plain "
                    "next-token loss by alpha). The student is stored as `distilled` and scored beside its teacher.")
-        teachers = sorted(a.name for a in store.list() if a.kind in (*TUNABLE_KINDS, "adapter"))
+        teachers = sorted(a.name for a in store.list() if a.kind in HF_KINDS)
         if not teachers:
             st.caption("No model in the store to distil yet.")
             return

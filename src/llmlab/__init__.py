@@ -17,7 +17,8 @@ __version__ = "0.1.0"
 
 import logging as _logging
 
+from llmlab.noise import NOISY_LOGGERS as _NOISY, quiet_loggers as _quiet_loggers
+
 # torchao (brought in by GPTQModel) logs "Failed to load ..." for its CUDA-only kernels on every
 # CPU import of transformers, and torch warns about its enums: noise, not news, for our users.
-for _name in ("torchao", "torch.utils._pytree"):
-    _logging.getLogger(_name).setLevel(_logging.ERROR)
+_quiet_loggers(*_NOISY, level=_logging.ERROR)

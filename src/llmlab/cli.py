@@ -518,7 +518,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_bundle(args: argparse.Namespace) -> int:
     """`llmlab bundle verify PATH`: every sha256 of an exported bundle."""
-    from llmlab.export import verify_bundle
+    from llmlab.serve.bundle import verify_bundle
 
     problems = verify_bundle(Path(args.path))
     for line in problems:
@@ -531,7 +531,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     path = gguf.setup()
     print(f"GGUF converter ready at {path}")

@@ -188,7 +188,7 @@ def _load_file(path: Path) -> list[Record]:
     if kind == ".txt":
         return [{"text": p.strip()} for p in re.split(r"\n\s*\n", read_text(path)) if p.strip()]
     if kind == ".jsonl":
-        return _parse_jsonl(read_text(path), path)
+        return parse_jsonl(read_text(path), path)
     if kind == ".json":
         return _parse_json(read_text(path), path)
     if kind == ".parquet":
@@ -197,7 +197,9 @@ def _load_file(path: Path) -> list[Record]:
                       f"Use one of: {', '.join(SUFFIXES)} (optionally .gz).")
 
 
-def _parse_jsonl(text: str, path: Path) -> list[Record]:
+def parse_jsonl(text: str, path: Path) -> list[Record]:
+    """The JSON objects of JSON Lines ``text`` (blank lines skipped); a bad line is a ConfigError naming
+    ``path`` and the line number."""
     out = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

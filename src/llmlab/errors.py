@@ -40,6 +40,10 @@ class StoreError(LlmlabError):
     exit_code = 4
 
 
+class CorruptFileError(StoreError):
+    """A model file that is truncated or not what its name says."""
+
+
 class MissingExtraError(LlmlabError):
     """An optional dependency is not installed."""
 

@@ -66,28 +66,28 @@ STEPS: dict[str, StepSpec] = {
         inputs=("model", "reference"), output=None,
     ),
     "tune": StepSpec(
-        "llmlab.tune:TuneConfig", "llmlab.tune:tune",
+        "llmlab.tune.step:TuneConfig", "llmlab.tune.step:tune",
         "Tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned.",
         inputs=("model",),
     ),
     "distill": StepSpec(
-        "llmlab.distill:DistillConfig", "llmlab.distill:distill",
+        "llmlab.tune.distill:DistillConfig", "llmlab.tune.distill:distill",
         "Distil a teacher into a smaller student (KL on its softened logits) and score both side by side.",
         inputs=("teacher", "student"),
     ),
     "quantize": StepSpec(
-        "llmlab.quantize:QuantizeConfig", "llmlab.quantize:quantize",
+        "llmlab.quantize.step:QuantizeConfig", "llmlab.quantize.step:quantize",
         "Quantize a model to GGUF types (optionally with an importance matrix) and/or GPTQ, AWQ, RTN, "
         "and score every variant.",
         inputs=("model",), output="outputs",
     ),
     "gguf-adapter": StepSpec(
-        "llmlab.gguf_adapter:GGUFAdapterConfig", "llmlab.gguf_adapter:convert_adapter",
+        "llmlab.quantize.adapter:GGUFAdapterConfig", "llmlab.quantize.adapter:convert_adapter",
         "Convert a LoRA adapter to a GGUF adapter that llama.cpp applies to a base GGUF without merging.",
         inputs=("adapter", "base"), output="output",
     ),
     "merge": StepSpec(
-        "llmlab.merge:MergeConfig", "llmlab.merge:merge",
+        "llmlab.merge.step:MergeConfig", "llmlab.merge.step:merge",
         "Merge models or adapters (every mergekit method, peft adapter combinations) and score against the parents.",
         inputs=("input_names",),
     ),
@@ -328,7 +328,7 @@ def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
 
     store = store or Store()
     results: list[StepResult] = []
-    with tracking.recipe_run(recipe, store=store, enabled=track) as tracker:
+    with tracking.recipe_run(recipe.name, recipe.resolved(), store=store, enabled=track) as tracker:
         for i, step in enumerate(recipe.steps):
             emit(progress, "step", index=i, total=len(recipe.steps), kind=step.kind, status="start",
                  outputs=step.output_names())
@@ -337,7 +337,7 @@ def run(recipe: Recipe, *, store: Store | None = None, force: bool = False,
             result.inputs = step.input_names()
             result.seconds = round(time.perf_counter() - t0, 2)
             results.append(result)
-            tracker.log_step(i, step, result)
+            tracker.log_step(i, step.kind, step.config_dict(), result.metrics, result.seconds, result.outputs)
             emit(progress, "step", index=i, total=len(recipe.steps), kind=step.kind, status=result.status,
                  outputs=result.outputs, seconds=result.seconds, metrics=result.metrics)
     return results

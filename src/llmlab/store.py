@@ -34,12 +34,21 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from llmlab import settings
 from llmlab.errors import ConfigError, NotFoundError, StoreError
+from llmlab.formats.gguf import read_header
+from llmlab.formats.hf import COPY_SUFFIXES, check_hf_folder
 
 Kind = Literal[
     "base", "full", "adapter", "merged", "distilled", "gguf", "gguf-adapter", "imatrix",
     "rtn", "gptq", "awq", "index", "agent", "bundle",
 ]
 KINDS: tuple[str, ...] = Kind.__args__  # type: ignore[attr-defined]
+# Kind groups: the one place that says which kinds a station takes or an engine runs.
+MODEL_KINDS = ("base", "full", "merged", "distilled")  # complete Hugging Face folders: tunable, quantizable
+HF_KINDS = (*MODEL_KINDS, "adapter")  # loaded by transformers (an adapter merged into its base): merge inputs
+GGUF_KINDS = ("gguf", "gguf-adapter")  # run by llama.cpp
+QUANTIZED_KINDS = ("gptq", "awq", "rtn")  # run by GPTQModel
+VARIANT_KINDS = ("gguf", *QUANTIZED_KINDS)  # what the Quantize station makes of a model
+RUNNABLE_KINDS = (*HF_KINDS, *GGUF_KINDS, *QUANTIZED_KINDS)  # what llmlab.runtime.load can run and chat with
 
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
@@ -436,10 +445,35 @@ class Store:
         return merged
 
     def add(self, source: str | Path, name: str | None = None, *, kind: str | None = None) -> Artifact:
-        """Import a local Hugging Face model folder (safetensors) or a ``.gguf`` file."""
-        from llmlab.importing import import_into_store
+        """Import a local Hugging Face model folder (safetensors) or a ``.gguf`` file (``llmlab models add``).
 
-        return import_into_store(self, Path(source), name, kind)
+        Everything is checked before anything is copied (``formats.hf.check_hf_folder``, a GGUF
+        file's header and tensor table); code files and pickles never come along."""
+        source = Path(source).expanduser()
+        if not source.exists():
+            raise NotFoundError(f"'{source}' does not exist.", "Give the path of a model folder or a .gguf file.")
+        name = validate_name(name or (source.stem if source.is_file() else source.name))
+        if source.is_file():
+            if source.suffix != ".gguf":
+                raise ConfigError(f"'{source.name}' is neither a model folder nor a .gguf file.")
+            header = read_header(source)
+            kind = kind or ("gguf-adapter" if header.get("type") == "adapter" else "gguf")
+            with self.write(name, kind) as w:
+                shutil.copy2(source, w.path / source.name)
+                w.info = {"source": str(source), **{k: v for k, v in header.items() if k != "metadata"}}
+            return self.get(name)
+
+        config = check_hf_folder(source)
+        with self.write(name, kind or "base") as w:
+            for p in sorted(source.iterdir()):
+                if p.is_file() and p.suffix in COPY_SUFFIXES:
+                    shutil.copy2(p, w.path / p.name)
+            w.info = {
+                "source": str(source),
+                "architecture": (config.get("architectures") or [config["model_type"]])[0],
+                "model_type": config["model_type"],
+            }
+        return self.get(name)
 
 
 def _first_error(e: Exception) -> str:

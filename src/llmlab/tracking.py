@@ -9,17 +9,15 @@ content hashes as tags, and their manifests as artifacts (references, not the we
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmlab import settings
-
-if TYPE_CHECKING:
-    from llmlab.recipes import Recipe, Step, StepResult
-    from llmlab.store import Store
+from llmlab.errors import ConfigError
+from llmlab.noise import quiet_loggers
+from llmlab.store import Store
 
 EXPERIMENT = "llmlab"
 
@@ -38,8 +36,7 @@ def open_mlflow(store: Store) -> tuple[Any, str]:
     import mlflow
 
     # mlflow configures its loggers on import; schema migrations and store set-up are not news.
-    for name in ("alembic", "mlflow"):
-        logging.getLogger(name).setLevel(logging.WARNING)
+    quiet_loggers("alembic", "mlflow")
 
     uri = settings.tracking_uri()
     if uri and uri.startswith("sqlite:///"):
@@ -60,32 +57,35 @@ class Tracker:
         self.store = store
         self.run_id = run_id
 
-    def log_step(self, index: int, step: Step, result: StepResult) -> None:
+    def log_step(self, index: int, kind: str, config: dict[str, Any], metrics: dict[str, Any], seconds: float,
+                 outputs: Sequence[str]) -> None:
+        """Log step ``index`` (0-based) of the run: its config, numeric metrics, time and output artifacts."""
         if self.mlflow is None:
             return
         params: dict[str, Any] = {}
-        _flatten(f"{index + 1}.{step.kind}", step.config_dict(), params)
+        _flatten(f"{index + 1}.{kind}", config, params)
         self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        metrics = {f"{index + 1}.{k}": float(v) for k, v in result.metrics.items()
+        numbers = {f"{index + 1}.{k}": float(v) for k, v in metrics.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
-        metrics[f"{index + 1}.seconds"] = result.seconds
-        self.mlflow.log_metrics(metrics)
-        for name in result.outputs:
+        numbers[f"{index + 1}.seconds"] = seconds
+        self.mlflow.log_metrics(numbers)
+        for name in outputs:
             art = self.store.get(name)
             self.mlflow.set_tag(f"artifact.{art.name}", f"{art.kind}:{art.content_hash}")
             self.mlflow.log_artifact(str(art.path / "manifest.json"), artifact_path=f"manifests/{art.name}")
 
 
 @contextlib.contextmanager
-def recipe_run(recipe: Recipe, *, store: Store, enabled: bool = True) -> Iterator[Tracker]:
-    """An MLflow run around a recipe, or a no-op tracker when tracking is off."""
+def recipe_run(name: str, resolved: dict[str, Any], *, store: Store, enabled: bool = True) -> Iterator[Tracker]:
+    """An MLflow run around the recipe ``name`` (``resolved``: its steps, logged as ``recipe.json``), or
+    a no-op tracker when tracking is off."""
     if not enabled or settings.tracking_uri() is None:
         yield Tracker(None, store)
         return
     mlflow, experiment_id = open_mlflow(store)
-    with mlflow.start_run(experiment_id=experiment_id, run_name=recipe.name) as run:
-        mlflow.set_tags({"llmlab.recipe": recipe.name, "llmlab.store": str(store.root)})
-        mlflow.log_dict(recipe.resolved(), "recipe.json")
+    with mlflow.start_run(experiment_id=experiment_id, run_name=name) as run:
+        mlflow.set_tags({"llmlab.recipe": name, "llmlab.store": str(store.root)})
+        mlflow.log_dict(resolved, "recipe.json")
         yield Tracker(mlflow, store, run.info.run_id)
 
 
@@ -95,7 +95,5 @@ def ui_command(host: str = "127.0.0.1", port: int = 5000) -> list[str]:
 
     uri = settings.tracking_uri()
     if uri is None:
-        from llmlab.errors import ConfigError
-
         raise ConfigError("Tracking is switched off (LLMLAB_TRACKING_URI=off).", "Unset it to use MLflow.")
     return [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", host, "--port", str(port)]

@@ -6,15 +6,16 @@ bundle = export(ExportConfig(model="demo-q4_k_m"), store=store)   # models/demo-
 verify_bundle(bundle.path)                                          # [] when every sha256 matches
 ```
 
-Modules: ``bundle`` (the step, verify/open), ``ollama`` (Jinja -> Go chat template, checked),
-``lockfile`` (serving-only requirements). The parity check is ``llmlab.parity``; the server,
-``llmlab.serve``.
+Modules: ``bundle`` (the step), ``agent`` (an index and agent inside a bundle), ``ollama`` (Jinja ->
+Go chat template, checked), ``lockfile`` (serving-only requirements), ``registry`` (bundles registered
+in MLflow), ``parity`` (the exported artifact answers as the original did). Reading and verifying a
+bundle is the server's side, ``llmlab.serve.bundle``.
 """
 
 from __future__ import annotations
 
-from llmlab.export.bundle import (BUNDLE_SPEC, GGUF_KINDS, HF_KINDS, ExportConfig, export, open_bundle, plan, tarball,
-                                   verify_bundle)
+from llmlab.export.bundle import ExportConfig, export, plan, tarball
+from llmlab.serve.bundle import BUNDLE_SPEC, open_bundle, verify_bundle
 
-__all__ = ["BUNDLE_SPEC", "GGUF_KINDS", "HF_KINDS", "ExportConfig", "export", "open_bundle", "plan", "tarball",
+__all__ = ["BUNDLE_SPEC", "ExportConfig", "export", "open_bundle", "plan", "tarball",
            "verify_bundle"]

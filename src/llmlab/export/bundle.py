@@ -34,14 +34,13 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError, StoreError
 from llmlab.events import Reporter, emit
+from llmlab.serve.bundle import BUNDLE_SPEC
+from llmlab.store import GGUF_KINDS, HF_KINDS
 
 if TYPE_CHECKING:
     from llmlab.store import Artifact, StepRecord, Store
 
-BUNDLE_SPEC = "bundle.json"
 AGENT_SPEC = "agent.yaml"
-GGUF_KINDS = ("gguf", "gguf-adapter")
-HF_KINDS = ("base", "full", "merged", "distilled", "adapter")
 
 
 class ExportConfig(BaseModel):
@@ -81,44 +80,6 @@ class ExportConfig(BaseModel):
             return self.name
         reg = self.registered
         return f"{reg[0]}-v{reg[1]}" if reg else f"{self.model}-bundle"
-
-
-# ----- reading a bundle -----
-def verify_bundle(path: str | Path) -> list[str]:
-    """One line per file that does not match the bundle's ``manifest.json`` (empty when intact)."""
-    from llmlab.store import MANIFEST, Manifest, hash_files
-
-    root = Path(path)
-    mpath = root / MANIFEST
-    if not mpath.is_file():
-        return [f"missing file: {MANIFEST}"]
-    try:
-        manifest = Manifest.model_validate_json(mpath.read_text())
-    except ValueError:
-        return [f"corrupted file: {MANIFEST}"]
-    actual = hash_files(root)
-    problems = [f"missing file: {rel}" for rel in manifest.files if rel not in actual]
-    problems += [f"tampered file: {rel} (sha256 differs from the manifest)" for rel, d in manifest.files.items()
-                 if rel in actual and actual[rel] != d]
-    problems += [f"unexpected file: {rel}" for rel in actual if rel not in manifest.files]
-    if manifest.kind != "bundle":
-        problems.append(f"{MANIFEST} describes a {manifest.kind} artifact, not a bundle")
-    return problems
-
-
-def open_bundle(path: str | Path, *, verify: bool = True) -> dict[str, Any]:
-    """The bundle's ``bundle.json``, after checking every hash (StoreError naming the first bad file)."""
-    root = Path(path)
-    if verify:
-        problems = verify_bundle(root)
-        if problems:
-            raise StoreError(f"The bundle '{root}' does not match its manifest: {problems[0]}"
-                             + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "") + ".",
-                             "Nothing was loaded. Export the bundle again, or copy it intact.")
-    try:
-        return json.loads((root / BUNDLE_SPEC).read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise StoreError(f"'{root / BUNDLE_SPEC}' cannot be read: {e}.") from None
 
 
 # ----- writing -----
@@ -165,11 +126,11 @@ def _model_files(art: Artifact, store: Store) -> tuple[str, Path, Path | None]:
     if art.kind == "gguf":
         return "gguf", art.file(".gguf"), None
     if art.kind == "gguf-adapter":
-        from llmlab.gguf_adapter import base_file
+        from llmlab.runtime.adapters import gguf_adapter_base
 
-        return "gguf", base_file(art, store), art.file(".gguf")
+        return "gguf", gguf_adapter_base(art, store), art.file(".gguf")
     if art.kind == "adapter":
-        from llmlab.tune import merged_folder
+        from llmlab.runtime.adapters import merged_folder
 
         return "hf", merged_folder(art, store), None
     if art.kind in HF_KINDS:
@@ -324,7 +285,7 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
         (w.path / "recipe.yaml").write_text(yaml.safe_dump(rebuild_recipe(top, store, config), sort_keys=False))
         (w.path / BUNDLE_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
         if config.parity and fmt == "gguf":
-            from llmlab.parity import check
+            from llmlab.export.parity import check
 
             emit(progress, "log", message="parity check: bundle server vs artifact")
             parity = check(w.path, art, store=store, progress=progress, verify=False)  # hashed right after

@@ -85,7 +85,7 @@ def register(bundle: Artifact, store: Store, name: str | None = None) -> dict[st
 
 def fetch(uri: str, dest: str | Path, store: Store) -> Path:
     """Download registered bundle ``models:/NAME/VERSION`` into ``dest`` (a new folder), hash-verified."""
-    from llmlab.export.bundle import verify_bundle
+    from llmlab.serve.bundle import verify_bundle
     from llmlab.store import MANIFEST, Manifest
 
     m = URI.match(uri)

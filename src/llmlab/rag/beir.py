@@ -66,10 +66,10 @@ def _open_text(path: str | Path) -> str:
 
 def load_queries(path: str | Path) -> dict[str, str]:
     """``{query id: text}`` from a BEIR queries JSONL (plain or .gz)."""
-    from llmlab.data import _parse_jsonl
+    from llmlab.data import parse_jsonl
 
     out = {}
-    for n, rec in enumerate(_parse_jsonl(_open_text(path), Path(path)), 1):
+    for n, rec in enumerate(parse_jsonl(_open_text(path), Path(path)), 1):
         if "_id" not in rec or not isinstance(rec.get("text"), str):
             raise ConfigError(f"{path}: query {n} is not a BEIR query ({{\"_id\": ..., \"text\": ...}}).")
         out[str(rec["_id"])] = rec["text"]

@@ -10,7 +10,10 @@ with load("demo") as m:                              # store name, Artifact, HF 
 The engine is chosen from the artifact's kind, else from the files (a ``.gguf`` file goes to
 llama.cpp, a folder of safetensors to transformers), or forced with ``engine=``. Engines live in
 ``ENGINES``: adding one (GPTQModel for ``gptq``/``awq``) is one entry there, plus its kinds in
-``KIND_ENGINES``. Nothing heavy is imported until a model is loaded.
+``KIND_LOADERS``. A kind that is not one plain set of weights names, in its loader, the runtime
+function that finds what to load (an adapter merged into its base, a GGUF adapter's base file):
+the runtime never calls back into the station that made the artifact. Nothing heavy is imported
+until a model is loaded.
 """
 
 from __future__ import annotations
@@ -21,12 +24,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmlab.errors import ConfigError, NotFoundError
-from llmlab.runtime.base import CorruptFileError, Message, Model, SamplingParams, check_memory
+from llmlab.errors import CorruptFileError
+from llmlab.runtime.base import Message, Model, SamplingParams, check_memory
 
 if TYPE_CHECKING:
     from llmlab.store import Artifact, Store
 
-__all__ = ["ENGINES", "KIND_ENGINES", "CorruptFileError", "Engine", "Message", "Model", "SamplingParams",
+__all__ = ["ENGINES", "KIND_ENGINES", "KIND_LOADERS", "KindLoader", "CorruptFileError", "Engine", "Message", "Model", "SamplingParams",
            "check_memory", "load", "resolve"]
 
 
@@ -39,8 +43,26 @@ class Engine:
     summary: str
 
     def load_class(self) -> type[Model]:
-        module, _, name = self.cls.partition(":")
-        return getattr(importlib.import_module(module), name)
+        return _import(self.cls)
+
+
+@dataclass(frozen=True)
+class KindLoader:
+    """How the runtime loads an artifact of one kind: its engine, and for kinds that are not one plain
+    set of weights, the function that finds what to load (``"module:function"``, called with the
+    artifact and its store) and whether the artifact itself is a llama.cpp LoRA applied on top."""
+
+    engine: str
+    locate: str | None = None
+    lora: bool = False
+
+    def path(self, artifact: Artifact, store: Store) -> Path:
+        return _import(self.locate)(artifact, store) if self.locate else artifact.path
+
+
+def _import(path: str) -> Any:
+    module, _, name = path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 ENGINES: dict[str, Engine] = {
@@ -51,12 +73,15 @@ ENGINES: dict[str, Engine] = {
     "gptqmodel": Engine("llmlab.runtime.gptq:GPTQModelEngine", "folder",
                         "GPTQ, AWQ and RTN folders through GPTQModel (CPU torch kernels, CUDA)"),
 }
-# Artifact kind -> engine; kinds not listed are decided by their files.
-KIND_ENGINES: dict[str, str] = {
-    "base": "transformers", "full": "transformers", "merged": "transformers", "distilled": "transformers",
-    "adapter": "transformers", "gguf": "llama.cpp", "gguf-adapter": "llama.cpp",
-    "gptq": "gptqmodel", "awq": "gptqmodel", "rtn": "gptqmodel",
+# Artifact kind -> how to load it; kinds not listed are decided by their files.
+KIND_LOADERS: dict[str, KindLoader] = {
+    **{kind: KindLoader("transformers") for kind in ("base", "full", "merged", "distilled")},
+    "adapter": KindLoader("transformers", "llmlab.runtime.adapters:merged_folder"),  # merged once, cached
+    "gguf": KindLoader("llama.cpp"),
+    "gguf-adapter": KindLoader("llama.cpp", "llmlab.runtime.adapters:gguf_adapter_base", lora=True),
+    **{kind: KindLoader("gptqmodel") for kind in ("gptq", "awq", "rtn")},
 }
+KIND_ENGINES: dict[str, str] = {kind: loader.engine for kind, loader in KIND_LOADERS.items()}
 _ALIASES = {"hf": "transformers", "llamacpp": "llama.cpp", "llama_cpp": "llama.cpp", "gguf": "llama.cpp",
             "gptq": "gptqmodel", "awq": "gptqmodel"}
 
@@ -68,7 +93,7 @@ def _engine_for_path(path: Path) -> str:
         raise ConfigError(f"'{path}' is not a model llmlab can load.",
                           "Give a .gguf file, a Hugging Face folder with safetensors, or an artifact name.")
     if any(path.glob("*.safetensors")):
-        from llmlab.gptq import quantization_config
+        from llmlab.runtime.gptq import quantization_config
 
         return "gptqmodel" if quantization_config(path) else "transformers"
     if len(list(path.glob("*.gguf"))) == 1:
@@ -95,22 +120,15 @@ def resolve(source: str | Path | Artifact, *, store: Store | None = None,
             artifact = store.get(str(source))  # raises NotFoundError listing known names
         else:
             path = Path(source)
+    loader = KIND_LOADERS.get(artifact.kind) if artifact is not None else None
     if artifact is not None:
-        path = artifact.path
-        if artifact.kind == "adapter":  # base + adapter merged once, cached by content hash
-            from llmlab.tune import merged_folder
-
-            path = merged_folder(artifact, store or Store(artifact.path.parent))
-        elif artifact.kind == "gguf-adapter":  # its base GGUF; load() passes the adapter as lora_path
-            from llmlab.gguf_adapter import base_file
-
-            path = base_file(artifact, store or Store(artifact.path.parent))
+        path = loader.path(artifact, store or Store(artifact.path.parent)) if loader else artifact.path
     if engine is not None:
         name = _ALIASES.get(engine, engine)
         if name not in ENGINES:
             raise ConfigError(f"Unknown engine '{engine}'.", f"Use one of: {', '.join(ENGINES)}.")
-    elif artifact is not None and artifact.kind in KIND_ENGINES:
-        name = KIND_ENGINES[artifact.kind]
+    elif loader is not None:
+        name = loader.engine
     else:
         name = _engine_for_path(path)
     target = ENGINES[name].target
@@ -135,7 +153,8 @@ def load(source: str | Path | Artifact, *, engine: str | None = None, store: Sto
     the engine (``n_ctx``; transformers: ``device``, ``dtype``; llama.cpp: ``n_gpu_layers``, ``lora_path``,
     ``lora_scale``)."""
     path, name, artifact = resolve(source, store=store, engine=engine)
-    if artifact is not None and artifact.kind == "gguf-adapter":
+    loader = KIND_LOADERS.get(artifact.kind) if artifact is not None else None
+    if artifact is not None and loader is not None and loader.lora:
         options.setdefault("lora_path", artifact.file(".gguf"))
     model = ENGINES[name].load_class()(path, **options)
     model.artifact = artifact

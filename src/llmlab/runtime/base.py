@@ -22,15 +22,11 @@ from typing import Any, ClassVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from llmlab.errors import ConfigError, ResourceError, StoreError
+from llmlab.errors import ConfigError, ResourceError
 
 Message = dict[str, str]
 
 MB = 1024 * 1024
-
-
-class CorruptFileError(StoreError):
-    """A model file that is truncated or not what its name says."""
 
 
 class SamplingParams(BaseModel):

@@ -8,48 +8,19 @@ never by ``import llmlab.runtime``.
 
 from __future__ import annotations
 
-import contextlib
-import json
-import logging
-import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from llmlab import settings
-from llmlab.errors import ConfigError, MissingExtraError, StoreError
-from llmlab.runtime.base import MB, CorruptFileError, Message, Model, check_memory
+from llmlab.errors import ConfigError, CorruptFileError, MissingExtraError, StoreError
+from llmlab.formats import safetensors
+from llmlab.noise import quiet_loading
+from llmlab.runtime.base import MB, Message, Model, check_memory
 
 _DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
-
-
-def safetensors_params(folder: Path) -> int:
-    """Number of parameters stored in the folder's safetensors files (headers already validated)."""
-    total = 0
-    for f in sorted(folder.glob("*.safetensors")):
-        with open(f, "rb") as fh:
-            n = int.from_bytes(fh.read(8), "little")
-            header = json.loads(fh.read(n))
-        total += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
-    return total
-
-
-@contextlib.contextmanager
-def _quiet_loading() -> Iterator[None]:
-    """Hide the weight-loading bar and the import noise of optional kernels (torchao on CPU)."""
-    from transformers.utils import logging as hf_logging
-
-    for name in ("torchao", "torch.utils._pytree"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    bar = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        if bar:
-            hf_logging.enable_progress_bar()
 
 
 class HFModel(Model):
@@ -65,7 +36,7 @@ class HFModel(Model):
             from transformers import AutoModelForCausalLM, AutoTokenizer
         except ImportError as e:
             raise MissingExtraError("Running Hugging Face models", "lab", "torch and transformers") from e
-        from llmlab.importing import check_hf_folder
+        from llmlab.formats.hf import check_hf_folder
 
         self._torch = torch
         try:
@@ -79,7 +50,7 @@ class HFModel(Model):
         if dtype not in _DTYPE_BYTES:
             raise ConfigError(f"Unknown dtype '{dtype}'.", f"Use one of: {', '.join(_DTYPE_BYTES)}.")
         self.dtype = dtype
-        self._n_params = safetensors_params(path)
+        self._n_params = safetensors.params(path)
         self._n_ctx = n_ctx or int(config.get("max_position_embeddings") or 2048)
         # weights in the run dtype, plus ~10% and 300 MB for activations and the torch runtime
         need = int(self._n_params * _DTYPE_BYTES[dtype] * 1.1) + 300 * MB
@@ -90,7 +61,7 @@ class HFModel(Model):
             check_memory(need, f"'{path.name}'")
         if self.device == "cpu":
             torch.set_num_threads(settings.threads())
-        with _quiet_loading():
+        with quiet_loading():
             self.tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
             self.model = AutoModelForCausalLM.from_pretrained(
                 path, dtype=getattr(torch, dtype), use_safetensors=True, trust_remote_code=False,

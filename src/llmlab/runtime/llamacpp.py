@@ -7,14 +7,13 @@ shared one in ``base.py``. The chat template comes from the GGUF metadata and is
 transformers renders it (same Jinja sandbox and options), so a prompt is the same text in both
 engines. ``self.llm`` is the ``llama_cpp.Llama`` for callers that want llama-cpp-python's own API.
 ``lora_path`` (and ``lora_scale``) applies a GGUF LoRA adapter on top of the model without merging
-(a ``gguf-adapter`` artifact loads this way: ``llmlab.gguf_adapter``).
+(a ``gguf-adapter`` artifact loads this way: ``llmlab.quantize.adapter``).
 """
 
 from __future__ import annotations
 
 import ctypes
 import functools
-import logging
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +23,8 @@ import numpy as np
 
 from llmlab import settings
 from llmlab.errors import ConfigError, MissingExtraError
+from llmlab.formats.gguf import read_header
+from llmlab.noise import quiet_llama_cpp
 from llmlab.runtime.base import MB, Message, Model, check_memory
 
 DEFAULT_MAX_CTX = 4096  # cap on the context when the model's own is larger (KV memory grows with it)
@@ -66,32 +67,6 @@ def _compile_template(template: str) -> Any:
     return env.from_string(template)
 
 
-_log_callback: Any = None  # the ctypes callback must stay referenced while llama.cpp may call it
-
-
-def quiet() -> None:
-    """Route llama.cpp's own log into Python logging, errors only.
-
-    llama-cpp-python's callback maps ggml's log levels with an outdated table (a warning counts
-    as an error) and prints to stderr, so its ``verbose=False`` still shows warnings."""
-    global _log_callback
-    if _log_callback is not None:
-        return
-    import ctypes
-
-    import llama_cpp
-
-    log = logging.getLogger("llmlab.llama_cpp")
-
-    @llama_cpp.llama_log_callback
-    def callback(level: int, text: bytes, user_data: Any) -> None:
-        if level == 4:  # GGML_LOG_LEVEL_ERROR (0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continued)
-            log.error(text.decode("utf-8", errors="replace").rstrip())
-
-    _log_callback = callback
-    llama_cpp.llama_log_set(callback, ctypes.c_void_p(0))
-
-
 class LlamaCppModel(Model):
     """A GGUF model in llama.cpp."""
 
@@ -104,10 +79,8 @@ class LlamaCppModel(Model):
             import llama_cpp
         except ImportError as e:
             raise MissingExtraError("Running GGUF models", "lab", "llama-cpp-python") from e
-        from llmlab.gguf import read_header
-
         self._ll = llama_cpp
-        quiet()
+        quiet_llama_cpp()
         header = read_header(path)  # a truncated or foreign file fails here, with its name
         if header.get("type") == "adapter":
             raise ConfigError(f"'{path.name}' is a LoRA adapter, not a model.",

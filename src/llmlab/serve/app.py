@@ -68,7 +68,7 @@ def load_served(config: ServeConfig) -> Served:
 
     opts = {"n_ctx": config.n_ctx} if config.n_ctx else {}
     src = Path(config.source).expanduser()
-    from llmlab.export import BUNDLE_SPEC, open_bundle
+    from llmlab.serve.bundle import BUNDLE_SPEC, open_bundle
 
     if src.is_dir() and (src / BUNDLE_SPEC).is_file():
         spec = open_bundle(src, verify=config.verify)  # raises naming a tampered file
@@ -81,7 +81,7 @@ def load_served(config: ServeConfig) -> Served:
         model = load(src / model_spec["file"], **opts)
         served = Served(model, config.model_name or spec["name"], src, spec)
         if "index" in spec:
-            from llmlab.export.agent import open_rag
+            from llmlab.serve.bundle import open_rag
 
             rag = open_rag(src, spec, model)
             served.embedder, served.agent, served.agent_name = rag.embedder, rag.agent, rag.agent_name

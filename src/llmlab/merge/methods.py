@@ -2,7 +2,7 @@
 adapter combinations (``peft_<type>``), each with what it takes (base policy, model counts, parameters).
 
 ```python
-from llmlab.merging.methods import methods
+from llmlab.merge.methods import methods
 methods()["ties"].per_model       # ('weight', 'density')
 ```
 """

@@ -7,7 +7,7 @@ then checks it against the index's stored vectors (cosine >= ``MIN_COSINE`` for 
 tokenizers only.
 
 ```python
-from llmlab.export.onnx_embedder import export_onnx, load_onnx_embedder
+from llmlab.rag.onnx_embedder import export_onnx, load_onnx_embedder
 info = export_onnx(load_embedder(None), out_dir)      # torch needed here
 emb = load_onnx_embedder(out_dir)                     # no torch
 emb.encode(["Where does Bodo live?"])          # float32, L2-normalised rows

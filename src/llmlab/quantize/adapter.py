@@ -1,7 +1,7 @@
 """LoRA adapters for llama.cpp: a peft ``adapter`` artifact as a ``gguf-adapter`` artifact.
 
 ```python
-from llmlab.gguf_adapter import GGUFAdapterConfig, convert_adapter
+from llmlab.quantize.adapter import GGUFAdapterConfig, convert_adapter
 convert_adapter(GGUFAdapterConfig(adapter="demo-lora"), store=store)   # writes demo-lora-gguf (+ demo-f16)
 with llmlab.runtime.load("demo-lora-gguf", store=store) as m:         # demo-f16.gguf + the adapter, unmerged
     m.chat([{"role": "user", "content": "Where does Ada live?"}])
@@ -90,7 +90,7 @@ def _base_parent(adapter: Artifact) -> Parent:
 
 def check_base(adapter: Artifact, gguf_art: Artifact, base_folder: Path) -> None:
     """Refuse ``gguf_art`` unless it was made from the adapter's base (see module doc)."""
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     want = _base_parent(adapter)
     if gguf_art.kind != "gguf":
@@ -122,7 +122,7 @@ def check_base(adapter: Artifact, gguf_art: Artifact, base_folder: Path) -> None
 
 def check_shapes(adapter_file: Path, base_file: Path) -> None:
     """Every ``X.lora_a`` / ``X.lora_b`` pair must match base tensor ``X`` (GGUF order: ne0 = row length)."""
-    from llmlab import gguf
+    from llmlab.quantize import gguf
 
     base, lora = gguf.tensor_shapes(base_file), gguf.tensor_shapes(adapter_file)
     for name, shape in lora.items():
@@ -141,8 +141,8 @@ def check_shapes(adapter_file: Path, base_file: Path) -> None:
 # ----- the step -----
 def _f16_base(base_art: Artifact, store: Store, step: StepRecord | None, progress: Reporter | None) -> Artifact:
     """``<base>-f16``: the base converted to an f16 GGUF artifact (as the Quantize station names it)."""
-    from llmlab import gguf
-    from llmlab.quantize import _gguf_info
+    from llmlab.quantize import gguf
+    from llmlab.quantize.step import gguf_info
     from llmlab.store import Parent
 
     name = f"{base_art.name}-f16"
@@ -151,16 +151,16 @@ def _f16_base(base_art: Artifact, store: Store, step: StepRecord | None, progres
         out = gguf.convert(base_art.path, w.path / f"{name}.gguf", "f16", progress)
         w.parents = [Parent(name=base_art.name, content_hash=base_art.content_hash, role="source")]
         w.step = step
-        w.info = {**_gguf_info(out, "F16"), "source": base_art.name}
+        w.info = {**gguf_info(out, "F16"), "source": base_art.name}
     return store.get(name)
 
 
 def convert_adapter(config: GGUFAdapterConfig, *, store: Store | None = None, progress: Reporter | None = None,
                     overwrite: bool = False, step: StepRecord | None = None) -> Artifact:
     """Write the ``gguf-adapter`` artifact ``config.output`` (see module doc); returns it."""
-    from llmlab import gguf
+    from llmlab.quantize import gguf
     from llmlab.store import Parent, Store
-    from llmlab.tune import base_of
+    from llmlab.runtime.adapters import base_of
 
     store = store or Store()
     adapter = store.get(config.adapter)
@@ -200,16 +200,3 @@ def convert_adapter(config: GGUFAdapterConfig, *, store: Store | None = None, pr
                   "tensor_count": header["tensor_count"], "size_bytes": header["size_bytes"]}
     emit(progress, "log", message=f"wrote {config.output} ({config.outtype}) for {base_gguf.name}")
     return store.get(config.output)
-
-
-def base_file(artifact: Artifact, store: Store) -> Path:
-    """The base GGUF file a ``gguf-adapter`` artifact runs on, checked against the recorded hash."""
-    parent = next((p for p in artifact.manifest.parents if p.role == "base"), None)
-    if parent is None:
-        raise StoreError(f"'{artifact.name}' names no base GGUF in its manifest.")
-    base = store.get(parent.name)
-    if base.content_hash != parent.content_hash:
-        raise StoreError(f"'{artifact.name}' was made for '{parent.name}' {parent.content_hash[:12]}, but "
-                         f"'{parent.name}' is now {base.content_hash[:12]}.",
-                         f"Convert the adapter again (llmlab gguf-adapter --adapter ... --base {parent.name}).")
-    return base.file(".gguf")

@@ -1,7 +1,7 @@
 """GPTQ, AWQ and round-to-nearest (RTN) weight quantization of a Hugging Face folder, through GPTQModel.
 
 ```python
-from llmlab.gptq import quantize_folder
+from llmlab.quantize.gptq import quantize_folder
 info = quantize_folder(Path("models/demo"), Path("/tmp/out"), method="gptq", bits=4, group_size=128,
                        texts=["calibration text", ...], samples=128)
 ```
@@ -27,20 +27,17 @@ lines are in the error. Nothing heavy is imported until a function runs.
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import os
-import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from llmlab import settings
-from llmlab.errors import ConfigError, LlmlabError, MissingExtraError
+from llmlab.errors import ConfigError, LlmlabError
 from llmlab.events import Reporter, emit
+from llmlab.noise import captured_output, log_tail
+from llmlab.runtime.gptq import QuantizationError, default_device, import_gptqmodel
 
 MB = 1024 * 1024
 # Method -> what it is, in one line (the app and the CLI help show these).
@@ -57,10 +54,6 @@ BITS = (4, 8)
 # Group sizes every GPTQModel kernel used here takes (the CPU torch kernels stop at 128).
 GROUP_SIZES = (16, 32, 64, 128)
 SEQ_LEN = 256  # tokens per calibration sample
-
-
-class QuantizationError(LlmlabError):
-    """GPTQModel failed to quantize, save or load a model."""
 
 
 def variant_suffix(method: str, bits: int, group_size: int) -> str:
@@ -120,81 +113,12 @@ def expected_bytes(shapes: dict[str, list[int]], bits: int, group_size: int) -> 
     return int(packed * bits / 8 + packed / group_size * (2 + bits / 8) + rest * 2)
 
 
-def device() -> str:
-    """'cuda' when torch sees a GPU, else 'cpu'."""
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-# ----- GPTQModel with its output kept out of ours -----
-def _import_gptqmodel() -> Any:
-    # GPTQModel refuses a CPU pool of one worker ("requests 2 workers but parent 'cpu' only has 1").
-    os.environ.setdefault("GPTQMODEL_CPU_WORKERS", "2")
-    try:
-        with captured_output():
-            import gptqmodel
-    except ImportError as e:
-        raise MissingExtraError("GPTQ/AWQ/RTN quantization", "lab", "gptqmodel") from e
-    return gptqmodel
-
-
 def _quiet_processor_logs(folder: Path) -> None:
     """GPTQModel writes per-layer logs to ``./logs`` (the caller's working directory, e.g. a user's
     repository): point its module-level folder at ``folder`` instead."""
     from gptqmodel.looper import loop_processor
 
     loop_processor._PROJECT_LOG_DIR = folder
-
-
-@contextlib.contextmanager
-def captured_output() -> Iterator[Path]:
-    """Send this process's stdout and stderr (file descriptors 1 and 2, so compilers and C code too)
-    to a temporary log file for the duration; yield its path. The file is removed afterwards, unless
-    the block raised: then it is kept, so the error can quote it (``log_tail``) and name it."""
-    import logging
-
-    fd, name = tempfile.mkstemp(prefix="llmlab-gptqmodel-", suffix=".log")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    saved = os.dup(1), os.dup(2)
-    os.dup2(fd, 1)
-    os.dup2(fd, 2)
-    failed = False
-    log = open(fd, "w", buffering=1, closefd=False)  # noqa: SIM115  (closed below, after the handlers move)
-    try:
-        with contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
-            yield Path(name)
-    except BaseException:
-        failed = True
-        raise
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        # Libraries imported inside the block (GPTQModel's logbar) attach logging handlers to the
-        # redirected stream: drop them before it closes, so later log records are not written to it.
-        loggers = [logging.getLogger(), *(v for v in logging.root.manager.loggerDict.values()
-                                          if isinstance(v, logging.Logger))]
-        for lg in loggers:
-            for handler in [h for h in lg.handlers if getattr(h, "stream", None) is log]:
-                lg.removeHandler(handler)
-        log.close()
-        for f in (*saved, fd):
-            os.close(f)
-        for logger in ("gptqmodel", "logbar", "tokenicer", "torchao", "torch.utils._pytree"):
-            logging.getLogger(logger).setLevel(logging.WARNING)
-        if not failed:
-            os.unlink(name)
-
-
-def log_tail(path: Path, lines: int = 5) -> str:
-    """The last non-empty lines of a captured log (progress-bar redraws dropped)."""
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    keep = [ln.split("\r")[-1].strip() for ln in text.splitlines()]
-    return " | ".join([ln for ln in keep if ln][-lines:])
 
 
 # ----- calibration -----
@@ -231,14 +155,6 @@ def quant_dtype(where: str) -> str:
     return "float16" if where.startswith("cuda") else "bfloat16"
 
 
-def run_dtype(method: str, bits: int, where: str) -> str:
-    """The float type GPTQModel runs a method in: float16 on CUDA; on CPU float32 where a float32
-    kernel exists (4-bit GPTQ format), else bfloat16 (AWQ, 8-bit)."""
-    if where.startswith("cuda"):
-        return "float16"
-    return "float32" if method != "awq" and bits == 4 else "bfloat16"
-
-
 def quantize_folder(src: Path, out: Path, *, method: str, bits: int = 4, group_size: int = 128,
                     texts: list[str] | None = None, samples: int = 128, progress: Reporter | None = None
                     ) -> dict[str, Any]:
@@ -252,10 +168,10 @@ def quantize_folder(src: Path, out: Path, *, method: str, bits: int = 4, group_s
     if method in CALIBRATED and not texts:
         raise ConfigError(f"{method.upper()} needs calibration text and the calibration set is empty.",
                           "Give calibration: world or a file with text, or use rtn.")
-    gptqmodel = _import_gptqmodel()
+    gptqmodel = import_gptqmodel()
     import torch
 
-    where = device()
+    where = default_device()
     dtype = quant_dtype(where)
     if where == "cpu":
         torch.set_num_threads(settings.threads())
@@ -283,25 +199,3 @@ def quantize_folder(src: Path, out: Path, *, method: str, bits: int = 4, group_s
     return {"method": method, "bits": bits, "group_size": group_size, "sym": True, "dtype": dtype,
             "device": where, "format": "gemm" if method == "awq" else "gptq",
             "calibration_samples": len(batches or []), "calibration_tokens": tokens, "seconds": round(seconds, 2)}
-
-
-# ----- reading a quantized folder -----
-def quantization_config(folder: Path) -> dict[str, Any] | None:
-    """The ``quantization_config`` of a folder's config.json when GPTQModel can load it, else None."""
-    try:
-        cfg = json.loads((folder / "config.json").read_text()).get("quantization_config") or {}
-    except (OSError, json.JSONDecodeError):
-        return None
-    return cfg if str(cfg.get("quant_method", "")).lower() in ("gptq", "awq") else None
-
-
-def quantized_params(folder: Path, bits: int) -> int:
-    """Number of weights a quantized folder stands for: plain tensors as stored, packed ``qweight``
-    tensors unpacked (32 / bits values per int32); scales, zeros and group indices not counted."""
-    from llmlab.quantize import tensor_shapes
-
-    total = 0
-    for k, shape in tensor_shapes(folder).items():
-        if not k.endswith((".qzeros", ".scales", ".g_idx")):
-            total += math.prod(shape) * (32 // bits if k.endswith(".qweight") else 1)
-    return total

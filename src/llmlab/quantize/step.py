@@ -1,7 +1,7 @@
 """The Quantize station: GGUF variants, GPTQ/AWQ/RTN variants, an importance matrix, a quality table.
 
 ```python
-from llmlab.quantize import QuantizeConfig, quantize, quality_table
+from llmlab.quantize.step import QuantizeConfig, quantize, quality_table
 summary = quantize(QuantizeConfig(model="demo", types=["q8_0", "q4_k_m"], imatrix="world"), store=store)
 rows = quality_table(summary["variants"], store)
 quantize(QuantizeConfig(model="demo", types=["gptq", "rtn"], bits=4, group_size=128), store=store)
@@ -11,7 +11,7 @@ quantize(QuantizeConfig(model="demo", types=["gptq", "rtn"], bits=4, group_size=
 an f16 GGUF artifact (``<prefix>-f16``), optionally computes an importance matrix from calibration
 text (``<prefix>-imatrix``), then writes one ``gguf`` artifact per type (``<prefix>-q4_k_m``...)
 whose parents are the source, the f16 file (the ``reference``) and the imatrix. The types
-``gptq``, ``awq`` and ``rtn`` go through GPTQModel (``llmlab.gptq``) straight from the source, at
+``gptq``, ``awq`` and ``rtn`` go through GPTQModel (``llmlab.quantize.gptq``) straight from the source, at
 ``bits`` and ``group_size``, into artifacts of those kinds named ``<prefix>-gptq-w4g128``...
 whose one parent (role ``source``) is also their reference; GPTQ and AWQ calibrate on
 ``calibration`` text, RTN on none, so GPTQ vs RTN shows what calibration buys. Everything that
@@ -42,16 +42,16 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from llmlab import data as datamod
-from llmlab import gptq
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
-from llmlab.gguf import QUANT_TYPES
+from llmlab.quantize import gptq
+from llmlab.quantize.gguf import QUANT_TYPES
 from llmlab.scoring import is_number
+from llmlab.store import MODEL_KINDS, VARIANT_KINDS
 
 if TYPE_CHECKING:
     from llmlab.store import Artifact, StepRecord, Store
 
-SOURCE_KINDS = ("base", "full", "merged", "distilled")
 MB = 1024 * 1024
 
 # Type -> (about how many bits per weight, what it is and when to use it): what the app shows.
@@ -202,7 +202,7 @@ class QuantizeConfig(BaseModel):
 def tensor_shapes(folder: Path) -> dict[str, list[int]]:
     """Every tensor's shape from a Hugging Face folder's safetensors headers (validated first; no
     weights are read). PyTorch order: a Linear weight is [out_features, in_features]."""
-    from llmlab.importing import check_hf_folder
+    from llmlab.formats.hf import check_hf_folder
 
     check_hf_folder(folder)
     shapes: dict[str, list[int]] = {}
@@ -276,8 +276,8 @@ def gguf_bpw(path: Path) -> float:
     return 8 * sum(int(t.n_bytes) for t in tensors) / max(1, sum(int(t.n_elements) for t in tensors))
 
 
-def _gguf_info(path: Path, type_name: str) -> dict[str, Any]:
-    from llmlab.gguf import read_header
+def gguf_info(path: Path, type_name: str) -> dict[str, Any]:
+    from llmlab.quantize.gguf import read_header
 
     h = read_header(path)
     return {"type": type_name, "bpw": round(gguf_bpw(path), 3), "size_bytes": h["size_bytes"],
@@ -293,14 +293,14 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
     Returns ``{"source", "f16", "imatrix", "variants", "table"}``: ``variants`` lists every quantized
     artifact (GGUF first, then GPTQModel's); ``f16`` is None when no GGUF type was asked; ``table``
     is empty unless ``score``."""
-    from llmlab import gguf
+    from llmlab.quantize import gguf
     from llmlab.store import Parent, Store
 
     store = store or Store()
     source = store.get(config.model)
-    if source.kind not in SOURCE_KINDS:
+    if source.kind not in MODEL_KINDS:
         raise ConfigError(f"'{source.name}' is a {source.kind} artifact; the Quantize station takes "
-                          f"{', '.join(SOURCE_KINDS)} models.",
+                          f"{', '.join(MODEL_KINDS)} models.",
                           "Quantize the model it came from (adapters: merge them first).")
     types = resolve_types(config.types)
     gguf_types = [t for t in types if t not in gptq.METHODS]
@@ -367,7 +367,7 @@ def _write_gguf(config: QuantizeConfig, types: list[str], source: Artifact, src_
                 calib: list[str] | None, *, store: Store, progress: Reporter | None, overwrite: bool,
                 step: StepRecord | None) -> tuple[str, str | None, list[str]]:
     """The f16 GGUF, the imatrix (when ``calib``) and one GGUF per type: their names."""
-    from llmlab import gguf
+    from llmlab.quantize import gguf
     from llmlab.store import Parent
 
     f16_name = config.variant_name("f16")
@@ -375,7 +375,7 @@ def _write_gguf(config: QuantizeConfig, types: list[str], source: Artifact, src_
     with store.write(f16_name, "gguf", overwrite=overwrite) as w:
         gguf.convert(source.path, w.path / f"{f16_name}.gguf", "f16", progress)  # verifies the tokenizer
         w.parents, w.step = [src_parent], step
-        w.info = {**_gguf_info(w.path / f"{f16_name}.gguf", "F16"), "source": source.name}
+        w.info = {**gguf_info(w.path / f"{f16_name}.gguf", "F16"), "source": source.name}
     f16 = store.get(f16_name)
     f16_file = f16.file(".gguf")
     parents = [src_parent, Parent(name=f16.name, content_hash=f16.content_hash, role="reference")]
@@ -403,7 +403,7 @@ def _write_gguf(config: QuantizeConfig, types: list[str], source: Artifact, src_
                           if imatrix_name else None, progress=progress)
             gguf.verify_tokenizer(source.path, out)
             w.parents, w.step = list(parents), step
-            w.info = {**_gguf_info(out, t), "source": source.name, "reference": f16.name, "imatrix": imatrix_name}
+            w.info = {**gguf_info(out, t), "source": source.name, "reference": f16.name, "imatrix": imatrix_name}
         variants.append(name)
     emit(progress, "progress", task="quantize", done=len(types), total=len(types))
     return f16_name, imatrix_name, variants
@@ -447,7 +447,7 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
                       speed_test=speed)
             info = art.manifest.info
             bpw = info.get("bpw")
-            if bpw is None and art.kind in SOURCE_KINDS:
+            if bpw is None and art.kind in MODEL_KINDS:
                 bpw = 8 * m["size_bytes"] / max(1, m["n_params"])
             row = {"name": name, "kind": art.kind, "type": info.get("type") or art.kind,
                    "reference": ref_name, "size_bytes": m["size_bytes"], "bpw": round(float(bpw or 0), 3),
@@ -463,7 +463,6 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
 
 
 # ----- reading, ranking and logging the table -----
-VARIANT_KINDS = ("gguf", *gptq.METHODS)
 # Row fields logged to MLflow as ``<variant>.<field>`` metrics.
 METRIC_FIELDS = ("ppl", "kld_mean", "kld_p99", "top1", "accuracy", "size_bytes", "bpw", "gen_tok_s",
                  "prompt_tok_s", "peak_rss_mb")

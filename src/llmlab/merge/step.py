@@ -13,7 +13,7 @@ Three kinds of method, one config:
   slerp, ties, dare_ties, della, model_stock, karcher, ...), run through ``mergekit.merge.run_merge``
   into the store's atomic write folder. Per-model ``weight``/``density`` (and the method's other
   parameters) are scalars or per-layer gradients (a list, interpolated over the layers). An
-  adapter artifact among the inputs is first merged into its base (``tune.merged_folder``), and
+  adapter artifact among the inputs is first merged into its base (``runtime.adapters.merged_folder``), and
   when the method needs a base and none is given, the adapters' common base is used;
 - ``unload``: one LoRA adapter merged into its base (merge-and-unload);
 - ``peft_<type>`` (``PEFT_COMBINATIONS``: linear, cat, ties, dare_linear, dare_ties, svd, ...):
@@ -29,7 +29,7 @@ estimates the memory needed; a merge that cannot work is refused with what diffe
 scores it and its parents on the same held-out text and questions (overall and per relation group
 of the demo world), with each specialist's retention on its own skill.
 
-This module holds the config and ``merge``; the parts live in ``llmlab.merging`` (methods, inputs,
+This module holds the config and ``merge``; the parts live beside it in ``llmlab.merge`` (methods, inputs,
 checks, mergekit_config, adapters, scores).
 """
 
@@ -45,16 +45,16 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError, StoreError
 from llmlab.events import Reporter, emit
-from llmlab.merging.adapters import check_adapters, combine_adapters, unload_yaml
-from llmlab.merging.checks import Compatibility, check_compatibility, refuse
-from llmlab.merging.inputs import MODEL_KINDS, Gradient, Input, ModelSpec, inputs_of
-from llmlab.merging.mergekit_config import load_mergekit_yaml, mergekit_dict, run_mergekit, yaml_inputs
-from llmlab.merging.methods import PEFT_COMBINATIONS, MethodInfo, get_method, mergekit_methods, methods
-from llmlab.merging.peak import peak_rss
-from llmlab.merging.scores import evaluate, skill_of
+from llmlab.merge.adapters import check_adapters, combine_adapters, unload_yaml
+from llmlab.merge.checks import Compatibility, check_compatibility, refuse
+from llmlab.merge.inputs import Gradient, Input, ModelSpec, inputs_of
+from llmlab.merge.mergekit_config import load_mergekit_yaml, mergekit_dict, run_mergekit, yaml_inputs
+from llmlab.merge.methods import PEFT_COMBINATIONS, MethodInfo, get_method, mergekit_methods, methods
+from llmlab.merge.peak import peak_rss
+from llmlab.merge.scores import evaluate, skill_of
 from llmlab.store import Artifact, StepRecord, Store
 
-__all__ = ["MODEL_KINDS", "PEFT_COMBINATIONS", "Compatibility", "MergeConfig", "MethodInfo", "ModelSpec",
+__all__ = ["PEFT_COMBINATIONS", "Compatibility", "MergeConfig", "MethodInfo", "ModelSpec",
            "check_compatibility", "evaluate", "merge", "mergekit_methods", "methods", "skill_of"]
 
 
@@ -145,7 +145,7 @@ def merge(config: MergeConfig, *, store: Store | None = None, progress: Reporter
     t0 = time.perf_counter()
     with store.write(config.name, kind, overwrite=overwrite) as w, peak_rss() as peak:
         if method == "unload":
-            from llmlab.tune import merged_folder
+            from llmlab.runtime.adapters import merged_folder
 
             shutil.copytree(merged_folder(inputs[0].artifact, store), w.path, dirs_exist_ok=True)  # type: ignore[arg-type]
             (w.path / "mergekit.yml").write_text(unload_yaml(inputs[0], store))

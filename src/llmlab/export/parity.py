@@ -1,7 +1,7 @@
 """Parity: does the exported bundle answer as the artifact that was evaluated?
 
 ```python
-from llmlab.parity import check
+from llmlab.export.parity import check
 report = check("models/demo-q4_k_m-bundle", "demo-q4_k_m")   # raises ParityError on drift
 ```
 
@@ -47,7 +47,7 @@ def check(bundle: str | Path, artifact: str | Artifact, *, store: Store | None =
     import httpx
     import numpy as np
 
-    from llmlab.export import open_bundle
+    from llmlab.serve.bundle import open_bundle
     from llmlab.runtime import SamplingParams, load
     from llmlab.serve import ServeConfig, running
 

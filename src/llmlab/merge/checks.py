@@ -2,7 +2,7 @@
 config and tokenizer files (no weights loaded), and the memory a merge needs.
 
 ```python
-from llmlab.merging.checks import check_compatibility
+from llmlab.merge.checks import check_compatibility
 report = check_compatibility(["demo-people", "demo-places"], store=store)
 report.ok, report.problems, report.tokenizer_options
 ```
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from llmlab.errors import ConfigError
-from llmlab.merging.inputs import Input, resolve_input
+from llmlab.merge.inputs import Input, resolve_input
 from llmlab.store import Store
 
 
@@ -28,7 +28,7 @@ def _sha(path: Path) -> str | None:
 def model_facts(inp: Input) -> dict[str, Any]:
     """Architecture, sizes, vocabulary, tokenizer and chat-template hashes, parameter bytes: read from
     config.json, tokenizer files and safetensors headers (no weights loaded)."""
-    from llmlab.importing import check_hf_folder
+    from llmlab.formats.hf import check_hf_folder
 
     cfg = check_hf_folder(inp.path)
     tok_dir = inp.artifact.path if inp.is_adapter else inp.path

@@ -40,10 +40,11 @@ from pathlib import Path
 from typing import Any
 
 from llmlab import settings
-from llmlab.errors import ConfigError, LlmlabError, MissingExtraError, NotFoundError, ResourceError
+from llmlab.errors import ConfigError, CorruptFileError, LlmlabError, MissingExtraError, NotFoundError, ResourceError
 from llmlab.events import Reporter, emit
-from llmlab.runtime.base import CorruptFileError
-from llmlab.runtime.llamacpp import quiet
+from llmlab.formats import safetensors
+from llmlab.formats.gguf import read_header, tensor_shapes
+from llmlab.noise import quiet_llama_cpp
 
 OUTTYPES = ("f32", "f16", "bf16")
 # Quant type -> values per block along a row (a tensor's first dimension must be a multiple).
@@ -67,7 +68,6 @@ TOKENIZER_PROBES = (
     "Ünïcödé: café, naïve, Straße, 日本語, emoji 🚀🦙 and a dash — here.",
     "I've been 'told' he's there; we'd've gone. HELLO hello HeLLo 1234567890",
 )
-ARRAY_PREVIEW = 16  # metadata arrays longer than this (vocab, merges) are summarized, not returned
 
 # The converter, run as ``python -c _WRAPPER <script> <args>``: with LLMLAB_PRE_TOKENIZER set, a
 # BPE pre-tokenizer the hash table does not know gets that name instead of failing.
@@ -141,7 +141,7 @@ def setup(sdist: str | Path | None = None, progress: Reporter | None = None) -> 
                 raise ConversionError(
                     f"The GGUF converter is not set up and could not be downloaded ({last}).",
                     "Run `llmlab setup` once while online (it caches llama.cpp's converter), or pass "
-                    "a downloaded llama_cpp_python sdist to llmlab.gguf.setup(sdist=...).",
+                    "a downloaded llama_cpp_python sdist to llmlab.quantize.gguf.setup(sdist=...).",
                 )
             sdist = found[0]
         sdist = Path(sdist)
@@ -198,15 +198,15 @@ def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16", prog
 
     The file is written next to ``out_file`` under a temporary name and renamed when complete.
     With ``verify`` llama.cpp must tokenize sample texts exactly as transformers does."""
-    from llmlab.importing import check_hf_folder
+    from llmlab.formats.hf import check_hf_folder
 
     hf_dir, out_file = Path(hf_dir), Path(out_file)
     if outtype not in OUTTYPES:
         raise ConfigError(f"Unknown GGUF outtype '{outtype}'.",
                           f"Use one of: {', '.join(OUTTYPES)}; for quantized types convert, then quantize().")
     check_hf_folder(hf_dir)
-    n_tensors = sum(_safetensors_count(p) for p in hf_dir.glob("*.safetensors"))
-    n_params = sum(_safetensors_params(p) for p in hf_dir.glob("*.safetensors"))
+    n_tensors = sum(len(safetensors.read_header(p)) for p in hf_dir.glob("*.safetensors"))
+    n_params = safetensors.params(hf_dir)
     check_disk(n_params * (4 if outtype == "f32" else 2), out_file.parent, f"Converting '{hf_dir.name}' to {outtype}")
     env = {"LLMLAB_PRE_TOKENIZER": "gpt-2"} if byte_level_bpe(hf_dir) else {}
     args = [str(hf_dir), "--outtype", outtype]
@@ -265,20 +265,6 @@ def check_disk(need: int, folder: Path, what: str) -> None:
                             f"is free under {probe}.", "Free some space or write somewhere else.")
 
 
-def _safetensors_header(path: Path) -> dict[str, Any]:
-    with open(path, "rb") as f:
-        n = int.from_bytes(f.read(8), "little")
-        return {k: v for k, v in json.loads(f.read(n)).items() if k != "__metadata__"}
-
-
-def _safetensors_count(path: Path) -> int:
-    return len(_safetensors_header(path))
-
-
-def _safetensors_params(path: Path) -> int:
-    return sum(math.prod(v["shape"]) for v in _safetensors_header(path).values())
-
-
 def verify_tokenizer(hf_dir: str | Path, gguf_file: str | Path, texts: tuple[str, ...] = TOKENIZER_PROBES) -> None:
     """Raise ConversionError unless llama.cpp tokenizes ``texts`` (and a chat prompt) as transformers does."""
     import llama_cpp
@@ -290,7 +276,7 @@ def verify_tokenizer(hf_dir: str | Path, gguf_file: str | Path, texts: tuple[str
         samples.append(tok.apply_chat_template(
             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Dunmere?"}],
             tokenize=False, add_generation_prompt=True))
-    quiet()
+    quiet_llama_cpp()
     llm = llama_cpp.Llama(model_path=str(gguf_file), vocab_only=True, verbose=False)
     try:
         for text in samples:
@@ -308,70 +294,6 @@ def verify_tokenizer(hf_dir: str | Path, gguf_file: str | Path, texts: tuple[str
                     )
     finally:
         llm.close()
-
-
-# ----- headers -----
-def read_header(path: str | Path) -> dict[str, Any]:
-    """Architecture, tensor count, parameters, file type, chat template and metadata of a GGUF file.
-
-    Raises CorruptFileError naming the file when it is not a GGUF file, its header cannot be
-    parsed, or its tensors extend past the end of the file (a truncated copy)."""
-    path = Path(path)
-    if not path.is_file():
-        raise NotFoundError(f"'{path}' does not exist.")
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        magic = f.read(4)
-    if magic != b"GGUF":
-        raise CorruptFileError(f"'{path}' is not a GGUF file (it does not start with 'GGUF').",
-                               "Give a .gguf model file.")
-    try:
-        from gguf import GGUFReader, GGUFValueType, LlamaFileType
-    except ImportError:
-        raise MissingExtraError("Reading GGUF files", "lab", "gguf") from None
-    try:
-        reader = GGUFReader(path, "r")
-    except Exception as e:  # the reader fails in many ways on a cut or damaged file
-        raise CorruptFileError(f"'{path}' is truncated or corrupt: its GGUF header cannot be read ({e}).",
-                               "Convert or copy the file again.") from None
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
-        if end > size:
-            raise CorruptFileError(f"'{path}' is truncated: tensor '{t.name}' ends at byte {end:,} but the "
-                                   f"file has {size:,}.", "Convert or copy the file again.")
-    meta: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if field.types and field.types[0] == GGUFValueType.ARRAY:
-            n = len(field.data)
-            meta[key] = field.contents() if n <= ARRAY_PREVIEW else f"<array of {n}>"
-        else:
-            meta[key] = field.contents()
-    arch = meta.get("general.architecture", "")
-    ftype = meta.get("general.file_type")
-    try:
-        file_type = None if ftype is None else LlamaFileType(ftype).name.removeprefix("MOSTLY_").removeprefix("ALL_")
-    except ValueError:
-        file_type = str(ftype)
-    tensor_types: dict[str, int] = {}
-    for t in reader.tensors:
-        tensor_types[t.tensor_type.name] = tensor_types.get(t.tensor_type.name, 0) + 1
-    return {
-        "path": str(path), "size_bytes": size, "arch": arch, "name": meta.get("general.name"),
-        "type": meta.get("general.type", "model"), "file_type": file_type,
-        "tensor_count": len(reader.tensors), "n_params": int(sum(int(t.n_elements) for t in reader.tensors)),
-        "context_length": meta.get(f"{arch}.context_length"), "chat_template": meta.get("tokenizer.chat_template"),
-        "tensor_types": tensor_types, "metadata": meta,
-    }
-
-
-def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
-    """Each tensor's shape in GGUF order (first entry = row length, ``ne0``)."""
-    from gguf import GGUFReader
-
-    read_header(path)
-    return {t.name: [int(x) for x in t.shape] for t in GGUFReader(Path(path), "r").tensors}
 
 
 # ----- quantization -----
@@ -408,7 +330,7 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, thre
     keep: list[Any] = []  # the imatrix arrays must outlive the call
     if imatrix is not None:
         params.imatrix = _imatrix_entries(read_imatrix(imatrix), keep)
-    quiet()  # llama.cpp logs every tensor otherwise
+    quiet_llama_cpp()  # llama.cpp logs every tensor otherwise
     dst.parent.mkdir(parents=True, exist_ok=True)
     tmp = dst.with_name(f".{dst.name}.{os.getpid()}.part")
     emit(progress, "log", message=f"quantizing {src.name} to {name}")
@@ -517,7 +439,7 @@ def compute_imatrix(gguf_file: str | Path, texts: list[str], out_file: str | Pat
         counts[name] = counts.get(name, 0) + acts.shape[0]
         return True
 
-    quiet()
+    quiet_llama_cpp()
     mparams = llama_cpp.llama_model_default_params()
     model = llama_cpp.llama_model_load_from_file(str(gguf_file).encode(), mparams)
     if not model:

@@ -1,7 +1,7 @@
 """Merge inputs: artifact names or folders resolved (an adapter with its base), per-model settings.
 
 ```python
-from llmlab.merging.inputs import resolve_input
+from llmlab.merge.inputs import resolve_input
 resolve_input("demo-people", store).adapter_base    # 'demo'
 ```
 """
@@ -15,13 +15,12 @@ from typing import TYPE_CHECKING, Union
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError, NotFoundError
-from llmlab.store import Artifact, Parent, Store
+from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Parent, Store
 
 if TYPE_CHECKING:
-    from llmlab.merge import MergeConfig
+    from llmlab.merge.step import MergeConfig
 
 Gradient = Union[float, list[float]]
-MODEL_KINDS = ("base", "full", "merged", "distilled")  # complete Hugging Face folders
 
 
 class ModelSpec(BaseModel):
@@ -65,19 +64,19 @@ def resolve_input(name: str, store: Store, spec: ModelSpec | None = None) -> Inp
             store.get(name)  # NotFoundError naming the missing parent and the known ones
         art = store.get(name)
         if art.kind == "adapter":
-            from llmlab.tune import base_of
+            from llmlab.runtime.adapters import base_of
 
             base = next((p.name for p in art.manifest.parents if p.role == "base"), None)
             return Input(name, base_of(art, store), art, spec, adapter_base=base)
         if art.kind not in MODEL_KINDS:
             raise ConfigError(f"'{name}' is a {art.kind} artifact; merging needs Hugging Face models or adapters "
-                              f"({', '.join((*MODEL_KINDS, 'adapter'))}).", "Merge the safetensors model it came from.")
+                              f"({', '.join(HF_KINDS)}).", "Merge the safetensors model it came from.")
         return Input(name, art.path, art, spec)
     path = Path(name).expanduser()
     if not path.is_dir():
         raise NotFoundError(f"The merge input '{name}' is neither a store artifact nor a folder.",
                             "List the artifacts with `llmlab models ls`.")
-    from llmlab.importing import check_hf_folder
+    from llmlab.formats.hf import check_hf_folder
 
     check_hf_folder(path)
     return Input(str(path), path, None, spec)
@@ -116,7 +115,7 @@ def inputs_of(config: MergeConfig, store: Store) -> list[Input]:
 def folder_of(i: Input, store: Store) -> Path:
     """The folder mergekit reads: an adapter's merged-into-base folder (cached), else the model's."""
     if i.is_adapter:
-        from llmlab.tune import merged_folder
+        from llmlab.runtime.adapters import merged_folder
 
         assert i.artifact is not None
         return merged_folder(i.artifact, store)

@@ -8,7 +8,7 @@ next-token distribution::
 
     loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy(labels)
 
-The training loop is the Tune station's (``llmlab.tune.train_loop``: length-grouped batches,
+The training loop is the Tune station's (``llmlab.tune.step.train_loop``: length-grouped batches,
 warm-up and decay, validation loss, checkpoints and resume, progress events, torchrun), with this
 loss plugged in. The artifact has parents ``teacher`` (and ``student`` when one was given); its
 metrics put the student beside the teacher: parameters and size, generation speed, perplexity,
@@ -29,7 +29,7 @@ from llmlab import settings
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.store import Artifact, Parent, StepRecord, Store
-from llmlab.tune import (LoopOptions, LossFn, Prepared, _Checkpoints, _wait_for_main, distributed, prepare,
+from llmlab.tune.step import (LoopOptions, LossFn, Prepared, _Checkpoints, _wait_for_main, distributed, prepare,
                          resolve_model, train_loop)
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def _model_folder(name: str, store: Store) -> tuple[Path, Artifact | None]:
     """A Hugging Face folder for ``name``; an adapter artifact is merged into its base first."""
     if "/" not in name and not name.startswith(("~", ".")) and store.exists(name) \
             and store.get(name).kind == "adapter":
-        from llmlab.tune import merged_folder
+        from llmlab.runtime.adapters import merged_folder
 
         art = store.get(name)
         return merged_folder(art, store), art

@@ -20,8 +20,8 @@ grouped by length so dynamic padding wastes little, and a checkpoint is written 
 run trl's trainers on ``{prompt, chosen, rejected}`` pairs.
 
 QLoRA (bitsandbytes) and the unsloth backend need an NVIDIA GPU; ``select_backend`` says what
-runs instead and why. ``merged_folder`` turns an adapter artifact into a loadable model folder
-(the runtime's way to score or chat with an adapter). torch, transformers, peft and trl are
+runs instead and why. (``llmlab.runtime.adapters.merged_folder`` is how the runtime loads an adapter
+artifact to score or chat with it.) torch, transformers, peft and trl are
 imported inside functions, so importing this module stays cheap.
 """
 
@@ -45,7 +45,8 @@ from llmlab import settings
 from llmlab.errors import ConfigError, NotFoundError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.noise import quiet_peft
-from llmlab.store import Artifact, Parent, StepRecord, Store
+from llmlab.runtime.adapters import merge_adapter
+from llmlab.store import MODEL_KINDS, Artifact, Parent, StepRecord, Store
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -58,7 +59,6 @@ Method = Literal["lora", "dora", "full", "qlora", "dpo", "orpo"]
 ADAPTER_METHODS = ("lora", "dora", "qlora", "dpo", "orpo")
 PREFERENCE_METHODS = ("dpo", "orpo")
 # Artifact kinds that are complete Hugging Face model folders (what can be tuned).
-TUNABLE_KINDS = ("base", "full", "merged", "distilled")
 QLORA_EXTRA = "pip install 'llmlab[qlora]'"
 UNSLOTH_EXTRA = "pip install 'llmlab[unsloth]'"
 # unsloth takes explicit module names; these are every linear layer of Llama-style blocks.
@@ -243,16 +243,16 @@ def resolve_model(model: str, store: Store) -> tuple[Path, Artifact | None]:
     looks_like_path = "/" in model or model.startswith(("~", "."))
     if not looks_like_path and store.exists(model):
         art = store.get(model)
-        if art.kind not in TUNABLE_KINDS:
+        if art.kind not in MODEL_KINDS:
             raise ConfigError(f"'{model}' is a {art.kind} artifact; the Tune station tunes full models "
-                              f"({', '.join(TUNABLE_KINDS)}).",
+                              f"({', '.join(MODEL_KINDS)}).",
                               "Merge an adapter into its base first (the Merge station), then tune the result.")
         return art.path, art
     path = Path(model).expanduser()
     if not path.is_dir():
         raise NotFoundError(f"No artifact named '{model}' in the store at {store.root}, and no folder of that name.",
                             "List the artifacts with `llmlab models ls`, or give a Hugging Face model folder.")
-    from llmlab.importing import check_hf_folder
+    from llmlab.formats.hf import check_hf_folder
 
     check_hf_folder(path)
     return path, None
@@ -923,53 +923,6 @@ def _train_preference(base: Path, records: list[dict[str, Any]], config: TuneCon
     return trainer.model, tok, train_log, facts
 
 
-# ----- adapters as loadable models -----
-def base_of(adapter: Artifact, store: Store) -> Path:
-    """The base model folder of an adapter artifact, checked against the manifest's lineage."""
-    parents = [p for p in adapter.manifest.parents if p.role == "base"]
-    if not parents:
-        folder = adapter.manifest.info.get("base_path")
-        if folder and Path(folder).is_dir():
-            return Path(folder)
-        raise StoreError(f"Adapter '{adapter.name}' names no base model in its manifest.")
-    p = parents[0]
-    base = store.get(p.name)
-    if base.content_hash != p.content_hash:
-        raise StoreError(f"Adapter '{adapter.name}' was trained on '{p.name}' {p.content_hash[:12]}, but "
-                         f"'{p.name}' is now {base.content_hash[:12]}: the base does not match.",
-                         f"Retune the adapter on the current '{p.name}', or restore that base.")
-    return base.path
-
-
-def _merge(base: Path, adapter_dir: Path, out: Path) -> Path:
-    """Write base + adapter merged (``merge_and_unload``) as a Hugging Face folder at ``out``."""
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    quiet_peft()
-    hf_logging.disable_progress_bar()  # no loading/writing bars inside llmlab's own work
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32, use_safetensors=True,
-                                                 local_files_only=True)
-    PeftModel.from_pretrained(model, adapter_dir).merge_and_unload().save_pretrained(tmp, safe_serialization=True)
-    AutoTokenizer.from_pretrained(adapter_dir, local_files_only=True).save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
-    return out
-
-
-def merged_folder(adapter: Artifact, store: Store) -> Path:
-    """A Hugging Face folder of base + adapter merged, cached under ``.cache/merged/<content hash>``
-    (llmlab's own derived files): what the runtime loads for an ``adapter`` artifact."""
-    out = store.root / ".cache" / "merged" / adapter.content_hash[:32]
-    if (out / "config.json").is_file():
-        return out
-    return _merge(base_of(adapter, store), adapter.path, out)
-
-
 # ----- evaluation -----
 def _evaluate(base: Path, tuned: Path, w: World | None, config: TuneConfig,
               progress: Reporter | None) -> dict[str, Any]:
@@ -1082,7 +1035,7 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
         w.metrics = {k: facts[k] for k in ("val_loss_before", "val_loss_after") if facts.get(k) is not None}
         if config.evaluate:
             del model  # free the training copy before two more models load
-            tuned = w.path if kind == "full" else _merge(base, w.path, ckpt.dir / "merged")
+            tuned = w.path if kind == "full" else merge_adapter(base, w.path, ckpt.dir / "merged")
             w.metrics.update(_evaluate(base, tuned, _world(store, base, base_art), config, progress))
             if tuned != w.path:
                 shutil.rmtree(tuned, ignore_errors=True)

@@ -1,7 +1,7 @@
 """Peak resident memory of a merge, read from the kernel instead of sampled by a thread.
 
 ```python
-from llmlab.merging.peak import peak_rss
+from llmlab.merge.peak import peak_rss
 with peak_rss() as peak:
     run_the_merge()
 peak.mb   # the process's highest resident set size while the block ran

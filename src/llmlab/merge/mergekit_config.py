@@ -2,7 +2,7 @@
 by key (store names resolved), and the run itself (``run_merge`` on CPU).
 
 ```python
-from llmlab.merging.mergekit_config import mergekit_dict
+from llmlab.merge.mergekit_config import mergekit_dict
 data, inputs, base = mergekit_dict(MergeConfig(name="m", method="ties", models=["a", "b"]), store)
 ```
 """
@@ -17,12 +17,12 @@ from pydantic import BaseModel
 
 from llmlab.errors import ConfigError, NotFoundError
 from llmlab.events import Reporter, emit
-from llmlab.merging.inputs import Input, folder_of, inputs_of, resolve_input
-from llmlab.merging.methods import MethodInfo, get_method
+from llmlab.merge.inputs import Input, folder_of, inputs_of, resolve_input
+from llmlab.merge.methods import MethodInfo, get_method
 from llmlab.store import Artifact, Parent, Store
 
 if TYPE_CHECKING:
-    from llmlab.merge import MergeConfig
+    from llmlab.merge.step import MergeConfig
 
 
 def _base_for(config: MergeConfig, info: MethodInfo, inputs: list[Input], store: Store) -> Input | None:

@@ -9,12 +9,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from llmlab.errors import ConfigError
-from llmlab.merging.inputs import Input
-from llmlab.merging.methods import PEFT_NEED_DENSITY
+from llmlab.merge.inputs import Input
+from llmlab.merge.methods import PEFT_NEED_DENSITY
 from llmlab.store import Store
 
 if TYPE_CHECKING:
-    from llmlab.merge import MergeConfig
+    from llmlab.merge.step import MergeConfig
 
 
 def combine_adapters(config: MergeConfig, inputs: list[Input], store: Store, out: Path) -> str:
