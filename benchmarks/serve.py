@@ -110,7 +110,7 @@ def main() -> None:
 
     gguf = Path(args.gguf or settings.home() / "demo-q4_k_m" / "demo-q4_k_m.gguf")
     with load(gguf) as m:
-        eos = m._ll.llama_vocab_eos(m._vocab)
+        eos = m.eos_id
         n_ctx = m.n_ctx
     load_start = os.getloadavg()
     env = {**os.environ, "LLMLAB_THREADS": str(args.threads), "LLMLAB_TRACKING_URI": "off"}

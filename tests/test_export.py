@@ -59,7 +59,7 @@ def test_modelfile_template_matches_jinja(exported) -> None:
     text = (bundle.path / "Modelfile").read_text()
     assert text.startswith("FROM ./model/micro-f16.gguf") and 'TEMPLATE """' in text and "PARAMETER stop" in text
     with load(bundle.path / "model" / "micro-f16.gguf") as m:
-        bos = m._token_text(m.bos_id) if m.bos_id is not None else ""
+        bos = m.token_text(m.bos_id) if m.bos_id is not None else ""
         template, stops = translate(lambda msgs, gen: m.apply_chat_template(msgs, add_generation_prompt=gen), bos)
         assert template in text and all(json.dumps(s) in text for s in stops)
     # a template that is not a plain sequence of role blocks is refused, with the reason

@@ -191,6 +191,17 @@ def test_greedy_and_logprobs_agree(cpp, hf):
     assert np.abs(a - b).max() < 5e-3 and (a.argmax(-1) == b.argmax(-1)).all()
 
 
+def test_token_text_and_template_agree_across_engines(cpp, hf):
+    # What an exporter needs from any model (Ollama's stop tokens, its TEMPLATE), through the public interface.
+    assert hf.eos_id == cpp.eos_id is not None and hf.bos_id == cpp.bos_id
+    assert hf.token_text(hf.eos_id) == cpp.token_text(cpp.eos_id) == "<|end|>"
+    ids = hf.tokenize("<|user|>Where does Bodo live?")
+    assert [hf.token_text(i) for i in ids] == [cpp.token_text(i) for i in ids]
+    assert hf.token_text(ids[0]) == "<|user|>"
+    assert hf.token_text(-1) is None and cpp.token_text(cpp.vocab_size) is None
+    assert hf.chat_template and hf.chat_template == cpp.chat_template
+
+
 def test_sampling_agrees_across_engines(cpp, hf):
     p, pieces = long_sample(hf)
     assert cpp.complete(PROMPT, p) == "".join(pieces)

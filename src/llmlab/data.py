@@ -115,7 +115,7 @@ NONE = ("", "none", "off")
 SPLITS = ("tune", "heldout", "rag")
 
 
-def resolve_texts(source: str | None, *, store: Store, artifact: Artifact, part: str = "eval",
+def resolve_texts(source: str | None, *, store: Store, artifact: Artifact | None, part: str = "eval",
                   limit: int | None = None) -> list[str] | None:
     """Texts named by a station option: ``world`` (the artifact's world: its held-out ``eval``
     text or its training ``train`` texts), a local file or data set, or none (None)."""
@@ -127,7 +127,7 @@ def resolve_texts(source: str | None, *, store: Store, artifact: Artifact, part:
     return load_texts(source, limit=limit)
 
 
-def resolve_questions(source: str | None, *, store: Store, artifact: Artifact,
+def resolve_questions(source: str | None, *, store: Store, artifact: Artifact | None,
                       limit: int | None = None) -> list[Record] | None:
     """Questions named by a station option: a world split (tune, heldout, rag), a file, or none."""
     if source is None or source.lower() in NONE:
@@ -137,12 +137,13 @@ def resolve_questions(source: str | None, *, store: Store, artifact: Artifact,
     return load_records(source, limit=limit)
 
 
-def _world_or_error(store: Store, artifact: Artifact, what: str) -> World:
+def _world_or_error(store: Store, artifact: Artifact | None, what: str) -> World:
     from llmlab.world import find_world
 
-    w = find_world(store, artifact)
+    w = find_world(store, artifact) if artifact is not None else None
     if w is None:
-        raise ConfigError(f"'{artifact.name}' was not trained on the demo world, so there are no world {what}.",
+        who = f"'{artifact.name}'" if artifact is not None else "The model"
+        raise ConfigError(f"{who} was not trained on the demo world, so there are no world {what}.",
                           "Give a data file instead (a .txt or .jsonl path), or none.")
     return w
 

@@ -32,14 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError
 from llmlab.events import Reporter, emit
 
 if TYPE_CHECKING:
     from llmlab.runtime import Model, SamplingParams
-    from llmlab.store import StepRecord, Store
+    from llmlab.store import Artifact, StepRecord, Store
 
 _WORD = re.compile(r"[a-z0-9]+")
 PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs. It's café time: naïve résumé 🚀!"
@@ -290,7 +290,40 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
     return metrics
 
 
-class ScoreConfig(BaseModel):
+class EvalOptions(BaseModel):
+    """What a station scores its result on: the one set of evaluation options that the score step,
+    Tune, Distill, Merge and Quantize share (the leaderboard's ``SuiteConfig`` names its texts alike).
+    ``eval_inputs`` turns them into texts and questions for an artifact."""
+
+    model_config = ConfigDict(extra="forbid")
+    texts: str | None = Field("world", validation_alias=AliasChoices("texts", "data", "eval_data"),
+                              description="Held-out texts for perplexity and KL divergence: 'world' (the demo "
+                              "world's held-out text), a data file, a public set name, or none.")
+    texts_limit: int = Field(200, ge=1, validation_alias=AliasChoices("texts_limit", "data_limit"),
+                             description="Most records read from texts.")
+    qa: str | None = Field("heldout", description="Questions for accuracy: a world split (tune, heldout, rag; "
+                           "heldout:people for one relation group), a .jsonl file of {question, answer}, or none.")
+    qa_limit: int = Field(200, ge=1, description="Most questions asked per model.")
+
+    def eval_inputs(self, *, store: Store, artifact: Artifact | None, progress: Reporter | None = None
+                    ) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
+        """The texts and questions these options name for ``artifact`` (None where the option is none).
+        The demo world's sources are skipped, with a log line, for a model without a demo world."""
+        from llmlab import data as datamod
+        from llmlab.world import find_world
+
+        texts, qa = self.texts, self.qa
+        world = find_world(store, artifact) if artifact is not None else None
+        if world is None and (texts == "world" or (qa or "").partition(":")[0] in datamod.SPLITS):
+            who = artifact.name if artifact is not None else "the model"
+            emit(progress, "log", message=f"{who} has no demo world: world texts and questions are skipped")
+            texts = None if texts == "world" else texts
+            qa = None if (qa or "").partition(":")[0] in datamod.SPLITS else qa
+        return (datamod.resolve_texts(texts, store=store, artifact=artifact, limit=self.texts_limit),
+                datamod.resolve_questions(qa, store=store, artifact=artifact, limit=self.qa_limit))
+
+
+class ScoreConfig(EvalOptions):
     """Options of the Score step (``llmlab score NAME`` and a recipe's ``score`` step)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -299,13 +332,7 @@ class ScoreConfig(BaseModel):
         None, description="Force an engine (transformers, llama.cpp); default: by artifact kind.")
     reference: str | None = Field(
         None, description="Artifact to compare with (KL divergence, top-1 agreement), e.g. the parent.")
-    data: str | None = Field("world", description="Texts for perplexity: 'world' (the demo world's held-out text), "
-                             "a data file, a public set name, or none.")
-    data_limit: int = Field(200, ge=1, description="Most records read from data.")
     max_len: int | None = Field(None, ge=2, description="Perplexity window in tokens (default: min(context, 512)).")
-    qa: str | None = Field("heldout", description="Questions for accuracy: a world split (tune, heldout, rag), "
-                           "a .jsonl file of {question, answer}, or none.")
-    qa_limit: int = Field(200, ge=1, description="Most questions asked.")
     speed: bool = Field(True, description="Measure prompt/generation speed.")
     prompt_tokens: int = Field(128, ge=1, description="Prompt length for the speed test.")
     gen_tokens: int = Field(64, ge=2, description="Generated tokens for the speed test.")
@@ -313,23 +340,14 @@ class ScoreConfig(BaseModel):
 
 def score_step(config: ScoreConfig, *, store: Store | None = None, progress: Reporter | None = None,
                overwrite: bool = False, step: StepRecord | None = None) -> dict[str, Any]:
-    """The recipe step: resolve ``data`` and ``qa`` to texts and questions, then ``score``.
-    The default ``world`` sources are skipped (with a log line) for a model without a demo world."""
-    from llmlab import data as datamod
+    """The recipe step: resolve ``texts`` and ``qa`` to texts and questions (``eval_inputs``), then ``score``."""
     from llmlab.store import Store
-    from llmlab.world import find_world
 
     store = store or Store()
     artifact = store.get(config.model)
-    data, qa = config.data, config.qa
-    if find_world(store, artifact) is None and (data == "world" or qa in datamod.SPLITS):
-        emit(progress, "log", message=f"{artifact.name} has no demo world: world texts and questions are skipped")
-        data = None if data == "world" else data
-        qa = None if qa in datamod.SPLITS else qa
-    texts = datamod.resolve_texts(data, store=store, artifact=artifact, limit=config.data_limit)
-    questions = datamod.resolve_questions(qa, store=store, artifact=artifact, limit=config.qa_limit)
+    texts, questions = config.eval_inputs(store=store, artifact=artifact, progress=progress)
     return score(artifact, store=store, data=texts, qa=questions, reference=config.reference, engine=config.engine,
-                 data_label=config.data, max_len=config.max_len, speed_test=config.speed,
+                 data_label=config.texts, max_len=config.max_len, speed_test=config.speed,
                  prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens, progress=progress)
 
 

@@ -29,9 +29,9 @@ if TYPE_CHECKING:
 def add_index(bundle: Path, index: Artifact, store: Store, progress: Reporter | None = None) -> dict[str, Any]:
     """Copy ``index`` into ``bundle/index`` and its embedder as ONNX into ``bundle/embedder``; the
     bundle.json entries that describe them."""
-    from llmlab.rag.onnx_embedder import MIN_COSINE, EmbedderParityError, OnnxEmbedder, export_onnx
     from llmlab.rag.embedder import load_embedder
     from llmlab.rag.index import CHUNKS, VECTORS, load_vectors, read_chunks
+    from llmlab.rag.onnx_embedder import MIN_COSINE, EmbedderParityError, OnnxEmbedder, export_onnx
     from llmlab.store import METRICS
 
     built = index.manifest.info.get("embedder", {})

@@ -376,10 +376,10 @@ def _modelfile(gguf_file: Path, adapter: Path | None) -> tuple[str, str | None]:
     from llmlab.runtime import load
 
     with load(gguf_file) as m:
-        bos = m._token_text(m.bos_id) if m.bos_id is not None else ""  # type: ignore[attr-defined]
-        eos = m._token_text(m._ll.llama_vocab_eos(m._vocab))  # type: ignore[attr-defined]
+        bos = m.token_text(m.bos_id) if m.bos_id is not None else ""
+        eos = m.token_text(m.eos_id) if m.eos_id is not None else None
         render = None
-        if m._template:  # type: ignore[attr-defined]
+        if m.chat_template:
             def render(msgs: Any, gen: bool) -> str:
                 return m.apply_chat_template(msgs, add_generation_prompt=gen)
         return modelfile(f"model/{gguf_file.name}", render, bos or "",

@@ -47,9 +47,9 @@ def check(bundle: str | Path, artifact: str | Artifact, *, store: Store | None =
     import httpx
     import numpy as np
 
-    from llmlab.serve.bundle import open_bundle
     from llmlab.runtime import SamplingParams, load
     from llmlab.serve import ServeConfig, running
+    from llmlab.serve.bundle import open_bundle
 
     spec = open_bundle(bundle, verify=verify)
     report: dict[str, Any] = {"prompts": len(prompts), "max_tokens": max_tokens, "tolerance": tolerance}

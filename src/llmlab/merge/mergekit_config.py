@@ -19,6 +19,7 @@ from llmlab.errors import ConfigError, NotFoundError
 from llmlab.events import Reporter, emit
 from llmlab.merge.inputs import Input, folder_of, inputs_of, resolve_input
 from llmlab.merge.methods import MethodInfo, get_method
+from llmlab.noise import quiet_loggers
 from llmlab.store import Artifact, Parent, Store
 
 if TYPE_CHECKING:
@@ -106,8 +107,12 @@ def _tokenizer_source(value: str, store: Store) -> str:
 def load_mergekit_yaml(path: str | Path, store: Store) -> dict[str, Any]:
     """A user's mergekit YAML, checked key by key (unknown keys are errors), with store names resolved."""
     import yaml
-    from mergekit.config import (InputModelDefinition, InputSliceDefinition, MergeConfiguration,
-                                 OutputSliceDefinition)
+    from mergekit.config import (
+        InputModelDefinition,
+        InputSliceDefinition,
+        MergeConfiguration,
+        OutputSliceDefinition,
+    )
 
     p = Path(path).expanduser()
     if not p.is_file():
@@ -178,8 +183,6 @@ def _adapter_by_merged(path: str, store: Store) -> Artifact | None:
 
 def run_mergekit(data: dict[str, Any], out: Path, seed: int, progress: Reporter | None) -> str:
     """Run mergekit on ``data`` into ``out``; return the YAML it ran."""
-    import logging
-
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
@@ -191,7 +194,7 @@ def run_mergekit(data: dict[str, Any], out: Path, seed: int, progress: Reporter 
     except Exception as e:  # pydantic's ValidationError or mergekit's RuntimeError from its validators
         raise ConfigError(f"mergekit refuses the configuration: {str(e).splitlines()[0]}.") from None
     emit(progress, "log", message=f"merging with mergekit ({cfg.merge_method})")
-    logging.getLogger("mergekit").setLevel(logging.WARNING)
+    quiet_loggers("mergekit")
     import torch
 
     torch.set_num_threads(settings.threads())

@@ -1,12 +1,14 @@
-"""A merge scored against its parents: the same held-out text and questions (per relation group of the
-demo world) for the merge and every parent, and each specialist's retention on its own skill.
+"""A merge scored against its parents: the same held-out texts and questions (per relation group of the
+demo world, by default) for the merge and every parent, and each specialist's retention on its own skill.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from llmlab.data import SPLITS
 from llmlab.events import Reporter, emit
+from llmlab.scoring import EvalOptions
 from llmlab.store import Artifact, Store
 
 
@@ -17,25 +19,31 @@ def skill_of(artifact: Artifact) -> list[str]:
     return [g for g in parts[2].split(",") if g] if len(parts) == 3 and parts[0] == "world" else []
 
 
-def evaluate(name: str, *, store: Store | None = None, qa_limit: int = 200,
+def evaluate(name: str, *, store: Store | None = None, options: EvalOptions | None = None,
              progress: Reporter | None = None) -> dict[str, Any]:
-    """Score a merge and each parent on the same world text and held-out questions (overall and per
-    relation group); record it all in the merge's metrics.json, with each specialist's retention
-    (merge accuracy / specialist accuracy on the specialist's own skill)."""
+    """Score a merge and each parent on the same held-out texts and questions (``options``; default: the
+    demo world's text and held-out questions, overall and per relation group); record it all in the
+    merge's metrics.json, with each specialist's retention (merge accuracy / specialist accuracy on
+    the specialist's own skill)."""
     from llmlab.world import RELATION_GROUP, find_world
 
     store = store or Store()
+    options = options or EvalOptions()
     art = store.get(name)
-    world = find_world(store, art)
-    if world is None:
-        emit(progress, "log", message=f"{name} has no demo world: the merge is not scored")
+    texts, questions = options.eval_inputs(store=store, artifact=art, progress=progress)
+    if not texts and not questions:
+        emit(progress, "log", message=f"{name}: no held-out texts or questions, so the merge is not scored")
         return {}
-    groups = sorted(set(RELATION_GROUP.values()))
-    qa = {g: world.split(f"heldout:{g}")[:qa_limit] for g in groups}
+    world = find_world(store, art)
+    split = (options.qa or "").partition(":")[0]
+    if world is not None and split in SPLITS:  # the world's questions, per relation group
+        qa = {g: world.split(f"{split}:{g}")[:options.qa_limit] for g in sorted(set(RELATION_GROUP.values()))}
+    else:
+        qa = {"all": questions or []}
     rows = {}
     for who in [name] + [p.name for p in art.manifest.parents if store.exists(p.name)]:
         emit(progress, "log", message=f"scoring {who}")
-        rows[who] = score_one(store.get(who), store, [world.eval_text], qa, progress)
+        rows[who] = score_one(store.get(who), store, texts or [], qa, progress)
     merged = rows.pop(name)
     retention = {}
     for p in art.manifest.parents:

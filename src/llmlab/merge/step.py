@@ -41,7 +41,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field
 
 from llmlab.errors import ConfigError, StoreError
 from llmlab.events import Reporter, emit
@@ -52,13 +52,14 @@ from llmlab.merge.mergekit_config import load_mergekit_yaml, mergekit_dict, run_
 from llmlab.merge.methods import PEFT_COMBINATIONS, MethodInfo, get_method, mergekit_methods, methods
 from llmlab.merge.peak import peak_rss
 from llmlab.merge.scores import evaluate, skill_of
+from llmlab.scoring import EvalOptions
 from llmlab.store import Artifact, StepRecord, Store
 
 __all__ = ["PEFT_COMBINATIONS", "Compatibility", "MergeConfig", "MethodInfo", "ModelSpec",
            "check_compatibility", "evaluate", "merge", "mergekit_methods", "methods", "skill_of"]
 
 
-class MergeConfig(BaseModel):
+class MergeConfig(EvalOptions):
     """Options of the Merge station (``llmlab merge`` and a recipe's ``merge`` step)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -84,9 +85,8 @@ class MergeConfig(BaseModel):
     mergekit_yaml: str | None = Field(None, description="Run this mergekit YAML file as is (models may be store "
                                       "names); method, models and weights are then taken from it.")
     seed: int = Field(0, description="Random seed (dare/della drop weights at random).")
-    evaluate: bool = Field(True, description="Score the merge and its parents on the demo world's held-out text "
-                           "and questions (when there is a world).")
-    qa_limit: int = Field(200, ge=1, description="Most held-out questions asked per model when evaluating.")
+    evaluate: bool = Field(True, description="Score the merge and its parents on the same held-out texts and "
+                           "questions (texts, qa; by default the demo world's, when there is one).")
 
     @property
     def input_names(self) -> list[str]:
@@ -163,5 +163,5 @@ def merge(config: MergeConfig, *, store: Store | None = None, progress: Reporter
         w.info = info
     store.record_metrics(config.name, {"merge_seconds": info["seconds"], "merge_peak_rss_mb": round(peak.mb, 1)})
     if config.evaluate:
-        evaluate(config.name, store=store, qa_limit=config.qa_limit, progress=progress)
+        evaluate(config.name, store=store, options=config, progress=progress)
     return store.get(config.name)

@@ -159,8 +159,8 @@ def convert_adapter(config: GGUFAdapterConfig, *, store: Store | None = None, pr
                     overwrite: bool = False, step: StepRecord | None = None) -> Artifact:
     """Write the ``gguf-adapter`` artifact ``config.output`` (see module doc); returns it."""
     from llmlab.quantize import gguf
-    from llmlab.store import Parent, Store
     from llmlab.runtime.adapters import base_of
+    from llmlab.store import Parent, Store
 
     store = store or Store()
     adapter = store.get(config.adapter)

@@ -40,7 +40,14 @@ from pathlib import Path
 from typing import Any
 
 from llmlab import settings
-from llmlab.errors import ConfigError, CorruptFileError, LlmlabError, MissingExtraError, NotFoundError, ResourceError
+from llmlab.errors import (
+    ConfigError,
+    CorruptFileError,
+    LlmlabError,
+    MissingExtraError,
+    NotFoundError,
+    ResourceError,
+)
 from llmlab.events import Reporter, emit
 from llmlab.formats import safetensors
 from llmlab.formats.gguf import read_header, tensor_shapes

@@ -39,14 +39,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from llmlab import data as datamod
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.quantize import gptq
 from llmlab.quantize.gguf import QUANT_TYPES
-from llmlab.scoring import is_number
+from llmlab.scoring import EvalOptions, is_number
 from llmlab.store import MODEL_KINDS, VARIANT_KINDS
 
 if TYPE_CHECKING:
@@ -109,7 +109,7 @@ def resolve_types(types: list[str]) -> list[str]:
     return out
 
 
-class QuantizeConfig(BaseModel):
+class QuantizeConfig(EvalOptions):
     """Options of the Quantize station (``llmlab quantize``, a recipe's ``quantize`` step, the app page)."""
 
     model_config = ConfigDict(extra="forbid")
@@ -135,18 +135,13 @@ class QuantizeConfig(BaseModel):
                            "this step writes, as llama.cpp does) or an artifact name.")
     score: bool = Field(True, description="Compute the quality table (perplexity, KL, top-1, accuracy, size, "
                         "speed) and store each row in the variant's metrics.")
-    eval_data: str = Field("world", description="Held-out texts for the table: 'world' (the world's eval text) "
-                           "or a data file.")
-    qa: str | None = Field("heldout", description="Questions for accuracy: a world split (heldout...), a .jsonl "
-                           "file of {question, answer}, or none.")
-    qa_limit: int = Field(200, ge=1, description="Most questions asked per variant.")
 
-    @field_validator("eval_data")
-    @classmethod
-    def _some_eval_text(cls, v: str, info: ValidationInfo) -> str:
-        if info.data.get("score", True) and v.strip().lower() in ("", "none", "off"):
-            raise ValueError("the quality table needs held-out text: use 'world', a data file, or score: false")
-        return v
+    @model_validator(mode="after")
+    def _some_eval_text(self) -> QuantizeConfig:
+        if self.score and (self.texts is None or self.texts.strip().lower() in ("", "none", "off")):
+            raise ValueError("the quality table needs held-out text (texts): use 'world', a data file, or "
+                             "score: false")
+        return self
 
     @field_validator("types")
     @classmethod
@@ -353,7 +348,7 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
 
     table: list[dict[str, Any]] = []
     if config.score:
-        texts = datamod.resolve_texts(config.eval_data, store=store, artifact=source)
+        texts = datamod.resolve_texts(config.texts, store=store, artifact=source, limit=config.texts_limit)
         qa = datamod.resolve_questions(config.qa, store=store, artifact=source, limit=config.qa_limit)
         reference = None if config.reference == "f16" else config.reference
         # [] (not None) when the config says none: quality_table reads None as "the world's defaults".

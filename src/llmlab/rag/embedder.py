@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from llmlab import settings
 from llmlab.errors import MissingExtraError, NotFoundError
+from llmlab.noise import no_progress_bars
 
 if TYPE_CHECKING:
     import numpy as np
@@ -84,11 +85,10 @@ class Embedder:
             try:
                 import torch
                 from sentence_transformers import SentenceTransformer
-                from transformers.utils import logging as hf_logging
             except ImportError:
                 raise MissingExtraError("Embedding text", "agents", "sentence-transformers") from None
             torch.set_num_threads(settings.threads())
-            hf_logging.disable_progress_bar()  # a weight-loading bar on every open is noise in the CLI
+            no_progress_bars()  # a weight-loading bar on every open is noise in the CLI
             self._model = SentenceTransformer(str(self.path), device="cpu", trust_remote_code=False,
                                               local_files_only=True)
         return self._model

@@ -23,8 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llmlab.errors import ConfigError, NotFoundError
-from llmlab.errors import CorruptFileError
+from llmlab.errors import ConfigError, CorruptFileError, NotFoundError
 from llmlab.runtime.base import Message, Model, SamplingParams, check_memory
 
 if TYPE_CHECKING:

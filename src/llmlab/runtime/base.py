@@ -139,6 +139,16 @@ class Model(abc.ABC):
         """The model's own chat template rendered for ``messages``."""
 
     @abc.abstractmethod
+    def token_text(self, token: int) -> str | None:
+        """The text of one token as the vocabulary holds it, special tokens included (``<|end|>``);
+        None for an id outside the vocabulary."""
+
+    @property
+    @abc.abstractmethod
+    def chat_template(self) -> str | None:
+        """The model's own chat template (Jinja source), or None when it has none."""
+
+    @abc.abstractmethod
     def logprobs(self, ids: Sequence[int]) -> np.ndarray:
         """``[len(ids), vocab]`` float32 log-softmax of the next-token distribution after each position."""
 
@@ -149,6 +159,10 @@ class Model(abc.ABC):
     @property
     @abc.abstractmethod
     def bos_id(self) -> int | None: ...
+
+    @property
+    @abc.abstractmethod
+    def eos_id(self) -> int | None: ...
 
     @property
     @abc.abstractmethod

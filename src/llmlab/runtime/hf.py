@@ -88,12 +88,25 @@ class HFModel(Model):
         return self.tokenizer.apply_chat_template(
             list(messages), tokenize=False, add_generation_prompt=add_generation_prompt)
 
+    def token_text(self, token: int) -> str | None:
+        if token < 0 or token >= len(self.tokenizer):
+            return None
+        return self.tokenizer.convert_ids_to_tokens(token)
+
+    @property
+    def chat_template(self) -> str | None:
+        return self.tokenizer.chat_template or None
+
     def is_eog(self, token: int) -> bool:
         return token in self._eos
 
     @property
     def bos_id(self) -> int | None:
         return self.tokenizer.bos_token_id
+
+    @property
+    def eos_id(self) -> int | None:
+        return self.tokenizer.eos_token_id
 
     @property
     def n_ctx(self) -> int:

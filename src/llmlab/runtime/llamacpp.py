@@ -143,10 +143,14 @@ class LlamaCppModel(Model):
     def detokenize(self, ids: Sequence[int]) -> str:
         return self.llm.detokenize(list(ids), special=False).decode("utf-8", errors="replace")
 
-    def _token_text(self, token: int) -> str | None:
-        if token < 0:
+    def token_text(self, token: int) -> str | None:
+        if token < 0 or token >= self._n_vocab:
             return None
         return self._ll.llama_vocab_get_text(self._vocab, token).decode("utf-8", errors="replace")
+
+    @property
+    def chat_template(self) -> str | None:
+        return self._template or None
 
     def apply_chat_template(self, messages: Sequence[Message], add_generation_prompt: bool = True) -> str:
         if not self._template:
@@ -155,7 +159,7 @@ class LlamaCppModel(Model):
         v, ll = self._vocab, self._ll
         specials = {"bos_token": ll.llama_vocab_bos(v), "eos_token": ll.llama_vocab_eos(v),
                     "pad_token": ll.llama_vocab_pad(v)}
-        named = {k: t for k, tok in specials.items() if (t := self._token_text(tok)) is not None}
+        named = {k: t for k, tok in specials.items() if (t := self.token_text(tok)) is not None}
         return _compile_template(self._template).render(
             messages=[dict(m) for m in messages], tools=None, documents=None,
             add_generation_prompt=add_generation_prompt, **named)
@@ -167,6 +171,11 @@ class LlamaCppModel(Model):
     def bos_id(self) -> int | None:
         bos = self._ll.llama_vocab_bos(self._vocab)
         return None if bos < 0 else int(bos)
+
+    @property
+    def eos_id(self) -> int | None:
+        eos = self._ll.llama_vocab_eos(self._vocab)
+        return None if eos < 0 else int(eos)
 
     @property
     def n_ctx(self) -> int:

@@ -35,7 +35,6 @@ from llmlab.serve.generation import Generation, schema_grammar
 from llmlab.serve.metrics import Metrics
 from llmlab.serve.requestlog import RequestLog
 
-
 MAX_EMBED_INPUTS = 256
 
 
