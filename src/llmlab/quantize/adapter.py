@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError, StoreError
 from llmlab.events import Reporter, emit
+from llmlab.formats import safetensors
 
 if TYPE_CHECKING:
     from llmlab.store import Artifact, Parent, StepRecord, Store
@@ -181,7 +182,7 @@ def convert_adapter(config: GGUFAdapterConfig, *, store: Store | None = None, pr
     check_base(adapter, base_gguf, base_folder)
     base_file = base_gguf.file(".gguf")
 
-    n_tensors = gguf._safetensors_count(adapter.path / "adapter_model.safetensors")
+    n_tensors = len(safetensors.read_header(adapter.path / "adapter_model.safetensors"))
     args = ["--base", str(base_folder), "--outtype", config.outtype, str(adapter.path)]
     with store.write(config.output, "gguf-adapter", overwrite=overwrite) as w:
         out = w.path / ADAPTER_FILE

@@ -204,7 +204,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
                            code="model_not_found")
         return req
 
-    def prepare(req: P._Request, prompt: str, add_special: bool, wanted: int | None, **gen_kw: Any) -> Generation:
+    def prepare(req: P.RequestBase, prompt: str, add_special: bool, wanted: int | None, **gen_kw: Any) -> Generation:
         n_prompt = len(model.tokenize(prompt, add_special=add_special))
         room = model.n_ctx - n_prompt
         if wanted is not None and wanted > config.max_tokens:

@@ -20,7 +20,9 @@ from llmlab.errors import ConfigError
 from llmlab.serve.generation import Generation, TokenInfo
 
 
-class _Request(BaseModel):
+class RequestBase(BaseModel):
+    """What chat and completion requests share."""
+
     # OpenAI clients send fields llmlab does not use (user, metadata...): ignored, not refused.
     model_config = ConfigDict(extra="ignore")
     model: str
@@ -40,7 +42,7 @@ class _Request(BaseModel):
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
 
 
-class ChatRequest(_Request):
+class ChatRequest(RequestBase):
     messages: list[dict[str, Any]] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     logprobs: bool = False
@@ -50,7 +52,7 @@ class ChatRequest(_Request):
     tool_choice: str | dict[str, Any] | None = None
 
 
-class CompletionRequest(_Request):
+class CompletionRequest(RequestBase):
     prompt: str | list[str]
     max_tokens: int | None = Field(16, ge=1)
     logprobs: int | None = Field(None, ge=0, le=20)
