@@ -75,7 +75,7 @@ def _baseline(model_dir: Path, records: list[dict[str, Any]], steps: int, batch:
 
 def _llmlab(store: Any, steps: int, batch: int, max_len: int, seed: int) -> dict[str, float]:
     from llmlab.scoring import peak_memory
-    from llmlab.tune.step import TuneConfig, tune
+    from llmlab.tune import TuneConfig, tune
 
     cfg = TuneConfig(name="bench-lora", model="demo", steps=steps, batch_size=batch, max_len=max_len, rank=32,
                      learning_rate=2e-3, seed=seed, evaluate=False, eval_every=10_000, checkpoint_every=10_000,
@@ -105,7 +105,8 @@ def main() -> None:
     from llmlab import settings
     from llmlab.build import BuildDemoConfig, build_demo
     from llmlab.store import Store, library_versions
-    from llmlab.tune.step import TuneConfig, load_data, tune
+    from llmlab.tune import TuneConfig, tune
+    from llmlab.tune.records import load_data
     from llmlab.world import find_world
 
     torch.set_num_threads(settings.threads())

@@ -289,7 +289,8 @@ def test_merge_recipe_loads() -> None:
 
 def test_one_skill_of_the_world_for_tuning_and_scoring(mstore: Store) -> None:
     from llmlab.data import resolve_questions
-    from llmlab.tune.step import TuneConfig, load_data
+    from llmlab.tune.config import TuneConfig
+    from llmlab.tune.records import load_data
     from llmlab.world import RELATION_GROUP
 
     records, is_world = load_data(TuneConfig(name="x", model="micro", data="world:tune:places"), mstore)

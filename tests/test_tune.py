@@ -12,11 +12,25 @@ from pydantic import ValidationError
 
 pytest.importorskip("peft")
 
-from llmlab.runtime.adapters import base_of, merged_folder
-from llmlab.tune import step as T  # noqa: E402
 from llmlab import world  # noqa: E402
 from llmlab.errors import ConfigError, NotFoundError, StoreError  # noqa: E402
+from llmlab.runtime.adapters import base_of, merged_folder  # noqa: E402
 from llmlab.store import Store  # noqa: E402
+from llmlab.training.batching import Example, collate, split_indices  # noqa: E402
+from llmlab.training.checkpoints import CHECKPOINT  # noqa: E402
+from llmlab.tune.anchor import AnchoredLoss  # noqa: E402
+from llmlab.tune.config import TuneConfig, select_backend  # noqa: E402
+from llmlab.tune.records import (  # noqa: E402
+    MASK_CLOSE,
+    MASK_OPEN,
+    prepare,
+    prepare_anchor,
+    preview,
+    segments,
+    tokenize,
+    world_pairs,
+)
+from llmlab.tune.step import tune  # noqa: E402
 
 
 def _jsonl(path: Path, rows: list[dict]) -> Path:
@@ -39,13 +53,17 @@ def tok(micro_model_dir: Path):
     return AutoTokenizer.from_pretrained(micro_model_dir, local_files_only=True)
 
 
-def _cfg(data: Path | str, **kw) -> T.TuneConfig:
-    return T.TuneConfig(**{"name": "t", "model": "micro", "data": str(data), "steps": 3, "batch_size": 8,
+def _cfg(data: Path | str, **kw) -> TuneConfig:
+    return TuneConfig(**{"name": "t", "model": "micro", "data": str(data), "steps": 3, "batch_size": 8,
                            "rank": 8, "evaluate": False, "eval_every": 2, **kw})
 
 
 def test_import_does_not_load_torch():
-    code = ("import sys, llmlab.tune.step; heavy = {'torch', 'transformers', 'peft', 'trl'} & set(sys.modules); "
+    modules = ("llmlab.tune", "llmlab.tune.step", "llmlab.tune.config", "llmlab.tune.records", "llmlab.tune.model",
+               "llmlab.tune.preference", "llmlab.tune.anchor", "llmlab.tune.distill", "llmlab.training",
+               "llmlab.training.loop", "llmlab.training.batching", "llmlab.training.losses",
+               "llmlab.training.checkpoints", "llmlab.training.distributed")
+    code = (f"import sys, {', '.join(modules)}; heavy = {{'torch', 'transformers', 'peft', 'trl'}} & set(sys.modules); "
             "assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -54,7 +72,7 @@ def test_import_does_not_load_torch():
 def test_methods_write_valid_artifacts(micro_store, method, kind):
     store, qa = micro_store
     events: list[dict] = []
-    art = T.tune(_cfg(qa, name=f"t-{method}", method=method), store=store, progress=events.append)
+    art = tune(_cfg(qa, name=f"t-{method}", method=method), store=store, progress=events.append)
     assert art.kind == kind and store.verify(art.name) == []
     assert [(p.name, p.role) for p in art.manifest.parents] == [("micro", "base")]
     assert art.manifest.parents[0].content_hash == store.get("micro").content_hash
@@ -77,25 +95,25 @@ def test_methods_write_valid_artifacts(micro_store, method, kind):
 
 def test_labels_mask_exactly_the_prompt(tok):
     msgs = world.chat_messages("Where does Ada Voss live?", "Dunmere")
-    ex = T.tokenize(tok, msgs, answer_only=True)
+    ex = tokenize(tok, msgs, answer_only=True)
     prompt = tok.apply_chat_template(msgs[:-1], tokenize=False, add_generation_prompt=True)
     n = len(tok(prompt, add_special_tokens=False)["input_ids"])
     assert ex.labels[:n] == [-100] * n
     assert ex.labels[n:] == ex.input_ids[n:] and -100 not in ex.labels[n:]
     assert tok.decode(ex.input_ids[n:]) == "Dunmere<|end|>\n"
-    assert tok.decode(ex.input_ids) == T._segments(tok, msgs, True)[0][0] + "Dunmere<|end|>\n"
-    everything = T.tokenize(tok, msgs, answer_only=False)
+    assert tok.decode(ex.input_ids) == segments(tok, msgs, True)[0][0] + "Dunmere<|end|>\n"
+    everything = tokenize(tok, msgs, answer_only=False)
     assert everything.labels == everything.input_ids == ex.input_ids
-    text = T.tokenize(tok, "Plain text to continue.", answer_only=True)
+    text = tokenize(tok, "Plain text to continue.", answer_only=True)
     assert text.labels == text.input_ids and text.input_ids[-1] == tok.eos_token_id
 
 
 def test_preview_marks_the_masked_part(micro_model_dir):
-    rows = T.preview(T.TuneConfig(name="p", model=str(micro_model_dir)), 2)
+    rows = preview(TuneConfig(name="p", model=str(micro_model_dir)), 2)
     first = world.World.load(micro_model_dir / "world").split("tune")[0]
     r = rows[0]
     assert len(rows) == 2 and r["text"].startswith("<|bos|><|system|>")
-    assert r["marked"] == f"{T.MASK_OPEN}{r['segments'][0]['text']}{T.MASK_CLOSE}{first['answer']}<|end|>\n"
+    assert r["marked"] == f"{MASK_OPEN}{r['segments'][0]['text']}{MASK_CLOSE}{first['answer']}<|end|>\n"
     assert [s["trained"] for s in r["segments"]] == [False, True]
     assert first["question"] in r["segments"][0]["text"]
     assert 0 < r["trained_tokens"] < r["tokens"]
@@ -105,40 +123,40 @@ def test_bad_data_names_record_and_field(micro_store, tmp_path):
     store, _ = micro_store
     bad = _jsonl(tmp_path / "bad.jsonl", [{"instruction": "Say hi", "output": "hi"}, {"instruction": "Say bye"}])
     with pytest.raises(ConfigError, match="Record 2 has 'instruction' but no 'output'"):
-        T.tune(_cfg(bad), store=store)
+        tune(_cfg(bad), store=store)
     odd = _jsonl(tmp_path / "odd.jsonl", [{"foo": 1, "bar": 2}])
     with pytest.raises(ConfigError, match=r"Record 1 has fields \['bar', 'foo'\]"):
-        T.tune(_cfg(odd), store=store)
+        tune(_cfg(odd), store=store)
     turns = _jsonl(tmp_path / "turns.jsonl", [{"messages": [{"role": "user", "content": "hi"}]}])
     with pytest.raises(ConfigError, match="Record 1: the last turn"):
-        T.tune(_cfg(turns), store=store)
+        tune(_cfg(turns), store=store)
     pairs = _jsonl(tmp_path / "pairs.jsonl", [{"prompt": "p", "chosen": "a"}])
     with pytest.raises(ConfigError, match="Record 1 has no 'rejected' field"):
-        T.tune(_cfg(pairs, method="dpo"), store=store)
+        tune(_cfg(pairs, method="dpo"), store=store)
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
     with pytest.raises(ConfigError, match="holds no records"):
-        T.tune(_cfg(empty), store=store)
+        tune(_cfg(empty), store=store)
     with pytest.raises(NotFoundError, match="no demo world"):
-        T.tune(_cfg("world:tune"), store=store)  # imported without its world/ folder
+        tune(_cfg("world:tune"), store=store)  # imported without its world/ folder
     with pytest.raises(NotFoundError, match="No artifact named 'nope'"):
-        T.tune(_cfg(bad, model="nope"), store=store)
+        tune(_cfg(bad, model="nope"), store=store)
     assert not store.exists("t")
 
 
 def test_long_sequences_are_truncated_and_counted(tok):
     records = [{"text": "word " * 200}, {"text": "short"}, {"question": "Q " * 100, "answer": "A"}]
     events: list[dict] = []
-    prepared = T.prepare(_cfg("x", max_len=32, val_fraction=0), tok, records, False, events.append)
+    prepared = prepare(_cfg("x", max_len=32, val_fraction=0), tok, records, False, events.append)
     assert prepared.truncated == 2 and prepared.dropped == 1  # the long question lost its answer
     assert all(len(e.input_ids) <= 32 for e in prepared.train) and len(prepared.train) == 2
     assert any(e["type"] == "log" and "2 of 3 sequences" in e["message"] for e in events)
 
 
 def test_split_is_seeded():
-    assert T._split(50, 0.2, 1) == T._split(50, 0.2, 1)
-    train, val = T._split(50, 0.2, 1)
-    assert len(val) == 10 and not set(train) & set(val) and T._split(50, 0.2, 2) != (train, val)
+    assert split_indices(50, 0.2, 1) == split_indices(50, 0.2, 1)
+    train, val = split_indices(50, 0.2, 1)
+    assert len(val) == 10 and not set(train) & set(val) and split_indices(50, 0.2, 2) != (train, val)
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -147,28 +165,28 @@ def test_split_is_seeded():
 ])
 def test_bad_options_are_errors_with_hints(field, value, match):
     with pytest.raises(ValidationError, match=match):
-        T.TuneConfig(name="x", model="m", **{field: value})
+        TuneConfig(name="x", model="m", **{field: value})
     with pytest.raises(ValidationError, match="Extra inputs"):
-        T.TuneConfig(name="x", model="m", ranks=8)
+        TuneConfig(name="x", model="m", ranks=8)
 
 
 def test_target_modules_from_a_flag():
-    assert T.TuneConfig(name="x", model="m", target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
-    assert T.TuneConfig(name="x", model="m").target_modules == "all-linear"
+    assert TuneConfig(name="x", model="m", target_modules="q_proj, v_proj").target_modules == ["q_proj", "v_proj"]
+    assert TuneConfig(name="x", model="m").target_modules == "all-linear"
 
 
 def test_backend_selection_without_cuda(monkeypatch):
     import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    plan = T.select_backend(T.TuneConfig(name="x", model="m", method="qlora"))
+    plan = select_backend(TuneConfig(name="x", model="m", method="qlora"))
     assert (plan.backend, plan.method, plan.device) == ("peft", "lora", "cpu")
     assert "pip install 'llmlab[qlora]'" in plan.messages[0] and "NVIDIA GPU" in plan.messages[0]
-    assert T.select_backend(T.TuneConfig(name="x", model="m")).backend == "peft"
+    assert select_backend(TuneConfig(name="x", model="m")).backend == "peft"
     with pytest.raises(ConfigError, match=r"NVIDIA GPU.*pip install 'llmlab\[unsloth\]'"):
-        T.select_backend(T.TuneConfig(name="x", model="m", backend="unsloth"))
+        select_backend(TuneConfig(name="x", model="m", backend="unsloth"))
     with pytest.raises(ConfigError, match="torch sees no CUDA GPU"):
-        T.select_backend(T.TuneConfig(name="x", model="m", device="cuda"))
+        select_backend(TuneConfig(name="x", model="m", device="cuda"))
 
 
 def test_backend_selection_with_cuda_but_no_extras(monkeypatch):
@@ -180,23 +198,23 @@ def test_backend_selection_with_cuda_but_no_extras(monkeypatch):
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",
                         lambda n, *a: None if n in ("unsloth", "bitsandbytes") else real(n, *a))
-    plan = T.select_backend(T.TuneConfig(name="x", model="m", method="qlora"))
+    plan = select_backend(TuneConfig(name="x", model="m", method="qlora"))
     assert (plan.backend, plan.method, plan.device) == ("peft", "lora", "cuda")
     assert "bitsandbytes is not installed" in plan.messages[0]
     with pytest.raises(ConfigError, match="unsloth is not installed"):
-        T.select_backend(T.TuneConfig(name="x", model="m", backend="unsloth"))
+        select_backend(TuneConfig(name="x", model="m", backend="unsloth"))
     monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: object() if n == "unsloth" else real(n, *a))
-    assert T.select_backend(T.TuneConfig(name="x", model="m")).backend == "unsloth"
-    assert T.select_backend(T.TuneConfig(name="x", model="m", method="full")).backend == "peft"
+    assert select_backend(TuneConfig(name="x", model="m")).backend == "unsloth"
+    assert select_backend(TuneConfig(name="x", model="m", method="full")).backend == "peft"
 
 
 def test_dpo_on_synthetic_pairs(micro_store, tmp_path):
     store, _ = micro_store
     pairs = _jsonl(tmp_path / "pairs.jsonl", [
         {"prompt": f"What colour is item {i}?", "chosen": "red", "rejected": "I do not know"} for i in range(4)])
-    rows = T.preview(_cfg(pairs, method="dpo"), 1, store=store)
+    rows = preview(_cfg(pairs, method="dpo"), 1, store=store)
     assert rows[0]["chosen"] == "red" and rows[0]["prompt"].endswith("<|assistant|>\n")
-    art = T.tune(_cfg(pairs, name="t-dpo", method="dpo", steps=2, batch_size=2), store=store)
+    art = tune(_cfg(pairs, name="t-dpo", method="dpo", steps=2, batch_size=2), store=store)
     assert art.kind == "adapter" and store.verify(art.name) == []
     assert art.manifest.info["method"] == "dpo" and art.manifest.parents[0].role == "base"
     assert len((art.path / "training_log.jsonl").read_text().splitlines()) == 2
@@ -208,7 +226,7 @@ def test_dpo_on_world_pairs(store, micro_model_dir):
     with store.write("micro", "base") as w:  # with its world (Store.add leaves it out)
         shutil.copytree(micro_model_dir, w.path, dirs_exist_ok=True)
     qa = world.World.load(micro_model_dir / "world").split("tune")
-    pairs = T.world_pairs(qa, seed=0)
+    pairs = world_pairs(qa, seed=0)
     assert pairs and len(pairs) <= len(qa)
     by_q = {q["question"]: q for q in qa}
     for p in pairs:
@@ -216,9 +234,9 @@ def test_dpo_on_world_pairs(store, micro_model_dir):
         assert p["chosen"] == q["answer"] and p["rejected"] != q["answer"]
         assert p["rejected"] in {r["answer"] for r in qa if r["relation"] == q["relation"]}
     cfg = _cfg("world:tune", name="t-wdpo", method="dpo", steps=1, batch_size=2, data_limit=12)
-    rows = T.preview(cfg, 2, store=store)
+    rows = preview(cfg, 2, store=store)
     assert rows[0]["chosen"] == pairs[0]["chosen"] and rows[0]["rejected"] == pairs[0]["rejected"]
-    art = T.tune(cfg, store=store)
+    art = tune(cfg, store=store)
     assert art.manifest.info["method"] == "dpo" and art.manifest.info["pairs"] == 12
 
 
@@ -237,15 +255,15 @@ def test_resume_continues_from_the_checkpoint(micro_store):
             raise _Stop
 
     with pytest.raises(_Stop):
-        T.tune(cfg, store=store, progress=crash_at_5)
+        tune(cfg, store=store, progress=crash_at_5)
     assert not store.exists("t-resume")
-    assert (store.root / ".cache" / "tune" / "t-resume" / T.CHECKPOINT).is_file()
+    assert (store.root / ".cache" / "tune" / "t-resume" / CHECKPOINT).is_file()
     events: list[dict] = []
-    resumed = T.tune(cfg, store=store, progress=events.append)
+    resumed = tune(cfg, store=store, progress=events.append)
     assert any("resumed from the checkpoint at step 5" in e.get("message", "") for e in events)
     assert resumed.manifest.info["resumed_from_step"] == 5
     assert [e["done"] for e in events if e["type"] == "progress"] == [6]
-    straight = T.tune(cfg.model_copy(update={"name": "t-straight"}), store=store)
+    straight = tune(cfg.model_copy(update={"name": "t-straight"}), store=store)
     a = load_file(resumed.path / "adapter_model.safetensors")
     b = load_file(straight.path / "adapter_model.safetensors")
     assert a.keys() == b.keys() and all((a[k] - b[k]).abs().max() < 1e-5 for k in a)
@@ -254,8 +272,8 @@ def test_resume_continues_from_the_checkpoint(micro_store):
     assert all(abs(x["loss"] - y["loss"]) < 1e-3 for x, y in zip(log_of(resumed), log_of(straight)))
     # A checkpoint from other settings is not resumed.
     with pytest.raises(_Stop):
-        T.tune(cfg.model_copy(update={"name": "t-other"}), store=store, progress=crash_at_5)
-    other = T.tune(cfg.model_copy(update={"name": "t-other", "learning_rate": 1e-3}), store=store)
+        tune(cfg.model_copy(update={"name": "t-other"}), store=store, progress=crash_at_5)
+    other = tune(cfg.model_copy(update={"name": "t-other", "learning_rate": 1e-3}), store=store)
     assert other.manifest.info["resumed_from_step"] is None
 
 
@@ -263,14 +281,14 @@ def test_evaluate_and_adapter_loading(micro_model_dir, store):
     from llmlab.runtime import load
 
     base = store.add(micro_model_dir, "micro")
-    art = T.tune(T.TuneConfig(name="t-eval", model=str(micro_model_dir), steps=2, rank=4, qa_limit=3),
+    art = tune(TuneConfig(name="t-eval", model=str(micro_model_dir), steps=2, rank=4, qa_limit=3),
                  store=store)
     m = art.metrics
     assert {"accuracy", "accuracy_before", "ppl", "ppl_before", "val_loss_before", "val_loss_after"} <= set(m)
     assert m["accuracy_n"] == 3 and art.manifest.info["base_path"] == str(micro_model_dir)
     # An adapter on a store base loads through merged_folder (what the runtime calls).
     qa = world.World.load(micro_model_dir / "world").split("tune")
-    adapter = T.tune(_cfg(_jsonl(store.root.parent / "qa.jsonl", qa), name="t-ad", steps=1), store=store)
+    adapter = tune(_cfg(_jsonl(store.root.parent / "qa.jsonl", qa), name="t-ad", steps=1), store=store)
     folder = merged_folder(adapter, store)
     assert merged_folder(adapter, store) == folder  # cached
     with load(folder) as model:
@@ -283,16 +301,16 @@ def test_evaluate_and_adapter_loading(micro_model_dir, store):
     assert base.kind == "base"
 
 
-def _anchor_kl(store: Store, adapter: str, anchor: list[T.Example]) -> float:
+def _anchor_kl(store: Store, adapter: str, anchor: list[Example]) -> float:
     """KL(base || tuned) on the anchor's answer tokens, for an adapter in the store."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(store.get("micro").path),
                                       store.get(adapter).path)
-    probe = T.AnchoredLoss(anchor, 1.0, len(anchor), 1, 0, "cpu", 0)
+    probe = AnchoredLoss(anchor, 1.0, len(anchor), 1, 0, "cpu", 0)
     ex = anchor[0]
-    probe(model, *T._collate([ex], 0, "cpu")[:3], 1)
+    probe(model, *collate([ex], 0, "cpu")[:3], 1)
     return probe.kl[-1]
 
 
@@ -302,15 +320,15 @@ def test_anchor_keeps_the_base_on_the_anchor_data(micro_store, micro_model_dir, 
     people = _jsonl(tmp_path / "people.jsonl", [r for r in qa if world.RELATION_GROUP[r["relation"]] == "people"])
     places = _jsonl(tmp_path / "places.jsonl", [r for r in qa if world.RELATION_GROUP[r["relation"]] != "people"])
     opts = {"steps": 12, "learning_rate": 1e-2, "val_fraction": 0}
-    T.tune(_cfg(people, name="t-plain", **opts), store=store)
+    tune(_cfg(people, name="t-plain", **opts), store=store)
     events: list[dict] = []
-    anchored = T.tune(_cfg(people, name="t-anchored", anchor=str(places), anchor_weight=5.0, **opts), store=store,
+    anchored = tune(_cfg(people, name="t-anchored", anchor=str(places), anchor_weight=5.0, **opts), store=store,
                       progress=events.append)
     info = anchored.manifest.info["anchor"]
     assert info["records"] > 0 and info["weight"] == 5.0 and info["kl_end"] >= 0
     assert any("anchored on" in e.get("message", "") for e in events)
     cfg = _cfg(people, anchor=str(places))
-    anchor = T.prepare_anchor(cfg, tok, store)
+    anchor = prepare_anchor(cfg, tok, store)
     assert len(anchor) == info["records"]
     kl_plain, kl_anchored = _anchor_kl(store, "t-plain", anchor), _anchor_kl(store, "t-anchored", anchor)
     # Without the anchor, training on people moves the answers to places questions; with it, far less.
@@ -329,9 +347,9 @@ def test_an_anchored_run_resumes_to_the_same_weights(micro_store, micro_model_di
             raise _Stop
 
     with pytest.raises(_Stop):
-        T.tune(cfg, store=store, progress=crash_at_5)
-    resumed = T.tune(cfg, store=store)
-    straight = T.tune(cfg.model_copy(update={"name": "t-astraight"}), store=store)
+        tune(cfg, store=store, progress=crash_at_5)
+    resumed = tune(cfg, store=store)
+    straight = tune(cfg.model_copy(update={"name": "t-astraight"}), store=store)
     assert resumed.manifest.info["resumed_from_step"] == 5
     a = load_file(resumed.path / "adapter_model.safetensors")
     b = load_file(straight.path / "adapter_model.safetensors")
@@ -341,5 +359,5 @@ def test_an_anchored_run_resumes_to_the_same_weights(micro_store, micro_model_di
 def test_anchor_needs_a_lora_type_method():
     for method in ("full", "dpo"):
         with pytest.raises(ValidationError, match="anchor needs a LoRA-type method"):
-            T.TuneConfig(name="x", model="m", method=method, anchor="world:tune:people")
-    assert T.TuneConfig(name="x", model="m", method="dora", anchor="world:tune:people").anchor_weight == 1.0
+            TuneConfig(name="x", model="m", method=method, anchor="world:tune:people")
+    assert TuneConfig(name="x", model="m", method="dora", anchor="world:tune:people").anchor_weight == 1.0

@@ -14,10 +14,10 @@ import pytest
 
 pytest.importorskip("peft")
 
-from llmlab.tune import step as T  # noqa: E402
 from llmlab import world  # noqa: E402
 from llmlab.serve.process import free_port  # noqa: E402
 from llmlab.store import Store  # noqa: E402
+from llmlab.tune import TuneConfig, tune  # noqa: E402
 
 ARGS = {"steps": 3, "batch_size": 8, "rank": 8, "evaluate": False, "eval_every": 2, "val_fraction": 0.1}
 
@@ -39,7 +39,7 @@ def qa_file(micro_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_torchrun_two_ranks_match_one_process(micro_model_dir, qa_file, tmp_path):
     one = Store(tmp_path / "one")
     one.add(micro_model_dir, "micro")
-    single = T.tune(T.TuneConfig(name="t", model="micro", data=str(qa_file), **ARGS), store=one)
+    single = tune(TuneConfig(name="t", model="micro", data=str(qa_file), **ARGS), store=one)
 
     two = Store(tmp_path / "two")
     two.add(micro_model_dir, "micro")

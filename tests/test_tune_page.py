@@ -22,7 +22,7 @@ from apptest import open_page, run_notebook, texts  # noqa: E402
 from llmlab import world  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.store import Store  # noqa: E402
-from llmlab.tune.step import MASK_CLOSE, MASK_OPEN  # noqa: E402
+from llmlab.tune.records import MASK_CLOSE, MASK_OPEN  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "views/tune.py"

@@ -186,7 +186,7 @@ def _build_into(out: Path, config: BuildDemoConfig, progress: Reporter | None) -
     stories = _tinystories(config.tinystories_chars)
     tokenizer = build_tokenizer(_tokenizer_corpus(the_world) + stories, p.vocab)
     tokenizer.model_max_length = p.context
-    model, device = _new_model(config, tokenizer)
+    model, device = new_model(config, tokenizer)
     train_docs, grounded_docs = _encode_corpus(tokenizer, the_world, stories)
     val_blocks = _val_blocks(tokenizer, the_world.eval_text, p.seq_len)
     log = _train(model, device, config, train_docs, grounded_docs, val_blocks, progress)
@@ -250,7 +250,7 @@ def _val_blocks(tokenizer: Any, text: str, seq_len: int) -> list[list[int]]:
     return [b for b in blocks if len(b) > 1]
 
 
-def _new_model(config: BuildDemoConfig, tokenizer: Any) -> tuple[Any, Any]:
+def new_model(config: BuildDemoConfig, tokenizer: Any) -> tuple[Any, Any]:
     import torch
     from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
 

@@ -66,7 +66,7 @@ STEPS: dict[str, StepSpec] = {
         inputs=("model", "reference"), output=None,
     ),
     "tune": StepSpec(
-        "llmlab.tune.step:TuneConfig", "llmlab.tune.step:tune",
+        "llmlab.tune.config:TuneConfig", "llmlab.tune.step:tune",
         "Tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned.",
         inputs=("model",),
     ),

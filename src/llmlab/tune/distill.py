@@ -8,7 +8,7 @@ next-token distribution::
 
     loss = alpha * T^2 * KL(teacher_T || student_T) + (1 - alpha) * cross-entropy(labels)
 
-The training loop is the Tune station's (``llmlab.tune.step.train_loop``: length-grouped batches,
+The training loop is the Tune station's (``llmlab.training.loop.train_loop``: length-grouped batches,
 warm-up and decay, validation loss, checkpoints and resume, progress events, torchrun), with this
 loss plugged in. The artifact has parents ``teacher`` (and ``student`` when one was given); its
 metrics put the student beside the teacher: parameters and size, generation speed, perplexity,
@@ -29,8 +29,13 @@ from llmlab import settings
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.store import Artifact, Parent, StepRecord, Store
-from llmlab.tune.step import (LoopOptions, LossFn, Prepared, _Checkpoints, _wait_for_main, distributed, prepare,
-                         resolve_model, train_loop)
+from llmlab.training.batching import Prepared
+from llmlab.training.checkpoints import Checkpoints
+from llmlab.training.distributed import distributed, wait_for_main
+from llmlab.training.loop import LoopOptions, train_loop
+from llmlab.training.losses import LossFn
+from llmlab.tune.model import resolve_model
+from llmlab.tune.records import prepare
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +137,10 @@ def _student(config: DistillConfig, store: Store, tok: Any, device: str) -> tupl
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if config.student is None:
-        from llmlab.build import BuildDemoConfig, _new_model
+        from llmlab.build import BuildDemoConfig, new_model
 
-        model, _ = _new_model(BuildDemoConfig(name=config.name, size=config.student_size, seed=config.seed,
-                                              device=device), tok)  # type: ignore[arg-type]
+        model, _ = new_model(BuildDemoConfig(name=config.name, size=config.student_size, seed=config.seed,
+                                             device=device), tok)  # type: ignore[arg-type]
         return model, None
     path, art = _model_folder(config.student, store)
     check_tokenizers(tok, AutoTokenizer.from_pretrained(path, local_files_only=True), config.teacher,
@@ -179,7 +184,7 @@ def distill(config: DistillConfig, *, store: Store | None = None, progress: Repo
     context = min(student.config.max_position_embeddings, teacher.config.max_position_embeddings)
     run_config = config.model_copy(update={"max_len": min(config.max_len, context)})
     data: Prepared = prepare(run_config, tok, records, False, progress)  # type: ignore[arg-type]
-    ckpt = _Checkpoints(store, config)
+    ckpt = Checkpoints(store, config.name, config.fingerprint())
     try:
         train_log, facts = train_loop(student, tok, data, run_config, device, ckpt, progress,
                                       loss_fn=kd_loss(teacher, config.temperature, config.alpha), dist=dist,
@@ -195,7 +200,7 @@ def distill(config: DistillConfig, *, store: Store | None = None, progress: Repo
                             "truncated": data.truncated, "n_params": sum(p.numel() for p in student.parameters()),
                             **facts}
     if not dist.main:
-        return _wait_for_main(config.name, store)
+        return wait_for_main(config.name, store)
     with store.write(config.name, "distilled", overwrite=overwrite) as w:
         student.save_pretrained(w.path, safe_serialization=True)
         tok.save_pretrained(w.path)
@@ -219,7 +224,7 @@ def distill(config: DistillConfig, *, store: Store | None = None, progress: Repo
             qa = world.split("heldout")[: config.qa_limit] if world is not None else []
             w.metrics.update(compare_with_teacher(w.path, t_path, held, qa, progress))
     ckpt.clear()
-    return _wait_for_main(config.name, store)
+    return wait_for_main(config.name, store)
 
 
 def compare_with_teacher(student: Path, teacher: Path, text: str, qa: list[dict[str, Any]],
