@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pydantic import ValidationError
 
 from llmlab import scoring
 from llmlab.errors import ConfigError
@@ -118,3 +119,26 @@ def test_score_step_uses_the_world(micro_model_dir: Path, store):
     m = scoring.score_step(scoring.ScoreConfig(model="m", qa_limit=3, speed=False), store=store)
     assert m["ppl"] > 1 and m["ppl_data"]["label"] == "world" and m["accuracy_n"] == 3
     assert "gen_tok_s" not in m and store.get("m").metrics["ppl"] == m["ppl"]
+
+
+def test_evaluation_options_keep_their_former_names():
+    # One set of evaluation options (EvalOptions) for score, tune, distill, merge and quantize; the names
+    # score and quantize used before still work in recipes and as CLI flags.
+    from llmlab.cli.flags import config_from_flags
+    from llmlab.cli.parser import build_parser
+    from llmlab.merge import MergeConfig
+    from llmlab.quantize import QuantizeConfig
+    from llmlab.tune import DistillConfig, TuneConfig
+
+    for cls in (scoring.ScoreConfig, TuneConfig, DistillConfig, MergeConfig, QuantizeConfig):
+        assert issubclass(cls, scoring.EvalOptions) and {"texts", "texts_limit", "qa", "qa_limit"} <= set(cls.model_fields)
+    c = scoring.ScoreConfig.model_validate({"model": "m", "data": "a.txt", "data_limit": 7})
+    assert (c.texts, c.texts_limit) == ("a.txt", 7)
+    assert QuantizeConfig.model_validate({"model": "m", "eval_data": "b.txt"}).texts == "b.txt"
+    # a tune config's "data" is its training data, never its evaluation texts
+    t = TuneConfig(name="x", model="m", data="train.jsonl")
+    assert (t.data, t.texts) == ("train.jsonl", "world")
+    with pytest.raises(ValidationError, match="Extra inputs"):
+        TuneConfig(name="x", model="m", eval_data="x")
+    args = build_parser("score").parse_args(["score", "m", "--data", "c.txt", "--qa-limit", "3"])
+    assert config_from_flags(args) == {"texts": "c.txt", "qa_limit": 3}

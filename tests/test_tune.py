@@ -93,6 +93,27 @@ def test_methods_write_valid_artifacts(micro_store, method, kind):
     assert not (store.root / ".cache" / "tune" / art.name).exists()  # checkpoints go once it is written
 
 
+def test_evaluation_options_pick_what_base_and_tuned_are_scored_on(micro_store, tmp_path):
+    # The shared evaluation options (scoring.EvalOptions): any texts and questions, not only a demo world's.
+    store, qa = micro_store
+    questions = world.World.load(_micro_dir(store) / "world").split("heldout")[:5]
+    texts = _jsonl(tmp_path / "texts.jsonl", [{"text": "Once upon a time there was a baker in Dunmere."}])
+    art = tune(_cfg(qa, name="t-eval", evaluate=True, texts=str(texts), qa=str(_jsonl(tmp_path / "q.jsonl", questions))),
+               store=store)
+    m = art.metrics
+    assert m["accuracy_n"] == 5 and {"accuracy", "accuracy_before", "ppl", "ppl_before"} <= set(m)
+    assert m["ppl"] != m["ppl_before"]  # the tuned model was scored, not the base twice
+    # the default (the demo world's) on a model imported without one: skipped, said, and nothing scored
+    events: list[dict] = []
+    art = tune(_cfg(qa, name="t-noworld", evaluate=True), store=store, progress=events.append)
+    assert "accuracy" not in art.metrics and "ppl" not in art.metrics
+    assert any("has no demo world" in e.get("message", "") for e in events)
+
+
+def _micro_dir(store: Store) -> Path:
+    return Path(store.get("micro").manifest.info["source"])
+
+
 def test_labels_mask_exactly_the_prompt(tok):
     msgs = world.chat_messages("Where does Ada Voss live?", "Dunmere")
     ex = tokenize(tok, msgs, answer_only=True)

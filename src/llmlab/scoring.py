@@ -40,6 +40,7 @@ from llmlab.events import Reporter, emit
 if TYPE_CHECKING:
     from llmlab.runtime import Model, SamplingParams
     from llmlab.store import Artifact, StepRecord, Store
+    from llmlab.world import World
 
 _WORD = re.compile(r"[a-z0-9]+")
 PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs. It's café time: naïve résumé 🚀!"
@@ -293,34 +294,36 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
 class EvalOptions(BaseModel):
     """What a station scores its result on: the one set of evaluation options that the score step,
     Tune, Distill, Merge and Quantize share (the leaderboard's ``SuiteConfig`` names its texts alike).
-    ``eval_inputs`` turns them into texts and questions for an artifact."""
+    ``eval_inputs`` turns them into texts and questions for a model."""
 
     model_config = ConfigDict(extra="forbid")
-    texts: str | None = Field("world", validation_alias=AliasChoices("texts", "data", "eval_data"),
-                              description="Held-out texts for perplexity and KL divergence: 'world' (the demo "
-                              "world's held-out text), a data file, a public set name, or none.")
-    texts_limit: int = Field(200, ge=1, validation_alias=AliasChoices("texts_limit", "data_limit"),
-                             description="Most records read from texts.")
+    texts: str | None = Field("world", description="Held-out texts for perplexity and KL divergence: 'world' "
+                              "(the demo world's held-out text), a data file, a public set name, or none.")
+    texts_limit: int = Field(200, ge=1, description="Most records read from texts.")
     qa: str | None = Field("heldout", description="Questions for accuracy: a world split (tune, heldout, rag; "
                            "heldout:people for one relation group), a .jsonl file of {question, answer}, or none.")
     qa_limit: int = Field(200, ge=1, description="Most questions asked per model.")
 
-    def eval_inputs(self, *, store: Store, artifact: Artifact | None, progress: Reporter | None = None
-                    ) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
-        """The texts and questions these options name for ``artifact`` (None where the option is none).
-        The demo world's sources are skipped, with a log line, for a model without a demo world."""
+    def eval_inputs(self, *, store: Store, artifact: Artifact | None, world: World | None = None,
+                    progress: Reporter | None = None) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
+        """The texts and questions these options name (None where an option is none). The world's
+        sources come from ``world`` (default: the world ``artifact`` was trained on); for a model
+        without one they are skipped, with a log line."""
         from llmlab import data as datamod
         from llmlab.world import find_world
 
+        if world is None and artifact is not None:
+            world = find_world(store, artifact)
         texts, qa = self.texts, self.qa
-        world = find_world(store, artifact) if artifact is not None else None
-        if world is None and (texts == "world" or (qa or "").partition(":")[0] in datamod.SPLITS):
+        split = (qa or "").partition(":")[0] in datamod.SPLITS
+        if world is None and (texts == "world" or split):
             who = artifact.name if artifact is not None else "the model"
             emit(progress, "log", message=f"{who} has no demo world: world texts and questions are skipped")
-            texts = None if texts == "world" else texts
-            qa = None if (qa or "").partition(":")[0] in datamod.SPLITS else qa
-        return (datamod.resolve_texts(texts, store=store, artifact=artifact, limit=self.texts_limit),
-                datamod.resolve_questions(qa, store=store, artifact=artifact, limit=self.qa_limit))
+            texts, qa = (None if texts == "world" else texts), (None if split else qa)
+        return ([world.eval_text] if texts == "world" and world is not None
+                else datamod.resolve_texts(texts, store=store, artifact=artifact, limit=self.texts_limit),
+                world.split(qa)[: self.qa_limit] if split and world is not None and qa
+                else datamod.resolve_questions(qa, store=store, artifact=artifact, limit=self.qa_limit))
 
 
 class ScoreConfig(EvalOptions):
@@ -328,6 +331,11 @@ class ScoreConfig(EvalOptions):
 
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="Artifact to score.")
+    # "data" and "data_limit", the names these had before the options were shared, still work.
+    texts: str | None = Field("world", validation_alias=AliasChoices("texts", "data"),
+                              description=EvalOptions.model_fields["texts"].description)
+    texts_limit: int = Field(200, ge=1, validation_alias=AliasChoices("texts_limit", "data_limit"),
+                             description=EvalOptions.model_fields["texts_limit"].description)
     engine: str | None = Field(
         None, description="Force an engine (transformers, llama.cpp); default: by artifact kind.")
     reference: str | None = Field(

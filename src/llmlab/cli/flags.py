@@ -24,14 +24,16 @@ def parse_value(text: str) -> Any:
 
 
 def add_config_flags(parser: argparse.ArgumentParser, model: type, skip: tuple[str, ...] = ()) -> None:
-    """One ``--flag`` per field of a pydantic config; values are validated by the model."""
+    """One ``--flag`` per field of a pydantic config; values are validated by the model. A field's
+    former names (its ``validation_alias`` choices, e.g. ``--data`` for ``--texts``) work as flags too."""
     for name, f in model.model_fields.items():
         if name in skip:
             continue
         default = "none" if f.default is None else f.default
         help_text = (f.description or "") + (" (required)" if f.is_required() else f" (default: {default})")
-        parser.add_argument(f"--{name.replace('_', '-')}", dest=f"cfg_{name}", metavar="VALUE",
-                            help=help_text, default=argparse.SUPPRESS)
+        aliases = [a for a in getattr(f.validation_alias, "choices", []) if isinstance(a, str) and a != name]
+        flags = [f"--{n.replace('_', '-')}" for n in (name, *aliases)]
+        parser.add_argument(*flags, dest=f"cfg_{name}", metavar="VALUE", help=help_text, default=argparse.SUPPRESS)
 
 
 def config_from_flags(args: argparse.Namespace, **fixed: Any) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, ConfigDict, Field, field_validator, model_validator
 
 from llmlab import data as datamod
 from llmlab.errors import ConfigError, ResourceError, StoreError
@@ -135,6 +135,9 @@ class QuantizeConfig(EvalOptions):
                            "this step writes, as llama.cpp does) or an artifact name.")
     score: bool = Field(True, description="Compute the quality table (perplexity, KL, top-1, accuracy, size, "
                         "speed) and store each row in the variant's metrics.")
+    # "eval_data", the name this had before the evaluation options were shared, still works.
+    texts: str | None = Field("world", validation_alias=AliasChoices("texts", "eval_data"),
+                              description=EvalOptions.model_fields["texts"].description)
 
     @model_validator(mode="after")
     def _some_eval_text(self) -> QuantizeConfig:

@@ -15,6 +15,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmlab.events import Reporter, emit
+from llmlab.scoring import EvalOptions
 from llmlab.training.batching import Example, Prepared, collate, loss_tokens, plan_batches
 from llmlab.training.checkpoints import Checkpoints
 from llmlab.training.distributed import Dist, all_sum
@@ -57,7 +58,7 @@ class LoopOptions(BaseModel):
         """What a checkpoint must match to be resumed: every setting but resume and the evaluation options."""
         import hashlib
 
-        d = self.model_dump(mode="json", exclude={"resume", "evaluate", "qa_limit"})
+        d = self.model_dump(mode="json", exclude={"resume", "evaluate", *EvalOptions.model_fields})
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

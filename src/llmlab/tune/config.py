@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from llmlab.errors import ConfigError
+from llmlab.scoring import EvalOptions
 from llmlab.training.loop import LoopOptions
 
 Method = Literal["lora", "dora", "full", "qlora", "dpo", "orpo"]
@@ -22,7 +23,7 @@ QLORA_EXTRA = "pip install 'llmlab[qlora]'"
 UNSLOTH_EXTRA = "pip install 'llmlab[unsloth]'"
 
 
-class TuneConfig(LoopOptions):
+class TuneConfig(LoopOptions, EvalOptions):
     """Options of the Tune station (``llmlab tune`` and a recipe's ``tune`` step)."""
 
     name: str = Field(..., description="Name of the artifact to write (an adapter, or a full model for 'full').")
@@ -57,9 +58,8 @@ class TuneConfig(LoopOptions):
     answer_only: bool = Field(True, description="Loss on the answer tokens only (the prompt is masked).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (slower).")
     beta: float = Field(0.1, gt=0, description="dpo/orpo: strength of the preference term.")
-    evaluate: bool = Field(True, description="After training, score base and tuned on the world's held-out "
-                           "questions and text (when the model has a world).")
-    qa_limit: int = Field(200, ge=1, description="Most held-out questions asked when evaluating.")
+    evaluate: bool = Field(True, description="After training, score base and tuned on the same held-out texts and "
+                           "questions (texts, qa; by default the demo world's, when the model has one).")
 
     @field_validator("target_modules")
     @classmethod

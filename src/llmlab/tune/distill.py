@@ -28,6 +28,8 @@ from pydantic import Field
 from llmlab import settings
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
+from llmlab.formats import safetensors
+from llmlab.scoring import EvalOptions
 from llmlab.store import Artifact, Parent, StepRecord, Store
 from llmlab.training.batching import Prepared
 from llmlab.training.checkpoints import Checkpoints
@@ -40,7 +42,7 @@ from llmlab.tune.records import prepare
 log = logging.getLogger(__name__)
 
 
-class DistillConfig(LoopOptions):
+class DistillConfig(LoopOptions, EvalOptions):
     """Options of the Distill station (``llmlab distill`` and a recipe's ``distill`` step)."""
 
     name: str = Field(..., description="Name of the distilled student artifact to write.")
@@ -62,8 +64,9 @@ class DistillConfig(LoopOptions):
     epochs: float = Field(6.0, gt=0, description="Passes over the training data (ignored when steps is set).")
     max_len: int = Field(256, ge=8, description="Longest sequence in tokens (at most the student's context).")
     answer_only: bool = Field(False, description="For chat records: distil on the answer tokens only.")
-    evaluate: bool = Field(True, description="Afterwards, score student and teacher side by side.")
-    qa_limit: int = Field(200, ge=1, description="Most held-out world questions asked when evaluating.")
+    evaluate: bool = Field(True, description="Afterwards, score student and teacher side by side on the same "
+                           "held-out texts and questions (texts, qa; by default the teacher's demo world's, else "
+                           "the validation records).")
 
     def lr(self) -> float:
         if self.learning_rate is not None:
@@ -219,48 +222,33 @@ def distill(config: DistillConfig, *, store: Store | None = None, progress: Repo
         w.metrics = {k: facts[k] for k in ("val_loss_before", "val_loss_after") if facts.get(k) is not None}
         if config.evaluate:
             del student
-            held = world.eval_text if world is not None else "\n".join(tok.decode(e.input_ids, skip_special_tokens=True)
-                                                                       for e in data.val[:50])
-            qa = world.split("heldout")[: config.qa_limit] if world is not None else []
-            w.metrics.update(compare_with_teacher(w.path, t_path, held, qa, progress))
+            texts, qa = config.eval_inputs(store=store, artifact=t_art, world=world, progress=progress)
+            held = texts or ["\n".join(tok.decode(e.input_ids, skip_special_tokens=True) for e in data.val[:50])]
+            w.metrics.update(compare_with_teacher(w.path, t_path, held, qa or [], progress))
     ckpt.clear()
     return wait_for_main(config.name, store)
 
 
-def compare_with_teacher(student: Path, teacher: Path, text: str, qa: list[dict[str, Any]],
+def compare_with_teacher(student: Path, teacher: Path, texts: list[str], qa: list[dict[str, Any]],
                          progress: Reporter | None = None) -> dict[str, Any]:
-    """Student beside teacher: parameters, generation speed, perplexity on ``text``, KL divergence
-    and top-1 agreement against the teacher, and accuracy on ``qa`` (when given)."""
+    """Student beside teacher, through the scoring core: parameters, generation speed, perplexity on
+    ``texts``, KL divergence and top-1 agreement against the teacher, and accuracy on ``qa`` (when given)."""
     from llmlab.runtime import load
-    from llmlab.scoring import accuracy, compare, perplexity, speed
+    from llmlab.scoring import score
 
     out: dict[str, Any] = {}
     with load(teacher) as t, load(student) as s:
-        for suffix, m in (("", s), ("_teacher", t)):
+        for suffix, m, reference in (("", s, t), ("_teacher", t, None)):
             emit(progress, "log", message=f"scoring the {'student' if not suffix else 'teacher'}")
-            out["ppl" + suffix] = perplexity(m, [text])["ppl"]
-            out["gen_tok_s" + suffix] = round(speed(m, repeats=2)["gen_tok_s"], 1)
+            r = score(m, data=texts, qa=qa or None, reference=reference, repeats=2, progress=progress)
+            out["ppl" + suffix] = r["ppl"]
+            out["gen_tok_s" + suffix] = round(r["gen_tok_s"], 1)
             if qa:
-                out["accuracy" + suffix] = accuracy(m, qa, progress=progress)["accuracy"]
-        c = compare(s, t, [text], progress=progress)
-        out["kld_mean"], out["top1"] = c["kld_mean"], c["top1"]
-    out["params"] = _params(student)
-    out["params_teacher"] = _params(teacher)
+                out["accuracy" + suffix] = r["accuracy"]
+            if reference is not None:
+                out["kld_mean"], out["top1"] = r["kld_mean"], r["top1"]
+    out["params"] = safetensors.params(student)
+    out["params_teacher"] = safetensors.params(teacher)
     out["size_ratio"] = round(out["params"] / out["params_teacher"], 4)
     out["speedup"] = round(out["gen_tok_s"] / max(out["gen_tok_s_teacher"], 1e-9), 2)
     return out
-
-
-def _params(folder: Path) -> int:
-    from safetensors import safe_open
-
-    n = 0
-    for f in sorted(folder.glob("*.safetensors")):
-        with safe_open(str(f), "pt") as st:
-            for k in st.keys():
-                shape = st.get_slice(k).get_shape()
-                size = 1
-                for d in shape:
-                    size *= d
-                n += size
-    return n

@@ -53,30 +53,26 @@ from llmlab.tune.preference import train_preference
 from llmlab.tune.records import load_data, prepare, prepare_anchor
 
 if TYPE_CHECKING:
-    from llmlab.world import World
+    pass
 
 log = logging.getLogger(__name__)
 
 
 # ----- evaluation -----
-def _evaluate(base: Path, tuned: Path, w: World | None, config: TuneConfig,
+def _evaluate(base: Path, tuned: Path, texts: list[str] | None, qa: list[dict[str, Any]] | None,
               progress: Reporter | None) -> dict[str, Any]:
-    """Held-out world-question accuracy and world-text perplexity of base and tuned."""
-    from llmlab.runtime import load
-    from llmlab.scoring import accuracy, perplexity
+    """Held-out accuracy and perplexity of base (``_before``) and tuned, through the scoring core."""
+    from llmlab.scoring import score
 
-    if w is None:
+    if not texts and not qa:
         return {}
-    qa = w.split("heldout")[: config.qa_limit]
     out: dict[str, Any] = {}
     for suffix, folder in (("_before", base), ("", tuned)):
         emit(progress, "log", message=f"scoring the {'base' if suffix else 'tuned'} model on held-out questions")
-        with load(folder) as m:
-            acc = accuracy(m, qa, progress=progress)
-            out["accuracy" + suffix] = acc["accuracy"]
-            out["ppl" + suffix] = perplexity(m, [w.eval_text])["ppl"]
-            if not suffix:
-                out["accuracy_n"], out["accuracy_examples"] = acc["n"], acc["examples"]
+        m = score(folder, data=texts, qa=qa, speed_test=False, progress=progress)
+        out.update({key + suffix: m[key] for key in ("accuracy", "ppl") if key in m})
+        if not suffix and "accuracy" in m:
+            out["accuracy_n"], out["accuracy_examples"] = m["accuracy_n"], m["accuracy_examples"]
     return out
 
 
@@ -171,7 +167,9 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
         if config.evaluate:
             del model  # free the training copy before two more models load
             tuned = w.path if kind == "full" else merge_adapter(base, w.path, ckpt.dir / "merged")
-            w.metrics.update(_evaluate(base, tuned, model_world(store, base, base_art), config, progress))
+            texts, qa = config.eval_inputs(store=store, artifact=base_art, world=model_world(store, base, base_art),
+                                           progress=progress)
+            w.metrics.update(_evaluate(base, tuned, texts, qa, progress))
             if tuned != w.path:
                 shutil.rmtree(tuned, ignore_errors=True)
     ckpt.clear()
