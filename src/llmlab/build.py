@@ -33,6 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab import data, settings, world
 from llmlab.events import Reporter, bar_updates, emit
+from llmlab.noise import no_progress_bars
 from llmlab.store import Artifact, StepRecord, Store
 
 if TYPE_CHECKING:
@@ -174,9 +175,8 @@ def chat_text(tokenizer: PreTrainedTokenizerFast, messages: list[dict[str, str]]
 def _build_into(out: Path, config: BuildDemoConfig, progress: Reporter | None) -> dict[str, Any]:
     """Generate the world, train tokenizer and model, save everything under ``out``; return info."""
     import torch
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress events say what is happening
+    no_progress_bars()  # our own progress events say what is happening
     p = config.preset()
     started = time.perf_counter()
     torch.set_num_threads(settings.threads())

@@ -29,6 +29,7 @@ from llmlab import settings
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.formats import safetensors
+from llmlab.noise import no_progress_bars
 from llmlab.scoring import EvalOptions
 from llmlab.store import Artifact, Parent, StepRecord, Store
 from llmlab.training.batching import Prepared
@@ -158,11 +159,10 @@ def distill(config: DistillConfig, *, store: Store | None = None, progress: Repo
     """Train the student on the teacher's logits and write it as a ``distilled`` artifact."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
 
     from llmlab.world import World, find_world
 
-    hf_logging.disable_progress_bar()
+    no_progress_bars()
     store = store or Store()
     if store.exists(config.name) and not overwrite:
         raise StoreError(f"An artifact named '{config.name}' already exists.",

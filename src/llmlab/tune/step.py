@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any
 from llmlab import settings
 from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
+from llmlab.noise import no_progress_bars
 from llmlab.runtime.adapters import merge_adapter
 from llmlab.store import Artifact, Parent, StepRecord, Store
 from llmlab.training.checkpoints import Checkpoints
@@ -84,9 +85,8 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
     Under ``torchrun --nproc_per_node N -m llmlab tune ...`` every process trains its share of each
     batch (supervised methods); rank 0 writes the artifact and the others wait for it."""
     import torch
-    from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()  # our own progress events say what is happening
+    no_progress_bars()  # our own progress events say what is happening
     store = store or Store()
     base, base_art = resolve_model(config.model, store)
     if store.exists(config.name) and not overwrite:
