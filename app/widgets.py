@@ -15,9 +15,8 @@ from pydantic import BaseModel
 
 from llmlab import recipes, world
 from llmlab.errors import LlmlabError
-from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.jobs import FINAL, JobInfo, JobQueue, last_log
 from llmlab.store import Artifact, Store
-
 
 
 def session_id() -> str:
@@ -123,9 +122,9 @@ def job_panel(queue: JobQueue, job_id: str, key: str) -> None:
     second while the job is active; when the job ends, the whole page reruns to show its results."""
     job = job_status(queue, queue.get(job_id), key)
     task_bar(queue.progress(job.id))
-    last = next((e.get("message") for e in reversed(queue.events(job.id)) if e.get("type") == "log"), None)
+    last = last_log(queue, job.id)
     if last:
-        st.caption(str(last))
+        st.caption(last)
     running_key = f"{key}:running:{job.id}"
     if job.status not in FINAL:
         st.session_state[running_key] = True

@@ -34,6 +34,7 @@ def _():
     import marimo as mo
 
     from llmlab.agents import Agent
+    from llmlab.agents.choices import trace_rows
     from llmlab.agents.evaluate import EvalAnswersConfig, evaluate_answers
     from llmlab.agents.trace import TraceStore
     from llmlab.build import open_or_build
@@ -56,6 +57,7 @@ def _():
         find_world,
         mo,
         notebook_settings,
+        trace_rows,
     )
 
 
@@ -169,7 +171,7 @@ def _(MODEL_NAME, find_world, index, mo, store):
 
 
 @app.cell
-def _(TraceStore, agent, mo, question, store):
+def _(TraceStore, agent, mo, question, store, trace_rows):
     reply = agent.ask(question.value, thread_id="notebook")
     _steps = TraceStore.for_store(store).steps(reply.run_id)
     mo.vstack([
@@ -177,9 +179,7 @@ def _(TraceStore, agent, mo, question, store):
         mo.md("**Sources:** " + (", ".join(f"[{s['n']}] {s['title']} (`{s['doc_id']}`)" for s in reply.sources)
                                  or "none")),
         mo.md("**Trace:**"),
-        mo.ui.table([{"node": s["node"], "ms": s["latency_ms"], "tokens": s["tokens"],
-                      "retrieved": ", ".join(s["retrieved_ids"]), "outputs": str(s["outputs"])[:120]}
-                     for s in _steps], selection=None, show_download=False),
+        mo.ui.table(trace_rows(_steps), selection=None, show_download=False),
     ])
     return (reply,)
 

@@ -38,13 +38,15 @@ def _():
     import pandas as pd
 
     from llmlab.evaluate import EvaluateConfig, evaluate
+    from llmlab.evaluate.choices import pareto_rows
+    from llmlab.events import bar_updates
     from llmlab.store import Store
 
     AUTORUN = os.environ.get("LLMLAB_NOTEBOOK_AUTORUN") == "1"
     LIMIT = int(os.environ.get("LLMLAB_NOTEBOOK_LIMIT", "100"))
     store = Store()
     mo.md(f"The store is `{store.root}`: {len(store.list())} artifacts.")
-    return AUTORUN, EvaluateConfig, LIMIT, alt, evaluate, mo, pd, store
+    return AUTORUN, EvaluateConfig, LIMIT, alt, bar_updates, evaluate, mo, pareto_rows, pd, store
 
 
 @app.cell(hide_code=True)
@@ -56,14 +58,12 @@ def _(mo):
 
 
 @app.cell
-def _(AUTORUN, EvaluateConfig, LIMIT, evaluate, mo, score_button, store):
+def _(AUTORUN, EvaluateConfig, LIMIT, bar_updates, evaluate, mo, score_button, store):
     mo.stop(not (score_button.value or AUTORUN), mo.md("*Press the button above to score the variants.*"))
     config = EvaluateConfig(tasks=[{"source": "heldout", "limit": LIMIT}])
+    # evaluate reports its "leaderboard" task once per variant: one step of the bar each
     with mo.status.progress_bar(total=len(store.list()), title="Evaluating", show_eta=False) as _bar:
-        def _on_event(event):
-            if event.get("type") == "progress" and event.get("task") == "leaderboard":
-                _bar.update(subtitle=f"{event['done']}/{event['total']}")
-        board = evaluate(config, store=store, progress=_on_event)
+        board = evaluate(config, store=store, progress=bar_updates(_bar, task="leaderboard"))
     mo.ui.table(board.table(), selection=None)
     return (board,)
 
@@ -88,14 +88,13 @@ def _(board, mo):
 
 
 @app.cell
-def _(alt, board, metric, mo, pd):
-    _front = {r["name"] for r in board.pareto("size_mb", metric.value)}
-    _data = pd.DataFrame([{"name": r["name"], "kind": r["kind"], "size_mb": r["size_mb"], metric.value: r[metric.value],
-                           "front": r["name"] in _front} for r in board.rows if r.get(metric.value) is not None])
+def _(alt, board, metric, mo, pareto_rows, pd):
+    # one row per variant with both numbers; "pareto" marks the front (nothing else smaller and better)
+    _data = pd.DataFrame(pareto_rows(board, "size_mb", metric.value))
     mo.stop(_data.empty, mo.md("*No variant has this metric.*"))
     _base = alt.Chart(_data).encode(x=alt.X("size_mb:Q", title="size on disk (MB)"), y=f"{metric.value}:Q")
     _chart = _base.mark_circle(size=100).encode(color="kind:N", tooltip=list(_data.columns)) + \
-        _base.transform_filter(alt.datum.front).mark_line(strokeDash=[4, 3], color="gray")
+        _base.transform_filter(alt.datum.pareto).mark_line(strokeDash=[4, 3], color="gray")
     _best = board.best(metric.value)
     mo.vstack([mo.ui.altair_chart(_chart.properties(height=300)),
                mo.md(f"Best on **{metric.value}**: **{_best['name']}** ({_best['kind']}).")])

@@ -44,11 +44,12 @@ def _():
     import marimo as mo
     import pandas as pd
 
+    from llmlab import recipes
     from llmlab.build import open_or_build
-    from llmlab.merge.step import MergeConfig, check_compatibility, merge
+    from llmlab.merge.step import MergeConfig, check_compatibility
     from llmlab.settings import notebook_settings
     from llmlab.store import Store
-    from llmlab.tune.step import TuneConfig, tune
+    from llmlab.tune import TuneConfig
 
     return (
         MergeConfig,
@@ -57,11 +58,10 @@ def _():
         alt,
         open_or_build,
         check_compatibility,
-        merge,
         mo,
         notebook_settings,
         pd,
-        tune,
+        recipes,
     )
 
 
@@ -88,8 +88,10 @@ def _(MODEL_NAME, mo):
     The base is the demo model (built if the store lacks it). Two LoRA specialists learn one
     relation group each (`data: world:tune:people`, `world:tune:places`) with the other group's
     questions as their `anchor` (`anchor_weight: 0.3`); two more learn the same without an anchor
-    (`-plain`), and a fifth learns both groups (multi-task). Adapters already in the store are
-    reused (the recipe makes the same ones).
+    (`-plain`), and a fifth learns both groups (multi-task). Each adapter is one `tune` step of a
+    recipe, run by `recipes.run_step` as `llmlab run` runs it: a step whose adapter is already in
+    the store with the same settings and base is skipped (so `recipes/merge.yaml`'s own adapters are
+    reused).
     """),
         build_button,
     ])
@@ -109,23 +111,27 @@ def _(
     build_button,
     open_or_build,
     mo,
+    recipes,
     store,
-    tune,
 ):
     mo.stop(not (build_button.value or AUTORUN), mo.md("*Press the button above to build and tune.*"))
     open_or_build(MODEL_NAME, SIZE, store, mo.status.progress_bar)
     _other = {"people": "places", "places": "people"}
-    _jobs = {**SPECIALISTS, **PLAIN, MULTI: "people,places"}
-    with mo.status.progress_bar(total=len(_jobs), title="Tuning the adapters") as _bar:
-        for _name, _skill in _jobs.items():
-            if not store.exists(_name):
-                _anchor = ({"anchor": f"world:tune:{_other[_skill]}", "anchor_weight": 0.3}
-                           if _name in SPECIALISTS else {})
-                # places has ~3.5x fewer tuning records than people: more epochs for about as many steps
-                tune(TuneConfig(name=_name, model=MODEL_NAME, data=f"world:tune:{_skill}", steps=TUNE_STEPS,
-                                epochs=30 if _skill == "places" else 8, **_anchor), store=store)
-            _bar.update(subtitle=_name)
-    adapters = {n: store.get(n) for n in _jobs}
+    _skills = {**SPECIALISTS, **PLAIN, MULTI: "people,places"}
+    _tune_steps = [
+        recipes.make_step("tune", TuneConfig(
+            name=_name, model=MODEL_NAME, data=f"world:tune:{_skill}", steps=TUNE_STEPS,
+            # places has ~3.5x fewer tuning records than people: more epochs for about as many steps
+            epochs=30 if _skill == "places" else 8,
+            # the specialists keep the base's answers on the other skill's questions
+            **({"anchor": f"world:tune:{_other[_skill]}", "anchor_weight": 0.3} if _name in SPECIALISTS else {})))
+        for _name, _skill in _skills.items()
+    ]
+    with mo.status.progress_bar(total=len(_tune_steps), title="Tuning the adapters") as _bar:
+        for _step in _tune_steps:
+            recipes.run_step(_step, store=store)  # skipped when the adapter is current
+            _bar.update(subtitle=_step.output_names()[0])
+    adapters = {n: store.get(n) for n in _skills}
     mo.md("Adapters: " + ", ".join(f"**{n}** ({a.manifest.info.get('records')} records, "
                                    f"{a.manifest.info.get('steps')} steps)" for n, a in adapters.items()))
     return (adapters,)
@@ -151,9 +157,10 @@ def _(mo):
         mo.md(r"""
     ## Merge with several methods
 
-    Each `merge(MergeConfig(...))` writes a `merged` artifact whose manifest lists the base and both
-    adapters with their weights, plus the `mergekit.yml` it ran, then scores the merge and its
-    parents on the same held-out text and questions, per relation group. The anchored pair is
+    Each `merge` step (a `MergeConfig`, run like the tune steps above) writes a `merged` artifact
+    whose manifest lists the base and both adapters with their weights, plus the `mergekit.yml` it
+    ran, then scores the merge and its parents on the same held-out text and questions, per
+    relation group. The anchored pair is
     merged by task arithmetic at full weight, TIES and a plain average; the plain pair by task
     arithmetic at full weight and by the best setting found for it (breadcrumbs TIES, places at
     0.7). The multi-task adapter is merged into the base (`unload`) so it is scored the same way.
@@ -164,7 +171,20 @@ def _(mo):
 
 
 @app.cell
-def _(AUTORUN, MODEL_NAME, MULTI, MergeConfig, PLAIN, SIZE, SPECIALISTS, adapters, merge, merge_button, mo, store):
+def _(
+    AUTORUN,
+    MODEL_NAME,
+    MULTI,
+    MergeConfig,
+    PLAIN,
+    SIZE,
+    SPECIALISTS,
+    adapters,
+    merge_button,
+    mo,
+    recipes,
+    store,
+):
     _ = adapters
     mo.stop(not (merge_button.value or AUTORUN), mo.md("*Press the button above to merge.*"))
     _pair, _plain = list(SPECIALISTS), list(PLAIN)
@@ -184,8 +204,7 @@ def _(AUTORUN, MODEL_NAME, MULTI, MergeConfig, PLAIN, SIZE, SPECIALISTS, adapter
     ]
     with mo.status.progress_bar(total=len(_configs), title="Merging and scoring") as _bar:
         for _c in _configs:
-            if not store.exists(_c.name) or "parents" not in store.get(_c.name).metrics:
-                merge(_c, store=store, overwrite=True)
+            recipes.run_step(recipes.make_step("merge", _c), store=store)  # skipped when the merge is current
             _bar.update(subtitle=_c.name)
     merges = [store.get(_c.name) for _c in _configs]
     return (merges,)

@@ -37,8 +37,9 @@ def _():
     import pandas as pd
 
     from llmlab.build import open_or_build
+    from llmlab.events import bar_updates, tee
+    from llmlab.quantize.choices import gguf_expected_bytes, plottable, quality_front
     from llmlab.quantize.step import DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, quality_table, quantize
-    from llmlab.scoring import pareto_front
     from llmlab.settings import notebook_settings
     from llmlab.store import Store
 
@@ -48,13 +49,17 @@ def _():
         Store,
         TYPE_INFO,
         alt,
+        bar_updates,
+        gguf_expected_bytes,
         mo,
         open_or_build,
         notebook_settings,
-        pareto_front,
         pd,
+        plottable,
+        quality_front,
         quality_table,
         quantize,
+        tee,
     )
 
 
@@ -95,10 +100,10 @@ def _(AUTORUN, MODEL_NAME, SIZE, build_button, mo, open_or_build, store):
 
 
 @app.cell
-def _(TYPES, TYPE_INFO, artifact, mo):
+def _(TYPES, TYPE_INFO, artifact, gguf_expected_bytes, mo):
     _n = artifact.manifest.info.get("n_params") or 0
     _types = [{"type": t.upper(), "bits per weight (about)": TYPE_INFO[t.upper()][0],
-               "expected size (MB)": round(_n * TYPE_INFO[t.upper()][0] / 8 / 1e6, 3),
+               "expected size (MB)": round(gguf_expected_bytes(t, _n) / 1e6, 3),
                "what it is": TYPE_INFO[t.upper()][1]} for t in TYPES]
     mo.vstack([
         mo.md("The types this notebook makes, with their expected size (parameters × bits ÷ 8; the real "
@@ -134,35 +139,27 @@ def _(
     QuantizeConfig,
     TYPES,
     artifact,
+    bar_updates,
     mo,
     quality_table,
     quantize,
     quantize_button,
     store,
+    tee,
 ):
     mo.stop(not (quantize_button.value or AUTORUN), mo.md("*Press the button above to quantize the model.*"))
     config = QuantizeConfig(model=artifact.name, types=TYPES)
     _names = [MODEL_NAME, config.variant_name("f16"), *(config.variant_name(t) for t in config.types)]
     _n = len(config.types)
+    # quantize reports the progress of its "quantize" task (one per type) and then of its "quality" task
+    # (one per scored model: the source, the f16 file and each type); one bar counts both
     with mo.status.progress_bar(total=2 * _n + 2, title=f"Quantizing {MODEL_NAME}", show_eta=False) as _bar:
-        _seen = [0]
-
-        def _on_event(event):
-            # quantize reports {"type": "log", "message": ...} and the progress of its "quantize"
-            # and "quality" tasks (other tasks, e.g. perplexity inside scoring, are not counted)
-            if event.get("type") == "log":
-                _bar.update(increment=0, subtitle=str(event["message"]))
-            elif event.get("type") == "progress" and event.get("task") in ("quantize", "quality"):
-                _at = event["done"] + (_n if event["task"] == "quality" else 0)
-                _bar.update(increment=max(0, _at - _seen[0]),
-                            subtitle=f"{event['task']} {event['done']}/{event['total']}")
-                _seen[0] = max(_seen[0], _at)
-
+        _progress = tee(bar_updates(_bar, task="quantize"), bar_updates(_bar, task="quality"))
         if all(store.exists(_o) for _o in config.outputs):
-            rows = quality_table(_names, store, progress=_on_event)
+            rows = quality_table(_names, store, progress=_progress)
         else:
             # overwrite: a variant left from an earlier, interrupted run of this cell is replaced
-            rows = quantize(config, store=store, progress=_on_event, overwrite=True)["table"]
+            rows = quantize(config, store=store, progress=_progress, overwrite=True)["table"]
     mo.md(f"Scored {len(rows)} models: {', '.join(r['name'] for r in rows)}.")
     return config, rows
 
@@ -194,11 +191,11 @@ def _(mo):
 
 
 @app.cell
-def _(alt, mo, pareto_front, pd, rows):
-    _points = [r for r in rows if isinstance(r.get("kld_mean"), (int, float)) and r["kld_mean"] > 0]
+def _(alt, mo, pd, plottable, quality_front, rows):
+    _points = plottable(rows, "kld_mean", x="size_bytes", log=True)
     mo.stop(not _points, mo.md("*No KL divergence numbers to plot (was scoring switched off?).*"))
     # a point is dominated when another is no larger and no worse, and strictly better on one of the two
-    front = pareto_front(_points, "size_bytes", "kld_mean")
+    front = quality_front(rows, "kld_mean", x="size_bytes", log=True)
     _front_names = {r["name"] for r in front}
     _data = pd.DataFrame([{"name": r["name"], "type": r["type"], "size_mb": r["size_bytes"] / 1e6,
                            "kld_mean": r["kld_mean"], "top1": r["top1"],

@@ -44,7 +44,9 @@ def _():
     from llmlab.events import bar_updates
     from llmlab.settings import notebook_settings
     from llmlab.store import Store
-    from llmlab.tune.step import MASK_CLOSE, MASK_OPEN, TuneConfig, preview, select_backend, tune
+    from llmlab.tune import TuneConfig, preview, select_backend, tune
+    from llmlab.tune.records import MASK_CLOSE, MASK_OPEN
+    from llmlab.tune.report import example_question, student_vs_teacher
 
     return (
         DistillConfig,
@@ -55,6 +57,7 @@ def _():
         alt,
         bar_updates,
         distill,
+        example_question,
         html,
         mo,
         open_or_build,
@@ -62,6 +65,7 @@ def _():
         pd,
         preview,
         select_backend,
+        student_vs_teacher,
         tune,
         world,
     )
@@ -182,25 +186,23 @@ def _(TUNED_NAME, mo):
 
 
 @app.cell
-def _(AUTORUN, config, mo, store, tune, tune_button):
+def _(AUTORUN, bar_updates, config, mo, store, tune, tune_button):
     mo.stop(not (tune_button.value or AUTORUN), mo.md("*Press the button above to tune the model.*"))
     if store.exists(config.name):
         tuned = store.get(config.name)
     else:
+        # How many steps tune takes is known only once it has read the data, so this bar counts in percent.
         with mo.status.progress_bar(total=100, title=f"Tuning {config.name}", show_eta=True) as _bar:
-            _seen = [0]
+            _steps = bar_updates(_bar, "tune", scale=100)
 
             def _on_tune_event(event):
                 # {"type": "progress", "task": "tune", "done", "total"} per step; "metric" with the losses;
                 # then the evaluation reports its own tasks (accuracy, perplexity)
-                if event.get("type") == "progress" and event.get("task") == "tune":
-                    _pct = int(100 * event["done"] / event["total"])
-                    _bar.update(increment=_pct - _seen[0], subtitle=f"step {event['done']}/{event['total']}")
-                    _seen[0] = _pct
-                elif event.get("type") == "metric" and event.get("task") == "tune":
+                _steps(event)
+                if event.get("type") == "metric" and event.get("task") == "tune":
                     _bar.update(increment=0, subtitle=f"step {event['step']}: loss {event['loss']}, "
                                 f"val_loss {event['val_loss']}, {event.get('tok_s')} tokens/s")
-                elif event.get("type") == "progress":
+                elif event.get("type") == "progress" and event.get("task") != "tune":
                     _bar.update(increment=0, title="Scoring base and tuned",
                                 subtitle=f"{event.get('task')} {event['done']}/{event['total']}")
 
@@ -300,11 +302,9 @@ def _(base_artifact, store, tuned):
 
 
 @app.cell
-def _(base_artifact, mo, store, world):
-    _world = world.find_world(store, base_artifact)
-    _heldout = _world.split("heldout") if _world is not None else []
-    question = mo.ui.text(value=_heldout[0]["question"] if _heldout else "Hello!", label="Ask both models",
-                          full_width=True)
+def _(base_artifact, example_question, mo, store):
+    # the first held-out question of the model's demo world (a greeting if it has none)
+    question = mo.ui.text(value=example_question(store, base_artifact), label="Ask both models", full_width=True)
     question
     return (question,)
 
@@ -340,7 +340,18 @@ def _(MODEL_NAME, mo):
 
 
 @app.cell
-def _(AUTORUN, DistillConfig, MODEL_NAME, SIZE, bar_updates, distill, distill_button, mo, store):
+def _(
+    AUTORUN,
+    DistillConfig,
+    MODEL_NAME,
+    SIZE,
+    bar_updates,
+    distill,
+    distill_button,
+    mo,
+    store,
+    student_vs_teacher,
+):
     mo.stop(not (distill_button.value or AUTORUN), mo.md("*Press the button above to distil the model.*"))
     student_config = DistillConfig(name=f"{MODEL_NAME}-student", teacher=MODEL_NAME, student_size="micro",
                                    temperature=2.0, alpha=0.9, steps=8 if SIZE == "micro" else 300,
@@ -351,8 +362,7 @@ def _(AUTORUN, DistillConfig, MODEL_NAME, SIZE, bar_updates, distill, distill_bu
         with mo.status.progress_bar(total=student_config.steps, title=f"Distilling {MODEL_NAME}") as _bar:
             student = distill(student_config, store=store, progress=bar_updates(_bar, task="distill"))
     _m = student.metrics
-    _rows = [{"measure": k, "student": _m.get(k), "teacher": _m.get(k + "_teacher")}
-             for k in ("params", "gen_tok_s", "ppl", "accuracy") if k in _m]
+    _rows = student_vs_teacher(_m)
     mo.vstack([
         mo.md(f"**{student.name}** ({student.kind}): {_m.get('size_ratio', 0):.0%} of the teacher's parameters, "
               f"{_m.get('speedup')}x its generation speed; KL divergence to the teacher "

@@ -1,6 +1,7 @@
 """The Agents page (``app/views/agents.py``) through Streamlit's AppTest: an empty store, then a
 store with the micro model and a real index, where a question is asked in the chat and the answer,
-its sources and the trace panel appear. Its pure helpers are tested by loading the page file."""
+its sources and the trace panel appear. Its drawing helpers are tested by loading the page file (which runs
+nothing: the page's body is ``main``); the agent choices come from ``llmlab.agents.choices``."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 pytest.importorskip("streamlit")
 from apptest import load_page, open_page, texts  # noqa: E402
 
+from llmlab.agents.choices import agent_choices, spec_of  # noqa: E402
 from llmlab.store import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -24,8 +26,9 @@ def page() -> ModuleType:
 
 
 def test_helpers(page: ModuleType, store: Store) -> None:
-    assert page.agent_choices(store) == ["spec:rag", "spec:rag-rules"]
-    assert page.spec_of(store, "spec:rag-rules").name == "rag-rules"
+    assert callable(page.main)
+    assert agent_choices(store) == ["spec:rag", "spec:rag-rules"]
+    assert spec_of(store, "spec:rag-rules").name == "rag-rules"
     events = iter([{"type": "step", "node": "retrieve"}, {"type": "token", "text": "Dun"},
                    {"type": "token", "text": "mere"}, {"type": "done", "reply": "R"}])
     sink: dict = {}

@@ -1,5 +1,5 @@
 """The Export page (AppTest): empty store, a model with its bundle, a server started and stopped from
-the page, a chat over HTTP, and the page's pure helpers."""
+the page, a chat over HTTP, and what the page offers (``llmlab.export.choices``)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ pytest.importorskip("streamlit")
 pytest.importorskip("llama_cpp")
 from apptest import load_page, open_page, texts  # noqa: E402
 
+from llmlab.export.choices import exportable, server_metric_rows  # noqa: E402
 from llmlab.store import Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -28,12 +29,16 @@ def test_empty_store(empty_home: Store) -> None:
     assert "no model to export" in texts(at)
 
 
-def test_helpers(page: ModuleType, store: Store, micro_gguf) -> None:
+def test_the_page_loads_without_running_and_has_a_main(page: ModuleType) -> None:
+    assert callable(page.main)
+
+
+def test_what_the_page_offers(store: Store, micro_gguf) -> None:
     store.add(micro_gguf("f16"), "a")
     store.add(micro_gguf("f16"), "b")
     store.record_metrics("b", {"accuracy": {"heldout": 0.5}})
-    assert [a.name for a in page.exportable(store)] == ["b", "a"]
-    rows = page.metric_rows({'llmlab_tokens_total{type="prompt"}': 7.0,
+    assert [a.name for a in exportable(store)] == ["b", "a"]
+    rows = server_metric_rows({'llmlab_tokens_total{type="prompt"}': 7.0,
                              'llmlab_request_latency_seconds_sum{endpoint="chat"}': 1.0,
                              'llmlab_request_latency_seconds_count{endpoint="chat"}': 4.0})
     assert {"metric": "prompt tokens", "value": 7.0} in rows

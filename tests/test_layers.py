@@ -134,6 +134,25 @@ def test_import_layers_are_kept():
     assert "broken" in result.stdout and "0 broken" in result.stdout, result.stdout
 
 
+def unlayered(package: Path, layers: list[str]) -> list[str]:
+    """Top-level modules and packages of ``package`` that no layer of the contract names."""
+    named = {name.strip() for layer in layers for name in layer.replace("|", ":").split(":")}
+    found = {p.stem for p in package.glob("*.py") if p.stem not in ("__init__", "__main__")}
+    found |= {p.name for p in package.iterdir() if (p / "__init__.py").is_file()}
+    return sorted(f"{package.name}.{m}" for m in found if f"{package.name}.{m}" not in named)
+
+
+def test_every_module_has_a_layer():
+    import tomllib
+
+    (contract,) = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    missing = unlayered(PACKAGE, contract["layers"])
+    assert not missing, "modules the layer contract does not place (add them to pyproject.toml's layers): " + \
+        ", ".join(missing)
+    without = [layer.replace("| llmlab.catalog", "") for layer in contract["layers"]]
+    assert unlayered(PACKAGE, without) == ["llmlab.catalog"]  # the check sees a module left out
+
+
 # ----- each check can fail -----
 def _write(root: Path, files: dict[str, str]) -> None:
     for name, text in files.items():

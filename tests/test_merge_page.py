@@ -20,6 +20,8 @@ pytest.importorskip("mergekit")
 from apptest import load_page, open_page, run_notebook, texts  # noqa: E402
 
 from llmlab.jobs import JobQueue  # noqa: E402
+from llmlab.merge.choices import config_from_form  # noqa: E402
+from llmlab.merge.lineage import comparison_rows, suggests_anchor, unanchored  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,6 +31,10 @@ PAGE = "views/merge.py"
 @pytest.fixture(scope="module")
 def page() -> ModuleType:
     return load_page(PAGE)
+
+
+def test_the_page_loads_without_running_and_has_a_main(page: ModuleType):
+    assert callable(page.main)
 
 
 def copy_of(store: Store, name: str, *, hidden_scale: int = 1, seed: int = 1) -> None:
@@ -80,20 +86,20 @@ def fill_form(at, models: list[str]) -> None:
     assert not at.exception and not at.button(key="merge:start").disabled
 
 
-def test_the_form_and_the_comparison_of_a_stored_merge(micro_home: Store, page: ModuleType):
+def test_the_form_and_the_comparison_of_a_stored_merge(micro_home: Store):
     from llmlab.merge.step import MergeConfig, merge
 
     copy_of(micro_home, "micro-a")
     at = open_page(PAGE)
     fill_form(at, ["micro", "micro-a"])
-    config = page.config_from_form("mix", "linear", ["micro", "micro-a"], None, [0.7, 0.3], None, {}, None, "model")
+    config = config_from_form("mix", "linear", ["micro", "micro-a"], None, [0.7, 0.3], None, {}, None, "model")
     merge(MergeConfig(**config, evaluate=False), store=micro_home)
     # the micro model has no demo world, so the merge was not scored: give it the metrics a scored one has
     micro_home.record_metrics("mix", {"ppl": 30.0, "accuracy": 0.5, "accuracy_people": 0.6, "accuracy_places": 0.4,
                                       "parents": {"micro": {"ppl": 31.0, "accuracy_people": 0.2},
                                                   "micro-a": {"ppl": 32.0, "accuracy_people": 0.7}},
                                       "retention": {"micro-a:people": 0.857}})
-    rows = page.comparison_rows(micro_home.get("mix"))
+    rows = comparison_rows(micro_home.get("mix"))
     assert [r["model"] for r in rows] == ["mix", "micro", "micro-a"] and rows[2]["accuracy_people"] == 0.7
     assert [r["weight"] for r in rows] == [None, 0.7, 0.3]
     at.run()
@@ -105,7 +111,7 @@ def test_the_form_and_the_comparison_of_a_stored_merge(micro_home: Store, page: 
     assert at.selectbox(key="merge:chat").options == ["mix", "micro", "micro-a"]
 
 
-def test_a_lossy_merge_of_unanchored_specialists_suggests_the_anchor(micro_home: Store, page: ModuleType):
+def test_a_lossy_merge_of_unanchored_specialists_suggests_the_anchor(micro_home: Store):
     from llmlab.store import StepRecord
 
     base = micro_home.get("micro")
@@ -122,7 +128,9 @@ def test_a_lossy_merge_of_unanchored_specialists_suggests_the_anchor(micro_home:
                          for n in ("spec-a", "spec-b")]
             w.info = {"method": "task_arithmetic", "inputs": ["spec-a", "spec-b"]}
         micro_home.record_metrics(name, {"retention": {"spec-a:people": retention, "spec-b:places": 1.0}})
-    assert page.unanchored(micro_home.get("lossy"), micro_home) == ["spec-a"]
+    assert unanchored(micro_home.get("lossy"), micro_home) == ["spec-a"]
+    assert suggests_anchor(micro_home.get("lossy"), micro_home) and not suggests_anchor(micro_home.get("fine"),
+                                                                                        micro_home)
     at = open_page(PAGE)
     for name, shown in (("lossy", True), ("fine", False)):
         at.selectbox(key="merge:result").set_value(name).run()

@@ -81,6 +81,17 @@ def test_bar_updates_turns_progress_events_into_increments():
     assert bar.increments == [2, 5]
 
 
+def test_bar_updates_scaled_counts_a_task_in_percent():
+    # tune's number of steps is known only once it has read its data: its bar counts in percent
+    from llmlab.events import bar_updates
+
+    bar = _Bar(100, "t")
+    report = bar_updates(bar, task="tune", scale=100)
+    for done in (1, 2, 3):
+        report({"type": "progress", "task": "tune", "done": done, "total": 3})
+    assert bar.increments == [33, 33, 34] and sum(bar.increments) == 100
+
+
 def test_open_or_build_builds_once_behind_a_bar_then_opens(store):
     from llmlab.build import open_or_build
 

@@ -1,7 +1,9 @@
 """The Quantize front ends: the app page (``app/views/quantize.py``) and ``notebooks/quantize.py``.
 
-The page's pure helpers (the Pareto front, the type options, the stored quality table) are
-tested by loading the page file as a module (its body runs only as Streamlit's ``__main__``).
+What the page shows is worked out by the library (``llmlab.quantize.choices``: the type and method
+choices, the Pareto front; ``llmlab.quantize.step.stored_table``), tested here against the page's
+needs; ``tests/test_choices.py`` checks the choices on their own. The page file loads as a module
+without running (its body, ``main``, runs only as Streamlit's ``__main__``).
 The page itself is driven through ``AppTest`` on a temporary store: empty, with the imported
 micro model (which has no demo world, so evaluation texts come from a file), and with fake
 GGUF children whose metrics fill the table and chart. The slow tests run a real one-type
@@ -20,8 +22,11 @@ pytest.importorskip("streamlit")
 from apptest import load_page, open_page, run_notebook, texts  # noqa: E402
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-from llmlab.quantize.gguf import QUANT_TYPES  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
+from llmlab.quantize.choices import method_choices, type_choices  # noqa: E402
+from llmlab.quantize.gguf import QUANT_TYPES  # noqa: E402
+from llmlab.quantize.step import stored_table  # noqa: E402
+from llmlab.scoring import pareto_front  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +51,7 @@ NOTEBOOK_REPORT = """{
 
 @pytest.fixture(scope="module")
 def page() -> ModuleType:
-    """The page file as a module: its helpers, without running the page."""
+    """The page file as a module: its drawing helpers, without running the page."""
     return load_page(PAGE)
 
 
@@ -69,43 +74,49 @@ def fake_variant(store: Store, name: str, type_name: str, size: int, kld: float 
                                 "ppl_data": {"sha256": "same-text"}})
 
 
-# ----- the helpers -----
-def test_pareto_front_keeps_the_undominated_rows(page: ModuleType):
+# ----- what the page shows, from the library -----
+def test_the_page_loads_without_running_and_has_a_main(page: ModuleType):
+    assert callable(page.main) and page.human_size(3_400_000) == "3.4 MB" and page.human_size(812) == "812 B"
+
+
+def test_pareto_front_keeps_the_undominated_rows():
     rows = [{"name": "a", "s": 1, "k": 0.5}, {"name": "b", "s": 2, "k": 0.1}, {"name": "c", "s": 3, "k": 0.2},
             {"name": "d", "s": 2, "k": 0.1}, {"name": "e", "s": 0.5, "k": None},
             {"name": "f", "s": 4, "k": float("nan")},
             {"name": "g", "s": 5, "k": 0.01}, {"name": "h", "s": 5, "k": 0.02}]
     # c is beaten by b on both; h by g on quality at the same size; e and f have no quality number
-    assert [r["name"] for r in page.pareto_front(rows, "s", "k")] == ["a", "b", "d", "g"]
-    assert page.pareto_front([], "s", "k") == []
-    assert page.pareto_front([{"name": "x", "s": 1, "k": 1}], "s", "k") == [{"name": "x", "s": 1, "k": 1}]
-    assert page.pareto_front([{"name": "t", "s": True, "k": 1}], "s", "k") == []  # bools are not numbers
+    assert [r["name"] for r in pareto_front(rows, "s", "k")] == ["a", "b", "d", "g"]
+    assert pareto_front([], "s", "k") == []
+    assert pareto_front([{"name": "x", "s": 1, "k": 1}], "s", "k") == [{"name": "x", "s": 1, "k": 1}]
+    assert pareto_front([{"name": "t", "s": True, "k": 1}], "s", "k") == []  # bools are not numbers
 
 
-def test_type_options_give_sizes_and_reasons(page: ModuleType):
+def test_type_choices_give_sizes_and_reasons():
     narrow = {"model.embed_tokens.weight": [512, 96], "model.norm.weight": [96]}
-    options = {o["type"]: o for o in page.type_options(narrow, imatrix=False)}
+    options = {o.type: o for o in type_choices(narrow, imatrix=False)}
     assert set(options) == set(QUANT_TYPES)
     n_params = 512 * 96 + 96
-    assert options["Q8_0"]["reason"] is None and options["Q8_0"]["expected_bytes"] == int(n_params * 8.5 / 8)
-    assert "rows of 96" in options["Q4_K_M"]["reason"] and "blocks of 256" in options["Q4_K_M"]["reason"]
+    assert options["Q8_0"].reason is None and options["Q8_0"].expected_bytes == int(n_params * 8.5 / 8)
+    assert "rows of 96" in options["Q4_K_M"].reason and "blocks of 256" in options["Q4_K_M"].reason
     wide = {"w": [512, 256]}
-    plain = {o["type"]: o for o in page.type_options(wide, imatrix=False)}
-    assert plain["Q4_K_M"]["reason"] is None
-    assert "needs an importance matrix" in plain["IQ2_XS"]["reason"] and plain["IQ2_XS"]["needs_imatrix"]
-    assert all(o["reason"] is None for o in page.type_options(wide, imatrix=True))
+    plain = {o.type: o for o in type_choices(wide, imatrix=False)}
+    assert plain["Q4_K_M"].reason is None
+    assert "needs an importance matrix" in plain["IQ2_XS"].reason and plain["IQ2_XS"].needs_imatrix
+    assert all(o.reason is None for o in type_choices(wide, imatrix=True))
+
+
+def test_method_choices_give_sizes_and_reasons():
+    shapes = {"model.embed_tokens.weight": [512, 256], "model.layers.0.self_attn.q_proj.weight": [256, 256],
+              "model.layers.0.mlp.down_proj.weight": [256, 96], "model.norm.weight": [256]}
+    fine = {o.method: o for o in method_choices(shapes, 4, 32)}
+    assert list(fine) == ["gptq", "awq", "rtn"] and all(o.reason is None for o in fine.values())
+    assert fine["gptq"].calibrated and not fine["rtn"].calibrated
+    assert 0 < fine["rtn"].expected_bytes < 2 * sum(256 * n for n in (512, 256, 96))  # under 16-bit
+    coarse = method_choices(shapes, 4, 64)
+    assert all("does not divide 'model.layers.0.mlp.down_proj.weight'" in o.reason for o in coarse)
 
 
 # ----- the page -----
-def test_method_options_give_sizes_and_reasons(page: ModuleType):
-    shapes = {"model.embed_tokens.weight": [512, 256], "model.layers.0.self_attn.q_proj.weight": [256, 256],
-              "model.layers.0.mlp.down_proj.weight": [256, 96], "model.norm.weight": [256]}
-    fine = {o["method"]: o for o in page.method_options(shapes, 4, 32)}
-    assert list(fine) == ["gptq", "awq", "rtn"] and all(o["reason"] is None for o in fine.values())
-    assert fine["gptq"]["calibrated"] and not fine["rtn"]["calibrated"]
-    assert 0 < fine["rtn"]["expected_bytes"] < 2 * sum(256 * n for n in (512, 256, 96))  # under 16-bit
-    coarse = page.method_options(shapes, 4, 64)
-    assert all("does not divide 'model.layers.0.mlp.down_proj.weight'" in o["reason"] for o in coarse)
 
 
 def test_page_offers_gptq_awq_rtn_and_asks_for_calibration(micro_home: Store):
@@ -153,17 +164,17 @@ def test_page_offers_types_with_sizes_and_explains_the_imatrix_ones(micro_home: 
     assert not at.button(key="quantize:start").disabled
 
 
-def test_table_and_chart_come_from_the_stored_variants(micro_home: Store, page: ModuleType):
+def test_table_and_chart_come_from_the_stored_variants(micro_home: Store):
     fake_variant(micro_home, "micro-f16", "F16", 2_000_000, 1e-6)
     fake_variant(micro_home, "micro-q8_0", "Q8_0", 1_100_000, 1e-4)
     fake_variant(micro_home, "micro-q5_0", "Q5_0", 900_000, 0.05)  # beaten by q4_k_m on both
     fake_variant(micro_home, "micro-q4_k_m", "Q4_K_M", 600_000, 0.01)
-    rows = page.stored_table(micro_home, "micro")
+    rows = stored_table(micro_home, "micro")
     assert [r["name"] for r in rows] == ["micro-f16", "micro-q8_0", "micro-q5_0", "micro-q4_k_m"]
     micro_home.record_metrics("micro", {"ppl": 19.5, "ppl_data": {"sha256": "same-text"}})
-    rows = page.stored_table(micro_home, "micro")
+    rows = stored_table(micro_home, "micro")
     assert rows[0]["name"] == "micro" and rows[0]["kld_mean"] is None  # scored on the same text: shown first
-    assert [r["type"] for r in page.pareto_front(rows, "size_mb", "kld_mean")] == ["Q4_K_M", "Q8_0", "F16"]
+    assert [r["type"] for r in pareto_front(rows, "size_mb", "kld_mean")] == ["Q4_K_M", "Q8_0", "F16"]
 
     at = open_page(PAGE, timeout=60)
     table = at.dataframe[0].value
@@ -199,7 +210,7 @@ def test_a_job_started_on_the_page_quantizes_and_fills_the_table(micro_home: Sto
     [job] = queue.list()
     step = queue.recipe(job.id)["steps"][0]["quantize"]
     assert step["types"] == ["q8_0"] and step["imatrix"] is None
-    assert step["eval_data"] == str(eval_file) and step["qa"] == str(qa_file)
+    assert step["texts"] == str(eval_file) and step["qa"] == str(qa_file)
     assert queue.wait(job.id, timeout=600).status == "done", queue.log(job.id)
 
     at.run()

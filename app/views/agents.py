@@ -8,7 +8,9 @@ search comparison shows dense, BM25 and hybrid hits for one query side by side. 
 the page offers to index the demo world's documents as a job. The conversation is kept per browser
 session in the agent's sqlite memory, so it survives a restart of the app.
 
-The functions above ``main`` are pure helpers that the tests import; the page body runs only when
+Which agents can be picked, the spec behind a pick, the models whose world can be indexed and a
+run's trace as rows come from ``llmlab.agents.choices``. The page only lays out widgets and calls
+them (its own helpers turn a reply into the markdown beside it). Its body is ``main``, run when
 Streamlit executes this file (as ``__main__``).
 """
 
@@ -22,42 +24,17 @@ from typing import Any
 
 import streamlit as st
 
-from llmlab.agents.spec import SEARCH_MODES, load_spec, shipped_specs
+from llmlab.agents.choices import (agent_choices, default_agent, default_index, shorten, spec_of, trace_rows,
+                                   world_sources)
+from llmlab.agents.spec import SEARCH_MODES
 from llmlab.errors import LlmlabError
 from llmlab.store import RUNNABLE_KINDS, Artifact, Store
-from llmlab.world import find_world
 from widgets import job_queue, job_status, load_model, start_button
 
 LIVE_MODES = [m for m in SEARCH_MODES if m != "hybrid_rerank"]  # rerank needs a local reranker
 
 
-# ----- helpers (pure: no Streamlit calls) -----
-def agent_choices(store: Store) -> list[str]:
-    """Agent artifacts in the store first, then the shipped specs (``spec:rag-rules``)."""
-    return [a.name for a in store.list(kind="agent")] + [f"spec:{s}" for s in shipped_specs()]
-
-
-def spec_of(store: Store, choice: str) -> Any:
-    """The AgentSpec behind a choice of ``agent_choices``."""
-    return load_spec(choice[5:]) if choice.startswith("spec:") else load_spec(choice, store=store)
-
-
-def default_index(names: list[str], wanted: str | None) -> int:
-    return names.index(wanted) if wanted in names else 0
-
-
-def trace_rows(steps: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One table row per traced step."""
-    return [{"#": s["seq"], "node": s["node"], "ms": s["latency_ms"], "tokens": s["tokens"],
-             "retrieved": ", ".join(s["retrieved_ids"]), "inputs": _short(s["inputs"]),
-             "outputs": _short(s["outputs"])} for s in steps]
-
-
-def _short(value: Any, n: int = 160) -> str:
-    text = str(value)
-    return text if len(text) <= n else text[: n - 1] + "…"
-
-
+# ----- drawing helpers (no Streamlit calls) -----
 def source_lines(sources: list[dict[str, Any]]) -> list[str]:
     """Markdown lines for an answer's sources."""
     return [f"[{s['n']}] **{s['title']}** · `{s['doc_id']}`" + ("" if s.get("cited", True) else " (given)")
@@ -111,7 +88,7 @@ def make_agent(store: Store, choice: str, index: Artifact, model: Artifact, mode
 def no_index(store: Store) -> None:
     st.info("The store has no index yet. Index the demo world's documents here, or your own folder with "
             "`llmlab index --name my-docs --source ~/notes`.")
-    with_world = [a.name for a in store.list() if find_world(store, a) is not None and a.kind != "index"]
+    with_world = world_sources(store)
     if not with_world:
         st.caption("No model with a demo world either: run the quickstart (`llmlab run recipes/quickstart.yaml`).")
         return
@@ -195,7 +172,7 @@ def compare_search(store: Store, index: Artifact, k: int, question: str) -> None
                 col.error(str(e))
                 continue
             for h in hits:
-                col.markdown(f"`{h.score:.3f}` **{h.title}**  \n{_short(h.text, 140)}")
+                col.markdown(f"`{h.score:.3f}` **{h.title}**  \n{shorten(h.text, 140)}")
 
 
 def main() -> None:
@@ -213,9 +190,7 @@ def main() -> None:
         return
     choices = agent_choices(store)
     c1, c2, c3 = st.columns(3)
-    first = next((i for i, c in enumerate(choices) if not c.startswith("spec:")), None)
-    default = first if first is not None else default_index(choices, "spec:rag-rules")
-    choice = c1.selectbox("Agent", choices, index=default, key="agents:agent",
+    choice = c1.selectbox("Agent", choices, index=default_agent(choices), key="agents:agent",
                           help="An agent artifact (llmlab agent) or a spec from agents/.")
     try:
         spec = spec_of(store, choice)

@@ -7,36 +7,22 @@ a tie; it is stored with every pair's answers and content hashes in ``<store>/.a
 (``llmlab.evaluate.arena``). The ratings table adds each variant's cached perplexity and task
 accuracy on the default suite (read from the quality cache; nothing is scored here).
 
-The functions above ``main`` are pure helpers that the tests import; the page body runs only when
-Streamlit executes this file (as ``__main__``).
+The ratings beside their cached scores come from ``llmlab.evaluate.choices.ratings_with_scores``; the
+page only lays out widgets and calls the library. Its body is ``main``, run when Streamlit executes
+this file (as ``__main__``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import pandas as pd
 import streamlit as st
 
 from llmlab import world
 from llmlab.errors import LlmlabError
-from llmlab.evaluate import EvaluateConfig, evaluate
 from llmlab.evaluate.arena import Arena
+from llmlab.evaluate.choices import ratings_with_scores
 from llmlab.store import RUNNABLE_KINDS, Store
 from widgets import load_model, sampling_controls
-
-AUTO_COLUMNS = ("ppl", "heldout.accuracy", "kld_mean", "size_mb")
-
-
-# ----- helpers (pure: no Streamlit calls) -----
-def ratings_with_scores(store: Store, ratings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each rated variant's row with its cached automatic scores on the default suite (None when not cached)."""
-    names = [r["name"] for r in ratings if store.exists(r["name"])]
-    auto: dict[str, dict[str, Any]] = {}
-    if names:
-        board = evaluate(EvaluateConfig(models=names, only_cached=True, track=False), store=store)
-        auto = {r["name"]: r for r in board.rows}
-    return [{**r, **{c: auto.get(r["name"], {}).get(c) for c in AUTO_COLUMNS}} for r in ratings]
 
 
 # ----- page -----

@@ -7,63 +7,25 @@ its files and hashes, the parity report (and a button to run it again), Start / 
 process (``llmlab.serve.process``), a chat against it over HTTP, copyable curl and OpenAI-client
 snippets, and its live metrics. Nothing heavy is imported until a button is pressed.
 
-The functions above ``main`` are pure helpers that the tests import; the page body runs only when
-Streamlit executes this file (as ``__main__``).
+Which models can be exported (best accuracy first), whether parity applies, a bundle's files and
+which server metrics to show come from ``llmlab.export.choices`` (beside ``llmlab.export.plan``). The
+page only lays out widgets and calls them. Its body is ``main``, run when Streamlit executes this
+file (as ``__main__``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import streamlit as st
 
 from llmlab.errors import LlmlabError
 from llmlab.export import ExportConfig, plan
+from llmlab.export.choices import (bundle_files, exportable, parity_applies, parity_source, served_over_http,
+                                   server_metric_rows)
 from llmlab.jobs import FINAL, JobQueue
-from llmlab.store import GGUF_KINDS, HF_KINDS, Artifact, Store
-from widgets import job_queue, job_status, start_button, task_bar
+from llmlab.store import Artifact, Store
+from widgets import job_panel, job_queue, start_button
 
 HELP = {name: f.description for name, f in ExportConfig.model_fields.items()}
-METRIC_ROWS = {  # /metrics series -> label on the page
-    'llmlab_requests_total{endpoint="chat",status="200"}': "chat requests answered",
-    'llmlab_requests_total{endpoint="completions",status="200"}': "completions answered",
-    'llmlab_tokens_total{type="prompt"}': "prompt tokens",
-    'llmlab_tokens_total{type="completion"}': "completion tokens",
-    "llmlab_queue_depth": "queue depth",
-    "llmlab_requests_active": "generating now",
-}
-
-
-# ----- helpers (pure: no Streamlit calls) -----
-def _accuracy(art: Artifact) -> float:
-    acc = art.metrics.get("accuracy")
-    if isinstance(acc, dict):
-        acc = acc.get("heldout", next(iter(acc.values()), None))
-    return float(acc) if isinstance(acc, (int, float)) and not isinstance(acc, bool) else -1.0
-
-
-def exportable(store: Store) -> list[Artifact]:
-    """Models that can be exported, best accuracy first (unscored ones last)."""
-    arts = [a for a in store.list() if a.kind in GGUF_KINDS + HF_KINDS]
-    return sorted(arts, key=lambda a: (-_accuracy(a), a.name))
-
-
-def bundle_files(bundle: Artifact) -> list[dict[str, Any]]:
-    """One row per file of a bundle: path, size, sha256 (short)."""
-    return [{"file": rel, "size_kb": round((bundle.path / rel).stat().st_size / 1e3, 1), "sha256": digest[:16]}
-            for rel, digest in sorted(bundle.manifest.files.items())]
-
-
-def metric_rows(values: dict[str, float]) -> list[dict[str, Any]]:
-    """The counters the page shows, plus the mean latency per endpoint."""
-    rows = [{"metric": label, "value": values.get(key, 0)} for key, label in METRIC_ROWS.items()]
-    for key, total in values.items():
-        if key.startswith("llmlab_request_latency_seconds_sum"):
-            count = values.get(key.replace("_sum", "_count"), 0)
-            endpoint = key[key.index("{"):]
-            rows.append({"metric": f"mean latency {endpoint} (ms)", "value": round(1000 * total / count, 1)
-                         if count else 0})
-    return rows
 
 
 # ----- page sections -----
@@ -80,28 +42,18 @@ def export_form(store: Store, queue: JobQueue) -> None:
     # keyed by model: a keyed widget keeps its value when its default changes, so picking another model
     # would keep the first one's bundle name and parity setting
     out = c1.text_input("Bundle name", f"{name}-bundle", key=f"export:name:{name}", help=HELP["name"])
-    parity = c2.checkbox("Parity check", art.kind in GGUF_KINDS, key=f"export:parity:{name}", help=HELP["parity"],
-                         disabled=art.kind not in GGUF_KINDS)
+    parity = c2.checkbox("Parity check", parity_applies(art), key=f"export:parity:{name}", help=HELP["parity"],
+                         disabled=not parity_applies(art))
     registry = c3.checkbox("Register in MLflow", False, key="export:registry", help=HELP["registry"])
     config = {"model": name, "name": out, "parity": parity, "registry": registry}
     start_button(queue, "export", config, label="Export", title=f"export {name}", session_key="export:job")
-
-
-def job_panel(queue: JobQueue, job_id: str) -> None:
-    job = job_status(queue, queue.get(job_id), "export")
-    task_bar(queue.progress(job.id))
-    key = f"export:running:{job.id}"
-    if job.status not in FINAL:
-        st.session_state[key] = True
-    elif st.session_state.pop(key, False):
-        st.rerun()
 
 
 def live_metrics(url: str) -> None:
     from llmlab.serve.client import metrics
 
     try:
-        st.dataframe(metric_rows(metrics(url)), hide_index=True)
+        st.dataframe(server_metric_rows(metrics(url)), hide_index=True)
     except Exception as e:  # the server went away between reruns
         st.caption(f"No metrics: {type(e).__name__}")
 
@@ -163,8 +115,8 @@ def bundle_section(store: Store) -> None:
         st.markdown(f"**Parity** ({parity.get('mode')}): {'ok' if parity.get('ok') else 'DRIFT'} · "
                     f"largest log-probability difference {parity.get('max_logprob_diff', 0):.2e} over "
                     f"{parity.get('prompts')} prompts")
-    source = bundle.manifest.info.get("source")
-    if source and store.exists(source) and st.button("Run the parity check again", key="export:parity_again"):
+    source = parity_source(bundle, store)
+    if source and st.button("Run the parity check again", key="export:parity_again"):
         from llmlab.export.parity import check
 
         with st.spinner("Replaying the prompts through the bundle's server and the artifact…"):
@@ -172,7 +124,7 @@ def bundle_section(store: Store) -> None:
                 st.json(check(bundle.path, source, store=store))
             except LlmlabError as e:
                 st.error(str(e))
-    if bundle.manifest.info.get("format") == "gguf":
+    if served_over_http(bundle):
         server_section(store, bundle)
     else:
         from llmlab.export import open_bundle
@@ -192,7 +144,7 @@ def main() -> None:
     job_id = st.session_state.get("export:job")
     if job_id:
         job = queue.get(job_id)
-        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job_id)
+        st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job_id, "export")
     bundle_section(store)
 
 

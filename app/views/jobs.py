@@ -4,7 +4,7 @@ an app session's finished jobs as code (a recipe, a script and a marimo notebook
 Jobs are subprocesses managed by ``llmlab.jobs.JobQueue``; everything shown here is read back
 from each job's folder, so jobs outlive page reloads and the app itself. The live part of the
 page is a fragment that reruns every second while a job is active, so the rest of the page
-stays responsive.
+stays responsive. Its body is ``main``, run when Streamlit executes this file (as ``__main__``).
 """
 
 from __future__ import annotations
@@ -139,14 +139,19 @@ def export_panel(queue: JobQueue) -> None:
                             mime="application/zip", key="jobs:download:zip")
 
 
-store = Store()
-queue = job_queue(str(store.root))
-st.title("Jobs")
-with st.expander("Submit a recipe", expanded=True):
-    submit_form(queue)
-with st.expander("Export as code", expanded=False):
-    export_panel(queue)
+def main() -> None:
+    store = Store()
+    queue = job_queue(str(store.root))
+    st.title("Jobs")
+    with st.expander("Submit a recipe", expanded=True):
+        submit_form(queue)
+    with st.expander("Export as code", expanded=False):
+        export_panel(queue)
 
-active = any(j.status not in FINAL for j in queue.list())
-# Refresh every second only while something is queued or running.
-st.fragment(run_every=1 if active else None)(live_jobs)(queue)
+    active = any(j.status not in FINAL for j in queue.list())
+    # Refresh every second only while something is queued or running.
+    st.fragment(run_every=1 if active else None)(live_jobs)(queue)
+
+
+if __name__ == "__main__":
+    main()

@@ -8,8 +8,9 @@ Charts plot a quality metric against size on disk and, when measured, generation
 Pareto front drawn as a line. "Send to Export" puts the chosen winner in
 ``st.session_state["export:model"]``, which the Export page reads.
 
-The functions above ``main`` are pure helpers that the tests import; the page body runs only when
-Streamlit executes this file (as ``__main__``).
+The suite a form stands for, the variants still to score, the scoring job and the chart's Pareto
+points come from ``llmlab.evaluate.choices``; the page only lays out widgets and calls the library.
+Its body is ``main``, run when Streamlit executes this file (as ``__main__``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import streamlit as st
 
 from llmlab.errors import LlmlabError
 from llmlab.evaluate import EvaluateConfig, Leaderboard, evaluate
+from llmlab.evaluate.choices import pareto_rows, scoring_job, suite_from, unscored
 from llmlab.evaluate.suites import metric_direction
 from llmlab.jobs import FINAL
 from llmlab.store import Store
@@ -30,19 +32,10 @@ X_AXES = {"size_mb": "size on disk (MB)", "gen_tok_s": "generation tokens/s"}
 HELP = {name: f.description for name, f in EvaluateConfig.model_fields.items()}
 
 
-# ----- helpers (pure: no Streamlit calls) -----
-def suite_from(tasks: str, texts: str, limit: int) -> EvaluateConfig:
-    """The suite the page shows: task sources (comma separated), texts and a per-task limit."""
-    return EvaluateConfig(tasks=[{"source": s.strip(), "limit": limit} for s in tasks.split(",") if s.strip()],
-                          texts=texts or None, track=False)
-
-
+# ----- drawing helpers (no Streamlit calls) -----
 def chart_data(board: Leaderboard, x: str, y: str) -> pd.DataFrame:
-    """Rows with both values, and whether each is on the Pareto front of ``y`` against ``x``."""
-    front = {r["name"] for r in board.pareto(x, y)}
-    rows = [{"name": r["name"], "kind": r["kind"], x: r[x], y: r[y], "pareto": r["name"] in front}
-            for r in board.rows if isinstance(r.get(x), (int, float)) and isinstance(r.get(y), (int, float))]
-    return pd.DataFrame(rows, columns=["name", "kind", x, y, "pareto"])
+    """``pareto_rows`` as a frame (name, kind, x, y, pareto), empty when no row has both values."""
+    return pd.DataFrame(pareto_rows(board, x, y), columns=["name", "kind", x, y, "pareto"])
 
 
 def pareto_chart(data: pd.DataFrame, x: str, y: str) -> alt.LayerChart:
@@ -69,11 +62,10 @@ def main() -> None:
     except LlmlabError as e:
         st.info(str(e))
         return
-    missing = [r["name"] for r in board.rows if r["quality_from"] == "not scored"]
+    missing = unscored(board)
     speed = st.checkbox("Also measure speed and memory (fresh)", key="board:speed", help=HELP["speed"])
     label = f"Score what is missing ({len(missing)})" if missing else "Score again (speed only)"
-    # the models are listed so that the recipe's step cache sees a new variant as a new config
-    job_config = config.model_copy(update={"speed": speed, "track": True, "models": [r["name"] for r in board.rows]})
+    job_config = scoring_job(config, board, speed=speed)
     start_button(queue, "evaluate", job_config, label=label,
                  title="evaluate", session_key="board:job", disabled=not missing and not speed)
     job_id = st.session_state.get("board:job")

@@ -8,13 +8,13 @@ only) before starting a one-step ``merge`` recipe as a job. Below, a merge's sto
 its parents' (same held-out text and questions, per relation group) fill a table and a chart,
 and the merge or any parent can be chatted with. Nothing imports torch until a chat loads a model.
 
-The functions above ``main`` are pure helpers that the tests import; the page body runs only when
-Streamlit executes this file (as ``__main__``).
+What the form offers for a method and the config it stands for come from ``llmlab.merge.choices``;
+the merges, their comparison with their parents, retention and the anchor advice from
+``llmlab.merge.lineage`` (read from manifests and metrics). The page only lays out widgets and calls
+them. Its body is ``main``, run when Streamlit executes this file (as ``__main__``).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import altair as alt
 import pandas as pd
@@ -22,52 +22,15 @@ import streamlit as st
 
 from llmlab.errors import LlmlabError
 from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.merge.choices import (DEFAULT_DENSITY, config_from_form, default_name, default_weight, takes_base,
+                                  takes_densities, takes_t, takes_weights, writes_adapter_or_model)
+from llmlab.merge.lineage import (GROUPS, accuracy_by_skill, comparison_rows, merged_artifacts, parents_in_store,
+                                  retention, suggests_anchor)
 from llmlab.merge.step import MergeConfig, check_compatibility, methods
-from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Store
+from llmlab.store import HF_KINDS, MODEL_KINDS, Store
 from widgets import chat_panel, job_panel, job_queue, start_button
 
-GROUPS = ("people", "places", "objects")
 HELP = {name: f.description for name, f in MergeConfig.model_fields.items()}
-TABLE_COLUMNS = ("model", "role", "weight", "ppl", "accuracy", *(f"accuracy_{g}" for g in GROUPS))
-
-
-# ----- helpers (pure: no Streamlit calls) -----
-def merged_artifacts(store: Store) -> list[Artifact]:
-    """Artifacts the Merge station wrote (newest first): ``merged`` ones, and adapters it combined."""
-    return [a for a in store.list() if a.kind == "merged" or (a.kind == "adapter" and "method" in a.manifest.info)]
-
-
-def comparison_rows(art: Artifact) -> list[dict[str, Any]]:
-    """The merge and each parent with their scores (from the merge's metrics.json), merge first."""
-    m = art.metrics
-    rows = [{"model": art.name, "role": "merge", "weight": None, **{k: m.get(k) for k in TABLE_COLUMNS[3:]}}]
-    scored = m.get("parents") or {}
-    for p in art.manifest.parents:
-        s = scored.get(p.name, {})
-        rows.append({"model": p.name, "role": p.role, "weight": p.weight, **{k: s.get(k) for k in TABLE_COLUMNS[3:]}})
-    return rows
-
-
-def accuracy_long(rows: list[dict[str, Any]]) -> pd.DataFrame:
-    """Per-group accuracies as long rows (model, skill, accuracy) for the chart."""
-    return pd.DataFrame([{"model": r["model"], "skill": g, "accuracy": r[f"accuracy_{g}"]}
-                         for r in rows for g in GROUPS if r.get(f"accuracy_{g}") is not None])
-
-
-def config_from_form(name: str, method: str, models: list[str], base: str | None, weights: list[float] | None,
-                     densities: list[float] | None, parameters: dict[str, Any], tokenizer_source: str | None,
-                     output: str) -> dict[str, Any]:
-    """The ``merge`` step config the form stands for (only what differs from the defaults)."""
-    config: dict[str, Any] = {"name": name, "method": method, "models": models}
-    for key, value in (("base", base), ("weights", weights), ("densities", densities),
-                       ("tokenizer_source", tokenizer_source)):
-        if value is not None:
-            config[key] = value
-    if parameters:
-        config["parameters"] = parameters
-    if method.startswith("peft_"):
-        config["output"] = output
-    return config
 
 
 # ----- the page -----
@@ -81,28 +44,28 @@ def merge_form(store: Store, queue: JobQueue) -> None:
                           format_func=lambda n: f"{n} · {known[n].pretty}", help=HELP["method"])
     info = known[method]
     base: str | None = None
-    if info.base != "ignored" and info.source == "mergekit":
+    if takes_base(info):
         choices = ["(the adapters' base)"] + [a.name for a in arts if a.kind in MODEL_KINDS]
         picked = st.selectbox("Base model", choices, key="merge:base", help=HELP["base"])
         base = None if picked == choices[0] else picked
     weights = densities = None
-    if models and "weight" in info.per_model:
+    if models and takes_weights(info):
         cols = st.columns(len(models))
-        weights = [cols[i].slider(f"weight · {m}", 0.0, 1.0, round(1.0 / len(models), 2) if method == "linear"
-                                  else 1.0, 0.05, key=f"merge:w:{m}") for i, m in enumerate(models)]
-    if models and "density" in info.per_model:
+        weights = [cols[i].slider(f"weight · {m}", 0.0, 1.0, default_weight(method, len(models)), 0.05,
+                                  key=f"merge:w:{m}") for i, m in enumerate(models)]
+    if models and takes_densities(info):
         cols = st.columns(len(models))
-        densities = [cols[i].slider(f"density · {m}", 0.05, 1.0, 0.7, 0.05, key=f"merge:d:{m}")
+        densities = [cols[i].slider(f"density · {m}", 0.05, 1.0, DEFAULT_DENSITY, 0.05, key=f"merge:d:{m}")
                      for i, m in enumerate(models)]
-    parameters: dict[str, Any] = {}
-    if "t" in info.shared:
+    parameters: dict[str, float] = {}
+    if takes_t(info):
         parameters["t"] = st.slider("t (0: base, 1: the other model)", 0.0, 1.0, 0.5, 0.05, key="merge:t")
     output = "model"
-    if info.source == "peft":
+    if writes_adapter_or_model(info):
         output = st.radio("Write", ["model", "adapter"], horizontal=True, key="merge:output", help=HELP["output"])
-    default_name = f"{'-'.join(models[:2]) or 'merge'}-{method}".replace("_", "-")[:100]
+    suggested = default_name(models, method)
     # keyed by the default: a keyed widget would keep the first name when other models or a method are picked
-    name = st.text_input("Name of the merge", default_name, key=f"merge:name:{default_name}", help=HELP["name"]).strip()
+    name = st.text_input("Name of the merge", suggested, key=f"merge:name:{suggested}", help=HELP["name"]).strip()
 
     problems: list[str] = []
     tokenizer_source = None
@@ -149,17 +112,6 @@ def latest_job(queue: JobQueue) -> JobInfo | None:
     return None
 
 
-def unanchored(art: Artifact, store: Store) -> list[str]:
-    """The adapter parents of a merge that were tuned without an anchor."""
-    out = []
-    for p in art.manifest.parents:
-        parent = store.get(p.name) if store.exists(p.name) else None
-        step = parent.manifest.step if parent is not None and parent.kind == "adapter" else None
-        if step is not None and step.kind == "tune" and not step.config.get("anchor"):
-            out.append(p.name)
-    return out
-
-
 def results(store: Store) -> None:
     st.subheader("Merges against their parents")
     merges = merged_artifacts(store)
@@ -175,16 +127,16 @@ def results(store: Store) -> None:
     st.dataframe(rows, hide_index=True, column_config={
         "ppl": st.column_config.NumberColumn("ppl", format="%.3f", help="perplexity on the world's held-out text"),
         **{f"accuracy_{g}": st.column_config.NumberColumn(g, format="%.3f") for g in GROUPS}})
-    retention = art.metrics.get("retention") or {}
-    if retention:
+    kept = retention(art)
+    if kept:
         st.caption("Retention (merge accuracy / specialist accuracy on the specialist's own skill): " +
-                   ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in retention.items()))
-        if min((v for v in retention.values() if v is not None), default=1.0) < 0.7 and unanchored(art, store):
+                   ", ".join(f"{k} {v:.0%}" if v is not None else f"{k} n/a" for k, v in kept.items()))
+        if suggests_anchor(art, store):
             st.info("A specialist lost much of its skill in this merge, and its adapter was tuned without an "
                     "anchor. Tune specialists with `anchor:` set to the other skills' data (a KL term that keeps "
                     "the base's answers there): on the demo, task arithmetic then keeps 87-100% of both skills "
                     "instead of 8-78% (docs/merge.md).")
-    data = accuracy_long(rows)
+    data = pd.DataFrame(accuracy_by_skill(rows))
     if data.empty:
         st.caption("No scores yet: this merge was not evaluated (no demo world, or evaluate was off).")
     else:
@@ -192,7 +144,7 @@ def results(store: Store) -> None:
                                                   color="model:N", column=alt.Column("skill:N"))
         st.altair_chart(chart)
     st.subheader("Chat")
-    names = [art.name] + [p.name for p in art.manifest.parents if store.exists(p.name)]
+    names = [art.name, *parents_in_store(art, store)]
     who = st.selectbox("Chat with", names, key="merge:chat")
     chat_panel(store, store.get(who), key="merge:chat")
 

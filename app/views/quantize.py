@@ -9,13 +9,14 @@ a fragment follows its progress. Below, the model's variants are read back from 
 a chart of size against KL divergence or perplexity with the Pareto front highlighted, and any
 variant can be chatted with. Nothing imports torch or llama.cpp until a chat loads a model.
 
-The functions above ``main`` are pure helpers that the tests import; the page body runs only when
-Streamlit executes this file (as ``__main__``).
+What a model allows (types and methods with their sizes and the reasons some cannot be picked, the
+form's problems and the config it stands for, the chart's axes and Pareto front) is worked out by
+``llmlab.quantize.choices``; the job to follow is ``llmlab.jobs.latest_job``. The page only lays out
+widgets and calls them. Its body is ``main``, run when Streamlit executes this file (as ``__main__``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -24,34 +25,27 @@ import pandas as pd
 import streamlit as st
 
 from llmlab import world
-from llmlab.data import SPLITS
 from llmlab.errors import LlmlabError
-from llmlab.quantize.gguf import IMATRIX_TYPES, QUANT_TYPES
-from llmlab.quantize.gptq import BITS, CALIBRATED, GROUP_SIZES, METHODS, check_group_size, expected_bytes
-from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.quantize.step import (DEFAULT_TYPES, TYPE_INFO, QuantizeConfig, check_shapes, stored_table,
-                             tensor_shapes)
-from llmlab.scoring import is_number, pareto_front
+from llmlab.jobs import FINAL, JobQueue, latest_job
+from llmlab.quantize.choices import (QUALITY_AXES, MethodChoice, TypeChoice, existing_outputs, form_config,
+                                     form_problems, method_choices, n_params, needs_calibration, plottable,
+                                     quality_axes, quality_front, type_choices)
+from llmlab.quantize.gptq import BITS, GROUP_SIZES
+from llmlab.quantize.step import DEFAULT_TYPES, QuantizeConfig, stored_table, tensor_shapes
 from llmlab.store import MODEL_KINDS, Artifact, Store
 from widgets import chat_panel, job_panel, job_queue, start_button
 
-IMATRIX_SOURCES = {
+IMATRIX_SOURCES = {  # llmlab.quantize.choices.IMATRIX_SOURCES -> its label
     "none": "none: plain rounding",
     "world": "world: the demo world's training texts",
     "file": "a calibration text file (.txt or .jsonl)",
-}
-# Chart axes: a row field -> its axis title (lower is better for each).
-QUALITY_AXES = {
-    "kld_mean": "mean KL divergence vs the reference",
-    "kld_p99": "99th-percentile KL divergence",
-    "ppl": "perplexity on the held-out text",
 }
 TABLE_COLUMNS = ("name", "type", "size_mb", "bpw", "ppl", "kld_mean", "kld_p99", "top1", "accuracy",
                  "gen_tok_s", "prompt_tok_s", "peak_rss_mb", "reference", "imatrix")
 HELP = {name: f.description for name, f in QuantizeConfig.model_fields.items()}
 
 
-# ----- helpers (pure: no Streamlit calls) -----
+# ----- drawing helpers (no Streamlit calls) -----
 def human_size(n_bytes: float) -> str:
     """'812 KB', '3.4 MB', '1.2 GB' (decimal units)."""
     for unit, scale in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
@@ -60,65 +54,11 @@ def human_size(n_bytes: float) -> str:
     return f"{int(n_bytes)} B"
 
 
-def model_shapes(art: Artifact) -> dict[str, list[int]]:
-    """Every tensor's shape from the model's safetensors headers (no weights are read)."""
-    return tensor_shapes(art.path)
-
-
-def type_options(shapes: dict[str, list[int]], *, imatrix: bool) -> list[dict[str, Any]]:
-    """One entry per quant type, in TYPE_INFO order (most bits first): its approximate bits per
-    weight, explanation, expected size for a model of these ``shapes``, and ``reason`` why it
-    cannot be picked (a shape the blocks do not divide, or no importance matrix), else None."""
-    n_params = sum(math.prod(s) for s in shapes.values())
-    out = []
-    for name, (bits, explanation) in TYPE_INFO.items():
-        if name not in QUANT_TYPES:
-            continue
-        reason = None
-        try:
-            check_shapes(shapes, [name])
-        except LlmlabError as e:
-            reason = e.message
-        if reason is None and name in IMATRIX_TYPES and not imatrix:
-            reason = (f"{name} needs an importance matrix: at 1-3 bits per weight, rounding without knowing "
-                      "which weights matter most ruins the model. Choose an imatrix source to enable it.")
-        out.append({"type": name, "bits": bits, "explanation": explanation,
-                    "needs_imatrix": name in IMATRIX_TYPES, "expected_bytes": int(n_params * bits / 8),
-                    "reason": reason})
-    return out
-
-
-def method_options(shapes: dict[str, list[int]], bits: int, group_size: int) -> list[dict[str, Any]]:
-    """One entry per GPTQModel method (gptq, awq, rtn): its explanation, expected size at ``bits`` and
-    ``group_size``, and ``reason`` why it cannot be picked (a layer the group size does not divide)."""
-    try:
-        check_group_size(shapes, group_size)
-        reason = None
-    except LlmlabError as e:
-        reason = e.message
-    size = expected_bytes(shapes, bits, group_size)
-    return [{"method": m, "explanation": text, "calibrated": m in CALIBRATED, "expected_bytes": size,
-             "reason": reason} for m, text in METHODS.items()]
-
-
-def latest_job(queue: JobQueue, model: str) -> JobInfo | None:
-    """The newest job whose recipe quantizes ``model`` (started here, on the Jobs page or the CLI)."""
-    for job in queue.list():
-        try:
-            steps = queue.recipe(job.id).get("steps") or []
-        except (OSError, ValueError, AttributeError):
-            continue
-        if any(isinstance(s, dict) and (s.get("quantize") or {}).get("model") == model for s in steps):
-            return job
-    return None
-
-
 def quality_chart(rows: Sequence[dict[str, Any]], y: str, *, log: bool = False) -> alt.LayerChart:
     """Size (MB) against ``y`` for every row that has both, the Pareto front drawn as a line and
     its points filled; each point is labelled with its type."""
-    points = [r for r in rows
-              if is_number(r.get("size_mb")) and is_number(r.get(y)) and (not log or r[y] > 0)]
-    front = {r["name"] for r in pareto_front(points, "size_mb", y)}
+    points = plottable(rows, y, log=log)
+    front = {r["name"] for r in quality_front(rows, y, log=log)}
     data = pd.DataFrame([{"name": r["name"], "type": r["type"], "size_mb": r["size_mb"], y: r[y],
                           "bpw": r.get("bpw"),
                           "Pareto front": "on the front" if r["name"] in front else "dominated"}
@@ -139,24 +79,24 @@ def quality_chart(rows: Sequence[dict[str, Any]], y: str, *, log: bool = False) 
 
 
 # ----- the page -----
-def type_picker(options: list[dict[str, Any]], imatrix_chosen: bool) -> list[str]:
+def type_picker(options: list[TypeChoice], imatrix_chosen: bool) -> list[str]:
     """Checkboxes for the types, in two groups; returns the ticked types that can be made."""
     ticked: list[str] = []
     defaults = {t.upper() for t in DEFAULT_TYPES}
 
-    def row(o: dict[str, Any]) -> None:
+    def row(o: TypeChoice) -> None:
         c1, c2 = st.columns([2, 5])
-        value = c1.checkbox(f"{o['type']} · ≈{human_size(o['expected_bytes'])}",
-                            value=o["type"] in defaults, key=f"quantize:type:{o['type']}",
-                            disabled=o["reason"] is not None, help=o["reason"] or o["explanation"])
-        note = f"≈{o['bits']} bits per weight. {o['explanation']}"
-        c2.caption(note + (f"  \n:orange[Not available: {o['reason']}]" if o["reason"] else ""))
-        if value and o["reason"] is None:
-            ticked.append(o["type"])
+        value = c1.checkbox(f"{o.type} · ≈{human_size(o.expected_bytes)}",
+                            value=o.type in defaults, key=f"quantize:type:{o.type}",
+                            disabled=not o.available, help=o.reason or o.explanation)
+        note = f"≈{o.bits} bits per weight. {o.explanation}"
+        c2.caption(note + (f"  \n:orange[Not available: {o.reason}]" if o.reason else ""))
+        if value and o.available:
+            ticked.append(o.type)
 
     st.markdown("**Types** (expected size = parameters × bits per weight / 8)")
     for o in options:
-        if not o["needs_imatrix"]:
+        if not o.needs_imatrix:
             row(o)
     with st.expander("Types that need an importance matrix (IQ1, IQ2, IQ3, Q2_K_S)", expanded=imatrix_chosen):
         if not imatrix_chosen:
@@ -164,7 +104,7 @@ def type_picker(options: list[dict[str, Any]], imatrix_chosen: bool) -> list[str
                     "the model, so llama.cpp refuses them without one. Choose an imatrix source above to "
                     "enable them.")
         for o in options:
-            if o["needs_imatrix"]:
+            if o.needs_imatrix:
                 row(o)
     return ticked
 
@@ -179,18 +119,19 @@ def method_picker(shapes: dict[str, list[int]], has_world: bool) -> tuple[list[s
     group_size = c2.selectbox("Group size", GROUP_SIZES, index=GROUP_SIZES.index(128), key="quantize:group_size",
                               help=HELP["group_size"])
     ticked = []
-    for o in method_options(shapes, bits, group_size):
+    choices: list[MethodChoice] = method_choices(shapes, bits, group_size)
+    for o in choices:
         c1, c2 = st.columns([2, 5])
-        value = c1.checkbox(f"{o['method'].upper()} · ≈{human_size(o['expected_bytes'])}", False,
-                            key=f"quantize:method:{o['method']}", disabled=o["reason"] is not None,
-                            help=o["reason"] or o["explanation"])
-        c2.caption(o["explanation"] + (f"  \n:orange[Not available: {o['reason']}]" if o["reason"] else ""))
-        if value and o["reason"] is None:
-            ticked.append(o["method"])
+        value = c1.checkbox(f"{o.method.upper()} · ≈{human_size(o.expected_bytes)}", False,
+                            key=f"quantize:method:{o.method}", disabled=not o.available,
+                            help=o.reason or o.explanation)
+        c2.caption(o.explanation + (f"  \n:orange[Not available: {o.reason}]" if o.reason else ""))
+        if value and o.available:
+            ticked.append(o.method)
     if not ticked:
         return [], {}
     options: dict[str, Any] = {"bits": bits, "group_size": group_size}
-    if set(ticked) & set(CALIBRATED):
+    if needs_calibration(ticked):
         c1, c2 = st.columns(2)
         source = c1.selectbox("Calibration text", ["world", "file"], index=0 if has_world else 1,
                               format_func={"world": "the world's training texts", "file": "a text file"}.get,
@@ -206,14 +147,14 @@ def method_picker(shapes: dict[str, list[int]], has_world: bool) -> tuple[list[s
 def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
     """The form: types, imatrix source, evaluation options; submits a one-step recipe."""
     try:
-        shapes = model_shapes(art)
+        shapes = tensor_shapes(art.path)
     except LlmlabError as e:
         st.error(f"Cannot read the shapes of '{art.name}': {e}")
         return
-    n_params = sum(math.prod(s) for s in shapes.values())
+    params = n_params(shapes)
     has_world = world.find_world(store, art) is not None
-    st.caption(f"{art.name}: {n_params:,} parameters; the f16 GGUF reference is about "
-               f"{human_size(n_params * 2)}."
+    st.caption(f"{art.name}: {params:,} parameters; the f16 GGUF reference is about "
+               f"{human_size(params * 2)}."
                + ("" if has_world else " It was not trained on the demo world: give evaluation texts below."))
 
     source = st.selectbox("Importance matrix from", list(IMATRIX_SOURCES), format_func=IMATRIX_SOURCES.get,
@@ -221,7 +162,7 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
     imatrix: str | None = None if source == "none" else source
     if source == "file":
         imatrix = st.text_input("Calibration file", key="quantize:imatrix_file", help=HELP["imatrix"]).strip()
-    types = type_picker(type_options(shapes, imatrix=source != "none"), source != "none")
+    types = type_picker(type_choices(shapes, imatrix=source != "none"), source != "none")
     methods, gptq_options = method_picker(shapes, has_world)
 
     with st.expander("Options", expanded=not has_world):
@@ -235,39 +176,21 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
                             help=HELP["score"])
         c3, c4 = st.columns(2)
         eval_data = c3.text_input("Evaluation texts", "world" if has_world else "", key="quantize:eval_data",
-                                  placeholder="a .txt or .jsonl file", help=HELP["eval_data"]).strip()
+                                  placeholder="a .txt or .jsonl file", help=HELP["texts"]).strip()
         qa = c4.text_input("Questions", "heldout" if has_world else "none", key="quantize:qa",
                            help=HELP["qa"]).strip()
 
-    problems = []
-    if not types and not methods:
-        problems.append("Tick at least one type.")
-    if gptq_options.get("calibration") == "":
-        problems.append("Give the calibration file for GPTQ/AWQ, or choose the world's texts.")
-    if source == "file" and not imatrix:
-        problems.append("Give the calibration file for the importance matrix, or choose another source.")
-    if score and not eval_data:
-        problems.append("Give the evaluation texts (a .txt or .jsonl file) for the quality table, or untick "
-                        "scoring.")
-    needs_world = [what for what, value in (("the importance matrix", imatrix),
-                   ("the GPTQ/AWQ calibration", gptq_options.get("calibration")), ("the evaluation texts",
-                   eval_data if score else None), ("the questions", qa if score else None))
-                   if value == "world" or (what == "the questions" and value in SPLITS)]
-    if needs_world and not has_world:
-        problems.append(f"'{art.name}' has no demo world, so {' and '.join(needs_world)} cannot come from "
-                        "it: give a file instead.")
+    problems = form_problems(art.name, types=types, methods=methods, imatrix_source=source, imatrix=imatrix,
+                             calibration=gptq_options.get("calibration"), score=score, texts=eval_data, qa=qa,
+                             has_world=has_world)
     for p in problems:
         st.warning(p)
 
-    config: dict[str, Any] = {"model": art.name, "types": [t.lower() for t in types] + methods,
-                              "imatrix": imatrix, "imatrix_chunks": int(chunks), "score": score,
-                              "eval_data": eval_data or "world", "qa": qa or None,
-                              **{k: v for k, v in gptq_options.items() if v is not None}}
-    if prefix:
-        config["name_prefix"] = prefix
+    config = form_config(art.name, types=types, methods=methods, imatrix=imatrix, imatrix_chunks=int(chunks),
+                         score=score, texts=eval_data, qa=qa, name_prefix=prefix, method_options=gptq_options)
     if (types or methods) and not problems:
         try:
-            existing = [o for o in QuantizeConfig.model_validate(config).outputs if store.exists(o)]
+            existing = existing_outputs(config, store)
         except (LlmlabError, ValueError) as e:  # e.g. a name prefix that is not a valid artifact name
             problems.append(str(e))
             st.warning(str(e))
@@ -300,13 +223,13 @@ def results(store: Store, model: str) -> None:
                "(the f16 GGUF for GGUF variants; the source model for the f16 itself and for GPTQ, AWQ and "
                "RTN) on the same "
                "held-out text; lower KLD and higher top-1 are better.")
-    axes = [a for a in QUALITY_AXES if any(is_number(r.get(a)) for r in rows)]
+    axes = quality_axes(rows)
     if axes:
         c1, c2 = st.columns([3, 1])
         y = c1.radio("Quality axis", axes, format_func=QUALITY_AXES.get, horizontal=True, key="quantize:axis")
         log = c2.toggle("Log scale", y.startswith("kld"), key=f"quantize:log:{y}")
         st.altair_chart(quality_chart(rows, y, log=log), width="stretch")
-        front = pareto_front([r for r in rows if not log or (is_number(r.get(y)) and r[y] > 0)], "size_mb", y)
+        front = quality_front(rows, y, log=log)
         st.caption("Pareto front (nothing else is both smaller and better): "
                    + ", ".join(f"{r['type']} ({r['size_mb']:.3g} MB)" for r in front) + ".")
     else:
@@ -342,7 +265,7 @@ def main() -> None:
     with st.container(border=True):
         quantize_form(store, queue, art)
 
-    job = latest_job(queue, art.name)
+    job = latest_job(queue, "quantize", reads=art.name)
     if job is not None:
         st.subheader("Job")
         st.fragment(run_every=1 if job.status not in FINAL else None)(job_panel)(queue, job.id, "quantize")

@@ -10,6 +10,11 @@ on by default, so the step continues from the last checkpoint of a cancelled or 
 When the job is done, the artifact's metrics (base vs tuned) and a side-by-side chat follow.
 A folded section distils a model into a smaller student (``llmlab.tune.distill``) the same way.
 
+Which jobs tune (and what they tune) is read through ``llmlab.jobs`` (``jobs_with_step``,
+``task_events``); base-vs-tuned scores, run facts, the training log and a student beside its teacher
+through ``llmlab.tune.report``. The page only lays out widgets and calls them. Its body is ``main``,
+run when Streamlit executes this file (as ``__main__``).
+
 torch is imported only by library calls made while the page runs (the backend plan, the
 preview, the chat), never when the page is imported.
 """
@@ -26,9 +31,11 @@ import streamlit as st
 from llmlab import recipes, world
 from llmlab.errors import LlmlabError
 from llmlab.tune.distill import DistillConfig
-from llmlab.jobs import FINAL, JobInfo, JobQueue
+from llmlab.jobs import FINAL, JobQueue, job_outputs, jobs_with_step, task_events
 from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Store
-from llmlab.tune.step import MASK_CLOSE, MASK_OPEN, PREFERENCE_METHODS, TuneConfig
+from llmlab.tune.report import before_after, example_question, run_facts, student_vs_teacher, training_log
+from llmlab.tune.config import PREFERENCE_METHODS, TuneConfig
+from llmlab.tune.records import MASK_CLOSE, MASK_OPEN
 from widgets import job_queue, job_status, load_model, session_id, start_button, task_bar
 
 # Fields set in the first section, the main options, and (everything else) the folded ones.
@@ -44,7 +51,7 @@ LOCAL = "(a local folder)"
 @st.cache_data(show_spinner=False)
 def backend_plan(method: str, backend: str, device: str) -> tuple[str, list[str]]:
     """What ``select_backend`` will run for these settings, as a line, and its messages."""
-    from llmlab.tune.step import select_backend
+    from llmlab.tune.config import select_backend
 
     config = TuneConfig(name="plan", model="plan", method=method, backend=backend, device=device)
     plan = select_backend(config)
@@ -137,7 +144,7 @@ def show_plan(config: TuneConfig) -> bool:
 
 
 def show_preview(config: TuneConfig, store: Store) -> None:
-    from llmlab.tune.step import preview
+    from llmlab.tune.records import preview
 
     try:
         with st.spinner("Formatting the first records…"):
@@ -169,28 +176,6 @@ def start(queue: JobQueue, config: TuneConfig, store: Store) -> None:
     start_button(queue, "tune", config, label="Start", title=f"tune {config.name}", session_key="tune:job")
 
 
-def tune_settings(queue: JobQueue, job_id: str) -> dict[str, Any] | None:
-    """The tune step's config of a job's recipe (None if the job runs no tune step)."""
-    try:
-        steps = queue.recipe(job_id).get("steps") or []
-    except (OSError, ValueError, AttributeError):
-        return None
-    return next((s["tune"] for s in steps if isinstance(s, dict) and "tune" in s), None)
-
-
-def tune_events(queue: JobQueue, job_id: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """The tune metric events (step, loss, val_loss, tok_s...) and the last tune progress event."""
-    metrics, last = [], None
-    for e in queue.events(job_id):
-        if e.get("task") != "tune":
-            continue
-        if e.get("type") == "metric":
-            metrics.append(e)
-        elif e.get("type") == "progress":
-            last = e
-    return metrics, last
-
-
 def loss_chart(rows: list[dict[str, Any]]) -> None:
     frame = pd.DataFrame(rows)
     ys = [c for c in ("loss", "val_loss") if c in frame and frame[c].notna().any()]
@@ -210,7 +195,7 @@ def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
         else:
             st.session_state["tune:job"] = again.id
             st.rerun()
-    metrics, last = tune_events(queue, job.id)
+    metrics, last = task_events(queue, job.id, "tune")
     if last and last.get("total"):
         st.progress(min(1.0, last["done"] / last["total"]), text=f"training step {last['done']}/{last['total']}")
     elif job.status not in FINAL:
@@ -231,29 +216,24 @@ def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
 
 
 def show_metrics(art: Artifact) -> None:
-    m, info = art.metrics, art.manifest.info
-    pairs = [("held-out accuracy", "accuracy_before", "accuracy", "normal"),
-             ("validation loss", "val_loss_before", "val_loss_after", "inverse"),
-             ("world-text perplexity", "ppl_before", "ppl", "inverse")]
-    shown = [(label, m[b], m[a], color) for label, b, a, color in pairs
-             if isinstance(m.get(b), (int, float)) and isinstance(m.get(a), (int, float))]
+    m = art.metrics
+    shown = before_after(m)
     if shown:
         cols = st.columns(len(shown))
-        for col, (label, before, after, color) in zip(cols, shown):
-            if label.endswith("accuracy"):
-                col.metric(f"{label} (tuned)", f"{after:.0%}", f"{(after - before) * 100:+.0f} points vs base "
-                           f"{before:.0%}", delta_color=color)
+        for col, c in zip(cols, shown):
+            color = "normal" if c.higher_is_better else "inverse"
+            if c.label.endswith("accuracy"):
+                col.metric(f"{c.label} (tuned)", f"{c.after:.0%}", f"{c.delta * 100:+.0f} points vs base "
+                           f"{c.before:.0%}", delta_color=color)
             else:
-                col.metric(f"{label} (tuned)", f"{after:.4g}", f"{after - before:+.3g} vs base {before:.4g}",
+                col.metric(f"{c.label} (tuned)", f"{c.after:.4g}", f"{c.delta:+.3g} vs base {c.before:.4g}",
                            delta_color=color)
     if "accuracy" not in m:
         st.caption("No held-out accuracy: the model has no demo world (or evaluate was off).")
-    facts = {k: info[k] for k in ("method", "backend", "device", "steps", "epochs", "train_seconds", "tok_s",
-                                  "trainable_params", "resumed_from_step") if info.get(k) is not None}
-    st.caption(" · ".join(f"{k} {v}" for k, v in facts.items()))
-    log_file = art.path / "training_log.jsonl"
-    if log_file.is_file():
-        loss_chart(pd.read_json(log_file, lines=True).to_dict("records"))
+    st.caption(" · ".join(f"{k} {v}" for k, v in run_facts(art.manifest.info).items()))
+    log = training_log(art)
+    if log:
+        loss_chart(log)
     with st.expander("All metrics"):
         st.json(m)
 
@@ -265,9 +245,7 @@ def side_by_side(store: Store, base: str, tuned: Artifact) -> None:
     st.subheader("Chat with base and tuned")
     key = f"tune:chat:{tuned.name}:{tuned.content_hash[:12]}"
     base_hash = store.get(base).content_hash if store.exists(base) else base
-    the_world = world.find_world(store, tuned)
-    heldout = the_world.split("heldout") if the_world is not None else []
-    example = heldout[0]["question"] if heldout else "Hello!"
+    example = example_question(store, tuned)
     c1, c2, c3 = st.columns([4, 1, 1])
     prompt = c1.text_input("Prompt", example, key=f"{key}:prompt")
     temperature = c2.number_input("Temperature", value=0.0, step=0.1, key=f"{key}:t",
@@ -302,24 +280,20 @@ def side_by_side(store: Store, base: str, tuned: Artifact) -> None:
     history.append(turn)
 
 
-def results(store: Store, settings: dict[str, Any]) -> None:
-    name = settings.get("name", "")
+def results(store: Store, name: str, base: str) -> None:
+    """The tuned artifact ``name``'s scores against ``base``, its run, and a chat with both."""
     if not store.exists(name):
         st.warning(f"The job finished but `{name}` is not in the store (removed since?).")
         return
     art = store.get(name)
     st.subheader(f"Results: {name}")
     show_metrics(art)
-    side_by_side(store, str(settings.get("model", "")), art)
+    side_by_side(store, base, art)
 
 
 def runs(store: Store, queue: JobQueue) -> None:
     """Tune jobs of this store: pick one, follow it live, then its results."""
-    jobs: list[tuple[JobInfo, dict[str, Any]]] = []
-    for j in queue.list()[:30]:
-        settings = tune_settings(queue, j.id)
-        if settings is not None:
-            jobs.append((j, settings))
+    jobs = jobs_with_step(queue, "tune", limit=30)
     if not jobs:
         st.caption("No tuning jobs yet: set the options above and press Start.")
         return
@@ -329,12 +303,12 @@ def runs(store: Store, queue: JobQueue) -> None:
     job_id = st.selectbox("Run", ids, index=ids.index(wanted) if wanted in by_id else 0,
                           format_func=lambda i: f"{i} · {by_id[i][0].title} · {by_id[i][0].status}")
     st.session_state["tune:job"] = job_id
-    job, settings = by_id[job_id]
+    job, step = by_id[job_id]
     active = job.status not in FINAL
     # Refresh every second only while the job is queued or running.
     st.fragment(run_every=1 if active else None)(live)(queue, job_id, active)
     if queue.get(job_id).status == "done":
-        results(store, settings)
+        results(store, step.output_names()[0], str(getattr(step.config, "model", "")))
 
 
 def distill_section(store: Store, queue: JobQueue) -> None:
@@ -369,32 +343,36 @@ def distill_section(store: Store, queue: JobQueue) -> None:
             return
         job = job_status(queue, queue.get(job_id), key="distill")
         task_bar(queue.progress(job_id)["tasks"].get("distill", {}), label="distilling step")
-        student = queue.recipe(job_id)["steps"][0]["distill"]["name"]
-        if job.status == "done" and store.exists(student):
+        student = next(iter(job_outputs(queue, job_id)), None)
+        if job.status == "done" and student and store.exists(student):
             m = store.get(student).metrics
-            st.table(pd.DataFrame([{"measure": k, "student": m.get(k), "teacher": m.get(f"{k}_teacher")}
-                                   for k in ("params", "gen_tok_s", "ppl", "accuracy") if k in m]))
+            st.table(pd.DataFrame(student_vs_teacher(m)))
             st.caption(f"KL divergence to the teacher {m.get('kld_mean', 0):.3f} nats per token, top-1 agreement "
                        f"{m.get('top1', 0):.0%}; {m.get('size_ratio', 0):.0%} of its parameters, "
                        f"{m.get('speedup')}x its generation speed.")
 
 
-store = Store()
-queue = job_queue(str(store.root))
-st.title("Tune")
-st.markdown("Teach a model new facts or a new style with **LoRA**, **DoRA**, **QLoRA**, **full** fine-tuning or "
-            "preference tuning (**DPO**, **ORPO**). The result is an adapter (or a full model) in the store, with "
-            "its lineage and base-vs-tuned scores.")
-for folder, reason in store.problems().items():
-    st.warning(f"`{folder}` is not readable: {reason}")
+def main() -> None:
+    store = Store()
+    queue = job_queue(str(store.root))
+    st.title("Tune")
+    st.markdown("Teach a model new facts or a new style with **LoRA**, **DoRA**, **QLoRA**, **full** fine-tuning "
+                "or preference tuning (**DPO**, **ORPO**). The result is an adapter (or a full model) in the store, "
+                "with its lineage and base-vs-tuned scores.")
+    for folder, reason in store.problems().items():
+        st.warning(f"`{folder}` is not readable: {reason}")
 
-st.subheader("Model, data and method")
-config = form(store)
-if config is not None and show_plan(config):
-    if st.button("Preview", key="tune:preview", help="Format the first records the way training will."):
-        show_preview(config, store)
-    start(queue, config, store)
-distill_section(store, queue)
+    st.subheader("Model, data and method")
+    config = form(store)
+    if config is not None and show_plan(config):
+        if st.button("Preview", key="tune:preview", help="Format the first records the way training will."):
+            show_preview(config, store)
+        start(queue, config, store)
+    distill_section(store, queue)
 
-st.subheader("Runs")
-runs(store, queue)
+    st.subheader("Runs")
+    runs(store, queue)
+
+
+if __name__ == "__main__":
+    main()

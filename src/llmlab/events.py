@@ -59,17 +59,19 @@ class Bar(Protocol):
     def update(self, increment: int = 1, title: str | None = None, subtitle: str | None = None) -> None: ...
 
 
-def bar_updates(bar: Bar, task: str | None = None) -> Reporter:
+def bar_updates(bar: Bar, task: str | None = None, *, scale: int | None = None) -> Reporter:
     """A reporter that turns ``progress`` events (of ``task`` only, when given) into increments of
-    ``bar``: events say how far a task is (done of total), a bar wants how much it moved."""
+    ``bar``: events say how far a task is (done of total), a bar wants how much it moved. With
+    ``scale`` the bar counts in ``scale`` units for the whole task (a bar of ``total=100`` with
+    ``scale=100`` shows percent), for a task whose number of steps is known only once it runs."""
     seen: dict[Any, int] = {}
 
     def report(event: Event) -> None:
         if event.get("type") != "progress" or (task is not None and event.get("task") != task):
             return
-        key, done = event.get("task"), int(event.get("done", 0))
-        step = done - seen.get(key, 0)
-        seen[key] = done
-        bar.update(increment=max(step, 0), subtitle=f"{key or 'step'} {done}/{event.get('total', '?')}")
+        key, done, total = event.get("task"), int(event.get("done", 0)), event.get("total")
+        position = int(scale * done / total) if scale and total else done
+        bar.update(increment=max(position - seen.get(key, 0), 0), subtitle=f"{key or 'step'} {done}/{total or '?'}")
+        seen[key] = position
 
     return report

@@ -16,6 +16,11 @@ At most ``LLMLAB_MAX_JOBS`` (default 1) queued jobs run at once, first come firs
 ``llmlab run`` typed at the terminal records a job too, but starts at once. A job whose process
 is gone without writing a final status shows as ``died`` (or ``cancelled`` if it was asked to
 stop), so a SIGKILL is visible rather than a job that looks forever "running".
+
+What a job is about is read from its recorded recipe through typed steps (``JobQueue.steps``: each
+validated by its station's config, with ``input_names()`` and ``output_names()``), so front ends
+never dig into recipe dicts: ``latest_job(queue, "quantize", reads="demo")``, ``jobs_with_step``,
+``step_of``, ``job_outputs``; and what it reported through ``task_events`` and ``last_log``.
 """
 
 from __future__ import annotations
@@ -31,13 +36,16 @@ import time
 import uuid
 from datetime import datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
 from pydantic import BaseModel
 
 from llmlab.errors import NotFoundError
 from llmlab.store import Store, write_json, process_alive
+
+if TYPE_CHECKING:
+    from llmlab.recipes import Step
 
 Status = Literal["queued", "running", "done", "failed", "cancelled", "died"]
 FINAL = ("done", "failed", "cancelled", "died")
@@ -160,6 +168,28 @@ class JobQueue:
     def recipe(self, job_id: str) -> dict[str, Any]:
         return yaml.safe_load((self.root / job_id / "recipe.yaml").read_text())
 
+    def steps(self, job_id: str) -> list[Step]:
+        """The steps of a job's recorded recipe, each validated by its station's config (so a step's
+        ``kind``, ``config``, ``input_names()`` and ``output_names()`` are typed). A recipe that cannot
+        be read gives none; a step that no longer validates (an older job) is left out."""
+        from llmlab import recipes
+        from llmlab.errors import LlmlabError
+
+        try:
+            raw = self.recipe(job_id).get("steps") or []
+        except (OSError, ValueError, AttributeError, yaml.YAMLError):
+            return []
+        out = []
+        for item in raw if isinstance(raw, list) else []:
+            if not isinstance(item, dict) or len(item) != 1:
+                continue
+            kind, config = next(iter(item.items()))
+            try:
+                out.append(recipes.make_step(str(kind), config or {}, where=f"job {job_id}"))
+            except (LlmlabError, ValueError, TypeError):
+                continue
+        return out
+
     def progress(self, job_id: str) -> dict[str, Any]:
         """A summary for progress bars: the current step (``step``, ``index`` of ``total``), the
         latest task counter (``task``, ``done`` of ``of``) and metrics, and ``tasks``: one entry per
@@ -216,6 +246,55 @@ class JobQueue:
         for pid, proc in list(self._children.items()):
             if proc.poll() is not None:
                 del self._children[pid]
+
+
+# ----- what a job is about, and what it reported -----
+def step_of(queue: JobQueue, job_id: str, kind: str) -> Step | None:
+    """The first step of ``kind`` in a job's recipe (None if it runs no such step)."""
+    return next((s for s in queue.steps(job_id) if s.kind == kind), None)
+
+
+def job_outputs(queue: JobQueue, job_id: str) -> list[str]:
+    """The artifacts a job's steps write, in order."""
+    return [o for s in queue.steps(job_id) for o in s.output_names()]
+
+
+def jobs_with_step(queue: JobQueue, kind: str, *, limit: int | None = None) -> list[tuple[JobInfo, Step]]:
+    """The jobs (newest first; the newest ``limit`` looked at) that run a step of ``kind``, each with that step."""
+    out = []
+    for job in queue.list()[:limit]:
+        step = step_of(queue, job.id, kind)
+        if step is not None:
+            out.append((job, step))
+    return out
+
+
+def latest_job(queue: JobQueue, kind: str, *, reads: str | None = None) -> JobInfo | None:
+    """The newest job with a step of ``kind`` (that reads the artifact ``reads``, when given), whoever
+    started it: a page, the Jobs page or ``llmlab run`` at the terminal."""
+    for job in queue.list():
+        if any(s.kind == kind and (reads is None or reads in s.input_names()) for s in queue.steps(job.id)):
+            return job
+    return None
+
+
+def task_events(queue: JobQueue, job_id: str, task: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A job's ``metric`` events of ``task`` (step, loss, val_loss, tok_s...) and its last ``progress`` event of it."""
+    metrics, last = [], None
+    for e in queue.events(job_id):
+        if e.get("task") != task:
+            continue
+        if e.get("type") == "metric":
+            metrics.append(e)
+        elif e.get("type") == "progress":
+            last = e
+    return metrics, last
+
+
+def last_log(queue: JobQueue, job_id: str) -> str | None:
+    """The message of a job's latest ``log`` event."""
+    message = next((e.get("message") for e in reversed(queue.events(job_id)) if e.get("type") == "log"), None)
+    return None if message is None else str(message)
 
 
 class RunningJob:

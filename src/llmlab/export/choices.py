@@ -1,0 +1,86 @@
+"""What the Export station offers and reports, beside ``llmlab.export.plan`` (what goes into a bundle):
+which models can be exported (best held-out accuracy first), whether a parity check applies, a
+bundle's files with their hashes, and which of a running server's ``/metrics`` series to show.
+
+```python
+from llmlab.export.choices import exportable, server_metric_rows
+best = exportable(store)[0]                                  # the most accurate exportable model
+rows = server_metric_rows(llmlab.serve.client.metrics(url))  # counters and mean latency per endpoint
+```
+
+Pure reads of manifests and metrics: nothing is exported, loaded or served here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from llmlab.scoring import is_number
+from llmlab.store import GGUF_KINDS, HF_KINDS, Artifact, Store
+
+# A server's /metrics series -> what it counts (shown in this order).
+SERVER_METRICS: dict[str, str] = {
+    'llmlab_requests_total{endpoint="chat",status="200"}': "chat requests answered",
+    'llmlab_requests_total{endpoint="completions",status="200"}': "completions answered",
+    'llmlab_tokens_total{type="prompt"}': "prompt tokens",
+    'llmlab_tokens_total{type="completion"}': "completion tokens",
+    "llmlab_queue_depth": "queue depth",
+    "llmlab_requests_active": "generating now",
+}
+LATENCY_SUM = "llmlab_request_latency_seconds_sum"
+
+
+def accuracy_of(art: Artifact) -> float | None:
+    """An artifact's recorded accuracy: the held-out split's when it was scored per split (else
+    the first split's), None when it has none."""
+    acc = art.metrics.get("accuracy")
+    if isinstance(acc, dict):
+        acc = acc.get("heldout", next(iter(acc.values()), None))
+    return float(acc) if is_number(acc) else None
+
+
+def exportable(store: Store) -> list[Artifact]:
+    """Models that can be exported (GGUF and Hugging Face kinds), best accuracy first, unscored ones
+    last, then by name."""
+    arts = [a for a in store.list() if a.kind in GGUF_KINDS + HF_KINDS]
+
+    def rank(a: Artifact) -> tuple[float, str]:
+        acc = accuracy_of(a)
+        return (-(acc if acc is not None else -1.0), a.name)
+
+    return sorted(arts, key=rank)
+
+
+def parity_applies(art: Artifact) -> bool:
+    """Whether an export of ``art`` can be checked for parity (GGUF kinds: the bundle's server against
+    the artifact, token for token)."""
+    return art.kind in GGUF_KINDS
+
+
+def parity_source(bundle: Artifact, store: Store) -> str | None:
+    """The artifact a bundle was exported from, when the store still holds it (parity can be re-run)."""
+    source = bundle.manifest.info.get("source")
+    return str(source) if source and store.exists(str(source)) else None
+
+
+def served_over_http(bundle: Artifact) -> bool:
+    """Whether llmlab serve runs the bundle (GGUF); other bundles are for vLLM."""
+    return bundle.manifest.info.get("format") == "gguf"
+
+
+def bundle_files(bundle: Artifact) -> list[dict[str, Any]]:
+    """One row per file of a bundle: path, size in KB, sha256 (first 16 hex digits)."""
+    return [{"file": rel, "size_kb": round((bundle.path / rel).stat().st_size / 1e3, 1), "sha256": digest[:16]}
+            for rel, digest in sorted(bundle.manifest.files.items())]
+
+
+def server_metric_rows(values: dict[str, float]) -> list[dict[str, Any]]:
+    """The ``SERVER_METRICS`` counters (0 when absent), then the mean latency per endpoint in ms."""
+    rows = [{"metric": label, "value": values.get(key, 0)} for key, label in SERVER_METRICS.items()]
+    for key, total in values.items():
+        if key.startswith(LATENCY_SUM):
+            count = values.get(key.replace("_sum", "_count"), 0)
+            endpoint = key[key.index("{"):]
+            rows.append({"metric": f"mean latency {endpoint} (ms)",
+                         "value": round(1000 * total / count, 1) if count else 0})
+    return rows
