@@ -82,6 +82,8 @@ def test_methods_write_valid_artifacts(micro_store, method, kind):
         assert {"adapter_model.safetensors", "adapter_config.json", "tokenizer.json"} <= files
         cfg = json.loads((art.path / "adapter_config.json").read_text())
         assert cfg["base_model_name_or_path"] == "micro" and cfg["use_dora"] == (method == "dora")
+        # the same training writes the same bytes: peft's set of target modules is written sorted
+        assert len(cfg["target_modules"]) == 7 and cfg["target_modules"] == sorted(cfg["target_modules"])
     else:
         assert {"model.safetensors", "config.json", "tokenizer.json"} <= files
     rows = [json.loads(x) for x in (art.path / "training_log.jsonl").read_text().splitlines()]

@@ -60,6 +60,8 @@ def combine_adapters(config: MergeConfig, inputs: list[Input], store: Store, out
         cfg_path = out / "adapter_config.json"
         cfg = json.loads(cfg_path.read_text())
         cfg["base_model_name_or_path"] = inputs[0].adapter_base
+        if isinstance(cfg.get("target_modules"), list):  # peft writes a set, in hash-seed order
+            cfg["target_modules"] = sorted(cfg["target_modules"])
         cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
     else:
         peft_model.merge_and_unload().save_pretrained(out, safe_serialization=True)

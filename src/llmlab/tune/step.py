@@ -151,6 +151,8 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             cfg_path = w.path / "adapter_config.json"
             adapter_cfg = json.loads(cfg_path.read_text())
             adapter_cfg["base_model_name_or_path"] = base_art.name if base_art else str(base)
+            if isinstance(adapter_cfg.get("target_modules"), list):  # peft writes a set, in hash-seed order:
+                adapter_cfg["target_modules"] = sorted(adapter_cfg["target_modules"])  # same run, same bytes
             cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
         else:
             model.save_pretrained(w.path, safe_serialization=True)
