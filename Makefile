@@ -28,7 +28,9 @@ install: $(VENV)/.installed
 quickstart: install
 	$(BIN)/llmlab run recipes/quickstart.yaml
 
-test: install chromium
+# The wheelhouse first: the fresh-environment test of an exported bundle installs from it (pip's
+# caches make it a few seconds once llama-cpp-python's wheel is built).
+test: install chromium wheelhouse
 	bash scripts/test.sh $(PYTEST_ARGS)
 
 # Only the real-browser tests (Debian's chromium; screenshots in tests/artifacts/screenshots).
@@ -52,6 +54,7 @@ wheelhouse: install
 	print(lock_text('gguf', rag=True, agent=True), end='')" > $(WHEELHOUSE)/requirements.lock
 	$(BIN)/pip wheel --quiet --no-deps -r $(WHEELHOUSE)/requirements.lock -w $(WHEELHOUSE)
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation . -w $(WHEELHOUSE)
+	@echo "== wheelhouse: built in $(WHEELHOUSE)"
 
 # Re-pin after changing dependencies: resolve in a fresh venv, then freeze.
 lock:
