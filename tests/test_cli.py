@@ -34,7 +34,7 @@ def test_help_everywhere(capsys):
             main([name, "--help"])
         assert e.value.code == 0
     assert {"run", "export-script", "build-demo", "score", "chat", "models", "jobs", "mlflow", "app"} <= set(names)
-    capsys.readouterr()
+    assert "PydanticUndefined" not in capsys.readouterr().out  # a default_factory's default is shown for real
     with pytest.raises(SystemExit):
         main(["build-demo", "--help"])
     assert "--size VALUE" in capsys.readouterr().out
@@ -120,3 +120,99 @@ def test_models_add_gguf_and_refuse_a_truncated_one(micro_gguf, tmp_path, capsys
     assert "cut.gguf" in err and "Traceback" not in err
     assert main([*home, "models", "ls", "--json"]) == 0
     assert [a["name"] for a in json.loads(capsys.readouterr().out)] == ["micro-f16"]
+
+
+def test_help_shows_real_defaults(capsys):
+    with pytest.raises(SystemExit):
+        main(["chat", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "PydanticUndefined" not in out
+    assert "(not included in the output). (default: empty)" in out  # --stop: a list from a default_factory
+    assert "(default: 256)" in out and "(default: none)" in out
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "(required)" not in capsys.readouterr().out  # source is the positional, not a flag
+
+
+def test_string_flags_keep_their_text_other_flags_are_yaml(tmp_path, capsys):
+    from llmlab.cli.flags import config_from_flags
+
+    def flags(*argv):
+        return config_from_flags(build_parser(argv[0]).parse_args(list(argv)))
+
+    assert flags("serve", "X", "--host", "::", "--model-name", "007", "--api-key-env", "null", "--log-path", "no") == {
+        "host": "::", "model_name": "007", "api_key_env": "null", "log_path": "no"}
+    assert flags("serve", "X", "--port", "8001", "--log-prompts", "yes", "--n-ctx", "null") == {
+        "port": 8001, "log_prompts": True, "n_ctx": None}
+    assert flags("serve", "X", "--model-name", "none") == {"model_name": "none"}  # as before: the text
+    assert flags("build-demo", "--name", "yes", "--size", "micro") == {"name": "yes", "size": "micro"}
+    assert flags("chat", "m", "--stop", "[a, b]", "--seed", "7") == {"stop": ["a", "b"], "seed": 7}
+    # `--host ::` reaches the server's own check (no API key), not a crash on {':': None} (exit 70)
+    assert main(["--home", str(tmp_path / "models"), "serve", "X", "--host", "::"]) == 2
+    assert "Refusing to listen on :: without an API key" in capsys.readouterr().err
+
+
+def _run_into_closed_pipe(*argv):
+    code = "import sys; from llmlab.cli import main; sys.exit(main())"
+    p = subprocess.Popen([sys.executable, "-c", code, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    p.stdout.close()  # the reader goes away before anything is written, as `| head -0` would
+    err = p.stderr.read().decode()
+    return p.wait(timeout=60), err
+
+
+def test_closed_pipe_ends_quietly(tmp_path):
+    from llmlab.store import Store
+
+    with Store(tmp_path / "models").write("a", "base") as w:
+        (w.path / "weights.txt").write_text("w")
+    home = ["--home", str(tmp_path / "models")]
+    for argv in (["models", "show", "a"], ["models", "ls"], ["models", "lineage", "a"]):
+        rc, err = _run_into_closed_pipe(*home, *argv)
+        assert (rc, err) == (141, ""), (argv, rc, err)
+
+
+def test_whole_store_verify_reports_unreadable_and_edited_artifacts(tmp_path, capsys):
+    from llmlab.store import Store, sha256_file
+
+    store = Store(tmp_path / "models")
+    for name in ("a", "b", "c"):
+        with store.write(name, "base") as w:
+            (w.path / "weights.txt").write_text(name)
+    home = ["--home", str(store.root)]
+    (store.root / "leaderboard.md").write_text("a file at the root is not an artifact")
+    (store.root / ".cache" / "x").mkdir(parents=True)
+    assert main([*home, "models", "verify"]) == 0
+    assert sorted(capsys.readouterr().out.splitlines()) == ["a: ok", "b: ok", "c: ok"]
+    (store.root / "b" / "manifest.json").write_text("{not json")
+    (store.root / "stray").mkdir()
+    weights = store.root / "c" / "weights.txt"
+    weights.write_text("edited")
+    manifest = json.loads((store.root / "c" / "manifest.json").read_text())
+    manifest["files"]["weights.txt"] = sha256_file(weights)  # the file and its sha256 both edited
+    (store.root / "c" / "manifest.json").write_text(json.dumps(manifest))
+    assert main([*home, "models", "verify"]) == 4
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "a: ok" and out[1].startswith("b: unreadable: The manifest of 'b'") and "corrupted" in out[1]
+    assert out[2] == "c: content hash differs from the manifest's files (the manifest was edited)"
+    assert out[3].startswith("stray: unreadable: no manifest.json") and len(out) == 4
+    assert main([*home, "models", "verify", "c"]) == 4
+
+
+@pytest.mark.parametrize("command", ["app", "mlflow"])
+def test_app_and_mlflow_refuse_a_non_loopback_host_without_expose(command, tmp_path, monkeypatch, capsys):
+    from llmlab import tracking
+
+    started = []
+    monkeypatch.setattr(subprocess, "call", lambda argv: started.append(argv) or 0)
+    monkeypatch.setattr(tracking, "ui_command", lambda host, port: ["mlflow", "ui", "--host", host])
+    home = ["--home", str(tmp_path / "models")]
+    for host in ("0.0.0.0", "::", "192.0.2.7"):
+        assert main([*home, command, "--host", host]) == 2
+        err = capsys.readouterr().err
+        assert f"Refusing to listen on {host}: " in err and "Pass --expose" in err
+    assert started == []
+    for host in ("127.0.0.1", "localhost", "::1"):
+        assert main([*home, command, "--host", host]) == 0
+    assert main([*home, command, "--host", "0.0.0.0", "--expose"]) == 0
+    assert len(started) == 4 and all(host in argv for host, argv in
+                                     zip(("127.0.0.1", "localhost", "::1", "0.0.0.0"), started))

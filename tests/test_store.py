@@ -108,6 +108,33 @@ def test_verify_names_tampered_missing_and_extra_files(tmp_path):
     assert "missing file: sub/config.json" in problems and "unexpected file: extra.bin" in problems
 
 
+def test_verify_recomputes_the_content_hash(tmp_path):
+    from llmlab.store import sha256_file
+
+    store = Store(tmp_path)
+    art = _write(store, "a")
+    (art.path / "weights.txt").write_text("changed")
+    m = json.loads((art.path / "manifest.json").read_text())
+    m["files"]["weights.txt"] = sha256_file(art.path / "weights.txt")  # the sha256 edited to match
+    (art.path / "manifest.json").write_text(json.dumps(m))
+    assert store.verify("a") == ["content hash differs from the manifest's files (the manifest was edited)"]
+
+
+def test_verify_all_reports_unreadable_folders_and_skips_hidden_ones(tmp_path):
+    store = Store(tmp_path)
+    _write(store, "a")
+    _write(store, "b")
+    (tmp_path / "b" / "manifest.json").write_text("{not json")
+    (tmp_path / "empty").mkdir()
+    for hidden in (".jobs", ".cache", ".mlflow", ".serve"):
+        (tmp_path / hidden).mkdir(exist_ok=True)
+    (tmp_path / "leaderboard.md").write_text("x")
+    found = store.verify_all()
+    assert list(found) == ["a", "b", "empty"] and found["a"] == []
+    assert found["b"][0].startswith("unreadable: The manifest of 'b'") and "corrupted" in found["b"][0]
+    assert found["empty"][0].startswith("unreadable: no manifest.json")
+
+
 def test_lineage_and_rm_protects_parents(tmp_path):
     store = Store(tmp_path)
     base = _write(store, "base")

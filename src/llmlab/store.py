@@ -308,7 +308,7 @@ class Store:
         return node(name)
 
     def verify(self, name: str) -> list[str]:
-        """Recompute hashes; return one line per problem (empty when intact)."""
+        """Recompute the files' sha256s and the content hash; return one line per problem (empty when intact)."""
         art = self.get(name)
         problems = []
         actual = hash_files(art.path)
@@ -318,7 +318,27 @@ class Store:
             elif actual[rel] != digest:
                 problems.append(f"tampered file: {rel} (sha256 differs from the manifest)")
         problems += [f"unexpected file: {rel}" for rel in actual if rel not in art.manifest.files]
+        if content_hash(art.manifest.files) != art.content_hash:
+            problems.append("content hash differs from the manifest's files (the manifest was edited)")
         return problems
+
+    def verify_all(self) -> dict[str, list[str]]:
+        """``verify`` for every artifact folder (hidden folders and files at the root are not artifacts):
+        its problems by name, empty when intact. A folder whose manifest is missing or unreadable is
+        reported too, with what is wrong."""
+        out: dict[str, list[str]] = {}
+        for folder in sorted(self.root.iterdir()):
+            if folder.name.startswith(".") or not folder.is_dir():
+                continue
+            if not (folder / MANIFEST).is_file():
+                why = f"no {MANIFEST}: not an artifact, or a damaged one (remove the folder, or rebuild it)"
+                out[folder.name] = [f"unreadable: {why}"]
+                continue
+            try:
+                out[folder.name] = self.verify(folder.name)
+            except (StoreError, ConfigError, NotFoundError) as e:
+                out[folder.name] = [f"unreadable: {e.message}"]
+        return out
 
     # ----- writing -----
     @contextlib.contextmanager

@@ -7,8 +7,9 @@ generated from the station's pydantic config, the same model that validates reci
 forms.
 
 Exit codes: 0 success; 1 a user-facing error; 2 invalid configuration; 3 not found; 4 store
-problem; 5 missing optional dependency; 6 not enough memory/disk; 130 interrupted; 70 an
-internal error (a bug: rerun with --debug and report it).
+problem; 5 missing optional dependency; 6 not enough memory/disk; 130 interrupted; 141 stdout's
+reader closed the pipe (`| head`; nothing is printed); 70 an internal error (a bug: rerun with
+--debug and report it).
 
 Modules: ``parser`` (the parser, built for the invoked command only), ``run`` (``run``,
 ``export-script`` and the station commands), ``chat``, ``models``, ``jobs``, ``evaluate``
@@ -29,15 +30,27 @@ from llmlab.errors import LlmlabError
 __all__ = ["INTERNAL_ERROR", "build_parser", "main"]
 
 INTERNAL_ERROR = 70
+CLOSED_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool whose reader went away
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    try:
+        try:
+            return _main(sys.argv[1:] if argv is None else argv)
+        finally:
+            sys.stdout.flush()  # a reader that went away (`| head`) shows here, not at interpreter exit
+    except BrokenPipeError:
+        return _closed_pipe()
+
+
+def _main(argv: list[str]) -> int:
     args = build_parser(command_of(argv)).parse_args(argv)
     if args.home:
         os.environ["LLMLAB_HOME"] = str(Path(args.home).resolve())
     try:
         return int(args.fn(args) or 0)
+    except BrokenPipeError:
+        raise
     except LlmlabError as e:
         if args.debug:
             raise
@@ -51,3 +64,14 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"internal error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
         return INTERNAL_ERROR
+
+
+def _closed_pipe() -> int:
+    """stdout's reader closed the pipe: end quietly, as a Unix tool killed by SIGPIPE would (exit 141).
+    stdout is pointed at /dev/null so the flush at exit does not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # stdout is not a real file (captured in tests)
+        pass
+    return CLOSED_PIPE

@@ -59,13 +59,12 @@ def cmd_models(args: argparse.Namespace) -> int:
         console.print(root)
         return 0
     if action == "verify":
-        names = [args.name] if args.name else [a.name for a in store.list()]
-        bad = 0
-        for n in names:
-            problems = store.verify(n)
-            bad += bool(problems)
+        found = {args.name: store.verify(args.name)} if args.name else store.verify_all()
+        for n, problems in found.items():
             print(f"{n}: " + ("ok" if not problems else "; ".join(problems)))
-        return 4 if bad else 0
+        if not found:
+            print(f"No artifacts in the store at {store.root}.")
+        return 4 if any(found.values()) else 0
     if action == "rm":
         store.rm(args.name, force=args.force)
         print(f"removed {args.name}")

@@ -11,6 +11,12 @@ def new_console():
     console = Console(highlight=False)
     if not console.is_terminal:  # piped or captured: don't squeeze tables into 80 columns
         console = Console(highlight=False, width=120)
+
+    def closed_pipe() -> None:  # rich would exit 1; `main` ends a closed pipe quietly (141) for every command
+        console.quiet = True
+        raise BrokenPipeError(32, "Broken pipe")
+
+    console.on_broken_pipe = closed_pipe
     return console
 
 

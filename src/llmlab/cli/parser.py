@@ -166,6 +166,8 @@ def _other_parsers(sub: Any) -> None:
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
         sp.add_argument("--port", type=int, default=port)
+        sp.add_argument("--expose", action="store_true",
+                        help="allow a --host beyond this machine (the UI has no login: anyone who can reach it can use it)")
         sp.set_defaults(fn=fn)
 
     from llmlab.serve import ServeConfig

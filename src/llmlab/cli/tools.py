@@ -7,7 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from llmlab.errors import LlmlabError
+from llmlab.errors import ConfigError, LlmlabError
 
 
 def cmd_mlflow(args: argparse.Namespace) -> int:
@@ -15,6 +15,7 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
 
     from llmlab import tracking
 
+    _refuse_open_host(args, "the MLflow UI", "read and delete the tracked runs")
     argv = tracking.ui_command(args.host, args.port)
     print(f"MLflow UI on http://{args.host}:{args.port}  (Ctrl-C to stop)")
     return subprocess.call(argv)
@@ -23,6 +24,7 @@ def cmd_mlflow(args: argparse.Namespace) -> int:
 def cmd_app(args: argparse.Namespace) -> int:
     import subprocess
 
+    _refuse_open_host(args, "the app", "run jobs, read the store and delete models")
     app = Path(__file__).resolve().parents[3] / "app" / "streamlit_app.py"
     if not app.is_file():
         raise LlmlabError("The app is not found next to the package.",
@@ -32,6 +34,17 @@ def cmd_app(args: argparse.Namespace) -> int:
             "--browser.gatherUsageStats", "false", "--client.toolbarMode", "minimal"]
     print(f"llmlab app on http://{args.host}:{args.port}  (Ctrl-C to stop)")
     return subprocess.call(argv)
+
+
+def _refuse_open_host(args: argparse.Namespace, what: str, can: str) -> None:
+    """Like ``llmlab serve`` without an API key: only loopback unless ``--expose`` says otherwise."""
+    from llmlab.serve.config import is_loopback
+
+    if not getattr(args, "expose", False) and not is_loopback(args.host):
+        raise ConfigError(f"Refusing to listen on {args.host}: {what} has no login, so anyone who can reach "
+                          f"this address could {can}.",
+                          "Pass --expose to listen there anyway (e.g. behind a firewall or an authenticating "
+                          "proxy), or bind 127.0.0.1 and use an SSH tunnel.")
 
 
 def cmd_setup(args: argparse.Namespace) -> int:
