@@ -38,20 +38,30 @@ WIDE_576 = {"model.embed_tokens.weight": [1000, 576], "model.layers.0.self_attn.
             "model.layers.0.mlp.down_proj.weight": [576, 1536], "model.norm.weight": [576]}
 
 
-def test_a_576_wide_model_rules_out_the_256_block_types_but_not_q8_0():
+def test_a_576_wide_model_takes_the_256_block_types_with_fallbacks():
     from llmlab.quantize.choices import gguf_expected_bytes, n_params, type_choices
 
     choices = {c.type: c for c in type_choices(WIDE_576, imatrix=False)}
     q4, q8, q5 = choices["Q4_K_M"], choices["Q8_0"], choices["Q5_0"]
-    assert not q4.available and "blocks of 256" in q4.reason and "rows of 576" in q4.reason
-    assert q8.available and q8.reason is None and q5.available  # blocks of 32 divide 576
+    # as llama.cpp does: the 576-wide tensors (embeddings, q_proj) go to Q5_0; down_proj (1536) stays Q4_K
+    assert q4.available and q4.reason is None
+    assert "2 tensors" in q4.note and "rows of 576" in q4.note and "fall back to Q5_0" in q4.note
+    assert "Q8_0" in choices["Q6_K"].note and "Q5_1" in choices["Q5_K_M"].note
+    assert q8.available and q8.reason is None and q8.note is None and q5.available  # blocks of 32 divide 576
     params = 1000 * 576 + 576 * 576 + 576 * 1536 + 576
     assert n_params(WIDE_576) == params
     assert q8.expected_bytes == gguf_expected_bytes("q8_0", params) == int(params * 8.5 / 8)
     assert q4.bits == 4.9 and q4.expected_bytes < q8.expected_bytes
-    # the block check comes first: an importance matrix does not make IQ2_XS fit 576-wide rows
+    # IQ types fall back to IQ4_NL; the imatrix ones still wait for an importance matrix
+    assert "needs an importance matrix" in choices["IQ2_XS"].reason and choices["IQ2_XS"].note is None
     with_imatrix = {c.type: c for c in type_choices(WIDE_576, imatrix=True)}
-    assert "blocks of 256" in with_imatrix["IQ2_XS"].reason and with_imatrix["IQ4_NL"].available
+    assert with_imatrix["IQ2_XS"].available and "IQ4_NL" in with_imatrix["IQ2_XS"].note
+    assert "IQ4_NL" in choices["IQ4_XS"].note and with_imatrix["IQ4_NL"].note is None
+    # rows that are not a multiple of 32 fit no type: llama.cpp would leave them at F16
+    odd = {c.type: c for c in type_choices({**WIDE_576, "model.layers.0.mlp.up_proj.weight": [1536, 100]},
+                                          imatrix=True)}
+    assert all(not c.available and "rows of 100" in c.reason and "multiple of 32" in c.reason
+               for c in odd.values())
 
 
 def test_imatrix_types_wait_for_an_importance_matrix():

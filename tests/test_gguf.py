@@ -97,8 +97,21 @@ def test_quantize_checks_type_and_rows(tmp_path: Path, monkeypatch, micro_gguf):
     with pytest.raises(ConfigError, match="Unknown or unsupported"):
         gguf.quantize(src, tmp_path / "x.gguf", "Q9_9")
     monkeypatch.setattr(gguf, "tensor_shapes", lambda p: {"blk.0.ffn_down.weight": [100, 256]})
-    with pytest.raises(ConfigError, match="multiples of 256"):
+    with pytest.raises(ConfigError, match=r"Q4_K_M .*'blk.0.ffn_down.weight' has rows of 100.*multiple of 32"):
         gguf.quantize(src, tmp_path / "x.gguf", "Q4_K_M")
+    assert not list(tmp_path.glob("*.gguf"))
+
+
+def test_tensor_list_gives_each_type(micro_gguf):
+    from llmlab.formats.gguf import read_header, tensor_list
+
+    path = micro_gguf("f16")
+    tensors = tensor_list(path)
+    counts: dict[str, int] = {}
+    for t in tensors:
+        counts[t["type"]] = counts.get(t["type"], 0) + 1
+    assert counts == read_header(path)["tensor_types"]
+    assert {"name": "blk.0.ffn_down.weight", "type": "F16", "shape": [768, 256]} in tensors
 
 
 @pytest.mark.parametrize("where", ["tensor count", "metadata"])

@@ -55,23 +55,57 @@ def test_every_type_has_an_explanation():
 
 def test_shape_check_names_the_tensor():
     shapes = {"model.embed_tokens.weight": [512, 96], "model.norm.weight": [96]}
-    check_shapes(shapes, ["q8_0", "q4_0"])  # blocks of 32 divide 96
-    with pytest.raises(ConfigError, match=r"Q4_K_M .*blocks of 256.*'model.embed_tokens.weight' has rows of 96"):
-        check_shapes(shapes, ["q8_0", "q4_k_m"])
+    check_shapes(shapes, ["q8_0", "q4_0", "q4_k_m", "iq4_xs"])  # 256-block types fall back on 96-wide rows
+    odd = {**shapes, "model.layers.0.mlp.down_proj.weight": [96, 100]}
+    with pytest.raises(ConfigError, match=r"Q8_0 cannot .*'model.layers.0.mlp.down_proj.weight' has rows of 100.*"
+                                          r"multiple of 32.* Keep the f16 GGUF"):
+        check_shapes(odd, ["q8_0", "q4_k_m"])
 
 
-def test_shape_check_on_a_real_folder(tmp_path: Path, store: Store, micro_model_dir: Path):
+def _narrow_llama(micro_model_dir: Path, folder: Path, hidden: int, ffn: int, heads: int) -> Path:
+    """A random 2-layer Llama of the given widths with the micro model's tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    folder = tmp_path / "narrow"
     shutil.copytree(micro_model_dir, folder, ignore=shutil.ignore_patterns("*.safetensors", "config.json"))
-    cfg = LlamaConfig(hidden_size=96, intermediate_size=192, num_hidden_layers=1, num_attention_heads=2,
-                      num_key_value_heads=1, vocab_size=512, max_position_embeddings=64)
-    LlamaForCausalLM(cfg).save_pretrained(folder)
-    store.add(folder, "narrow")
-    with pytest.raises(ConfigError, match="Q4_K_M cannot quantize this model.*rows of 96"):
-        quantize(QuantizeConfig(model="narrow", types=["q4_k_m"], score=False), store=store)
-    assert [a.name for a in store.list()] == ["narrow"]  # nothing written
+    vocab = json.loads((micro_model_dir / "config.json").read_text())["vocab_size"]
+    cfg = LlamaConfig(hidden_size=hidden, intermediate_size=ffn, num_hidden_layers=2, num_attention_heads=heads,
+                      num_key_value_heads=heads, vocab_size=vocab, max_position_embeddings=128,
+                      tie_word_embeddings=False)
+    LlamaForCausalLM(cfg).save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_rows_not_a_multiple_of_32_are_refused_before_any_work(tmp_path: Path, store: Store,
+                                                                 micro_model_dir: Path):
+    store.add(_narrow_llama(micro_model_dir, tmp_path / "odd", 80, 144, 5), "odd")
+    with pytest.raises(ConfigError, match="Q4_K_M cannot quantize this model.*rows of 80.*multiple of 32"):
+        quantize(QuantizeConfig(model="odd", types=["q4_k_m"], score=False), store=store)
+    assert [a.name for a in store.list()] == ["odd"]  # nothing written
+
+
+def test_rows_not_a_multiple_of_256_fall_back_as_llama_cpp_does(tmp_path: Path, store: Store,
+                                                                 micro_model_dir: Path):
+    pytest.importorskip("llama_cpp")
+    from llmlab.formats.gguf import tensor_list
+    from llmlab.quantize.step import stored_row
+    from llmlab.runtime import SamplingParams, load
+
+    store.add(_narrow_llama(micro_model_dir, tmp_path / "narrow", 160, 288, 5), "narrow")
+    summary = quantize(QuantizeConfig(model="narrow", types=["q4_k_m", "iq4_xs", "q8_0"], score=False),
+                       store=store)
+    assert summary["variants"] == ["narrow-q4_k_m", "narrow-iq4_xs", "narrow-q8_0"]
+    for name, main in (("narrow-q4_k_m", "Q5_0"), ("narrow-iq4_xs", "IQ4_NL")):
+        art = store.get(name)
+        info = art.manifest.info
+        # no row (160, 288) divides into 256: every matrix is in a 32-block type, counted by type
+        matrices = [t for t in tensor_list(art.file(".gguf")) if len(t["shape"]) >= 2]
+        header = {k: v for k, v in info["tensor_types"].items() if k != "F32"}
+        assert info["fallback"] == header and sum(header.values()) == len(matrices) == 16
+        assert main in info["fallback"] and set(info["fallback"]) <= {"Q5_0", "Q5_1", "Q8_0", "IQ4_NL"}
+        assert stored_row(art)["fallback"] == info["fallback"]
+        with load(name, store=store) as m:
+            assert isinstance(m.complete("Hello", SamplingParams.greedy(max_tokens=4)), str)
+    assert store.get("narrow-q8_0").manifest.info["fallback"] == {}  # blocks of 32 divide 160 and 288
 
 
 def test_iq2_without_imatrix_is_refused(store: Store, micro_model_dir: Path):
@@ -127,6 +161,7 @@ def test_variants_verify_load_and_chat(quantized: tuple[Store, dict]):
         assert art.manifest.info["chat_template"] and art.manifest.info["bpw"] > 0
     q4 = store.get("micro-q4_k_m")
     assert q4.manifest.info["type"] == "Q4_K_M" and "Q4_K" in q4.manifest.info["tensor_types"]
+    assert q4.manifest.info["fallback"] == {}  # 256 and 768 divide into 256-blocks
     assert {p.role: p.name for p in q4.manifest.parents} == {
         "source": "micro", "reference": "micro-f16", "imatrix": "micro-imatrix"}
     assert store.get("micro-q8_0").manifest.info["bpw"] > q4.manifest.info["bpw"]

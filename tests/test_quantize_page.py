@@ -97,7 +97,8 @@ def test_type_choices_give_sizes_and_reasons():
     assert set(options) == set(QUANT_TYPES)
     n_params = 512 * 96 + 96
     assert options["Q8_0"].reason is None and options["Q8_0"].expected_bytes == int(n_params * 8.5 / 8)
-    assert "rows of 96" in options["Q4_K_M"].reason and "blocks of 256" in options["Q4_K_M"].reason
+    assert options["Q4_K_M"].reason is None and "rows of 96" in options["Q4_K_M"].note  # falls back to Q5_0
+    assert "Q5_0" in options["Q4_K_M"].note and options["Q8_0"].note is None
     wide = {"w": [512, 256]}
     plain = {o.type: o for o in type_choices(wide, imatrix=False)}
     assert plain["Q4_K_M"].reason is None

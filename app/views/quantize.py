@@ -90,7 +90,8 @@ def type_picker(options: list[TypeChoice], imatrix_chosen: bool) -> list[str]:
                             value=o.type in defaults, key=f"quantize:type:{o.type}",
                             disabled=not o.available, help=o.reason or o.explanation)
         note = f"≈{o.bits} bits per weight. {o.explanation}"
-        c2.caption(note + (f"  \n:orange[Not available: {o.reason}]" if o.reason else ""))
+        c2.caption(note + (f"  \n:orange[Not available: {o.reason}]" if o.reason else "")
+                   + (f"  \n:blue[{o.note}]" if o.note else ""))
         if value and o.available:
             ticked.append(o.type)
 

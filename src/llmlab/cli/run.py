@@ -33,7 +33,9 @@ def _summary_table(results, store) -> Any:
         def fmt(key: str, spec: str) -> str:
             return format(m[key], spec) if isinstance(m.get(key), (int, float)) else "-"
 
-        table.add_row(name, art.kind, f"{art.size_bytes / 1e6:.1f}", fmt("ppl", ".2f"), fmt("kld_mean", ".4f"),
+        fallback = art.manifest.info.get("fallback") or {}  # GGUF tensors llama.cpp stored in another type
+        kind = art.kind + (f" ({', '.join(f'{n} {t}' for t, n in fallback.items())} fallback)" if fallback else "")
+        table.add_row(name, kind, f"{art.size_bytes / 1e6:.1f}", fmt("ppl", ".2f"), fmt("kld_mean", ".4f"),
                       fmt("accuracy", ".1%"), fmt("gen_tok_s", ".0f"), ", ".join(steps))
     return table
 

@@ -71,3 +71,13 @@ def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
 
     read_header(path)
     return {t.name: [int(x) for x in t.shape] for t in GGUFReader(Path(path), "r").tensors}
+
+
+def tensor_list(path: str | Path) -> list[dict[str, Any]]:
+    """Each tensor's ``name``, stored ``type`` (``Q4_K``, ``Q5_0``, ``F32``...) and ``shape`` in GGUF
+    order (first entry = row length): which tensors a quantizer stored in which type."""
+    from gguf import GGUFReader
+
+    read_header(path)
+    return [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape]}
+            for t in GGUFReader(Path(path), "r").tensors]

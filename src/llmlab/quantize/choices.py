@@ -4,9 +4,10 @@ The app's Quantize page, the notebook and the CLI ask the same questions of a mo
 (read from its safetensors headers by ``llmlab.quantize.step.tensor_shapes``, no weights loaded):
 
 - ``type_choices``: every GGUF quant type with its bits per weight, explanation, expected size
-  (parameters x bits / 8) and the ``reason`` it cannot be picked: a row width its blocks do not
-  divide (a 576-wide tensor rules out the 256-blocks K-quants, not Q8_0's blocks of 32), or no
-  importance matrix for the types that need one;
+  (parameters x bits / 8), the ``reason`` it cannot be picked (a row width that is not a multiple
+  of 32, which no type fits, or no importance matrix for the types that need one) and a ``note``
+  when some tensors fall back to a 32-block type (a 576-wide model takes Q4_K_M with those tensors
+  in Q5_0, as llama.cpp does);
 - ``method_choices``: GPTQ, AWQ and RTN at a bit width and group size, with their expected size
   and why a group size does not fit (a layer whose input width it does not divide);
 - ``form_problems`` / ``form_config`` / ``existing_outputs``: what a quantize form still lacks
@@ -36,7 +37,8 @@ from llmlab.data import SPLITS
 from llmlab.errors import LlmlabError
 from llmlab.quantize.gguf import IMATRIX_TYPES, QUANT_TYPES
 from llmlab.quantize.gptq import CALIBRATED, METHODS, check_group_size, expected_bytes
-from llmlab.quantize.step import TYPE_INFO, QuantizeConfig, check_shapes
+from llmlab.quantize.fallback import fallback_note
+from llmlab.quantize.step import TYPE_INFO, QuantizeConfig, check_shapes, matrix_rows
 from llmlab.scoring import is_number, pareto_front
 from llmlab.store import Store
 
@@ -79,6 +81,7 @@ class TypeChoice:
     needs_imatrix: bool
     expected_bytes: int
     reason: str | None  # why it cannot be picked; None when it can
+    note: str | None = None  # which tensors fall back to which type (rows its blocks do not divide)
 
     @property
     def available(self) -> bool:
@@ -87,9 +90,11 @@ class TypeChoice:
 
 def type_choices(shapes: Shapes, *, imatrix: bool) -> list[TypeChoice]:
     """One entry per quant type, in ``TYPE_INFO`` order (most bits first): its bits per weight,
-    explanation, expected size for a model of these ``shapes``, and ``reason`` why it cannot be
-    picked (a shape its blocks do not divide, or no importance matrix when ``imatrix`` is False)."""
+    explanation, expected size for a model of these ``shapes``, ``reason`` why it cannot be picked
+    (rows not a multiple of 32, or no importance matrix when ``imatrix`` is False) and ``note``
+    naming the type the tensors its blocks do not divide fall back to."""
     params = n_params(shapes)
+    rows = matrix_rows(shapes)
     out = []
     for name, (bits, explanation) in TYPE_INFO.items():
         if name not in QUANT_TYPES:
@@ -102,7 +107,8 @@ def type_choices(shapes: Shapes, *, imatrix: bool) -> list[TypeChoice]:
         if reason is None and name in IMATRIX_TYPES and not imatrix:
             reason = imatrix_reason(name)
         out.append(TypeChoice(type=name, bits=bits, explanation=explanation, needs_imatrix=name in IMATRIX_TYPES,
-                              expected_bytes=gguf_expected_bytes(name, params), reason=reason))
+                              expected_bytes=gguf_expected_bytes(name, params), reason=reason,
+                              note=None if reason else fallback_note(rows, name)))
     return out
 
 

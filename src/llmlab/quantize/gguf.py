@@ -15,8 +15,9 @@ subprocess to fall back to llama.cpp's "gpt-2" pre-tokenizer (only when the hash
 and after every conversion checks that llama.cpp tokenizes sample texts exactly as transformers
 does, raising if not.
 
-Quantization uses ``llama_cpp.llama_model_quantize`` in-process; rows must divide into the
-type's blocks (256 values for K-quants, 32 for Q8_0/Q4_0...), which is checked first. An
+Quantization uses ``llama_cpp.llama_model_quantize`` in-process; tensors whose rows the type's
+blocks (256 values for K-quants) do not divide fall back to a 32-block type, as llama.cpp does, and
+rows not a multiple of 32 are refused first (``llmlab.quantize.fallback``). An
 importance matrix (``compute_imatrix``) is collected through llama.cpp's eval callback, written in
 ``llama-imatrix``'s GGUF format, and handed to the quantizer as ``llama_model_imatrix_data``.
 """
@@ -51,6 +52,7 @@ from llmlab.errors import (
 from llmlab.events import Reporter, emit
 from llmlab.formats import safetensors
 from llmlab.formats.gguf import read_header, tensor_shapes
+from llmlab.quantize.fallback import check_rows
 from llmlab.noise import quiet_llama_cpp
 
 OUTTYPES = ("f32", "f16", "bf16")
@@ -316,17 +318,12 @@ def quantize(src_gguf: str | Path, dst_gguf: str | Path, type_name: str, *, thre
         import llama_cpp
     except ImportError:
         raise MissingExtraError("GGUF quantization", "lab", "llama-cpp-python") from None
-    block = QUANT_TYPES[name]
     shapes = tensor_shapes(src)
     # at most Q8_0's 8.5 bits per weight (a few tensors stay at higher precision: margin)
     check_disk(sum(math.prod(s) for s in shapes.values()) * 9 // 8 + 2**20, dst.parent,
                f"Quantizing '{src.name}' to {name}")
-    bad = [(n, s[0]) for n, s in shapes.items() if len(s) >= 2 and s[0] % block]
-    if bad:
-        listed = ", ".join(f"{n} (rows of {r})" for n, r in bad[:3])
-        raise ConfigError(
-            f"{name} needs rows that are multiples of {block} values; {len(bad)} tensors are not: {listed}.",
-            "Pick a type with smaller blocks (Q8_0, Q4_0: 32) or a model whose widths are multiples of 256.")
+    # rows the type's blocks do not divide fall back to a 32-block type (llmlab.quantize.fallback)
+    check_rows([(n, s[0]) for n, s in shapes.items() if len(s) >= 2], name)
     if name in IMATRIX_TYPES and imatrix is None:
         raise ConfigError(f"{name} needs an importance matrix: at about 2-3 bits per weight, rounding without "
                           "knowing which weights matter most ruins the model (llama.cpp refuses it).",

@@ -15,8 +15,9 @@ whose parents are the source, the f16 file (the ``reference``) and the imatrix. 
 ``bits`` and ``group_size``, into artifacts of those kinds named ``<prefix>-gptq-w4g128``...
 whose one parent (role ``source``) is also their reference; GPTQ and AWQ calibrate on
 ``calibration`` text, RTN on none, so GPTQ vs RTN shows what calibration buys. Everything that
-can be checked is checked before the first artifact is written: type names, which types the
-model's row widths allow, the group size against every layer's input width, imatrix-only types,
+can be checked is checked before the first artifact is written: type names, row widths (a
+multiple of 32 for every GGUF type; tensors whose rows a type's 256-blocks do not divide fall back
+to a 32-block type, as llama.cpp does, counted in the variant's ``fallback``), the group size against every layer's input width, imatrix-only types,
 the calibration text, memory and disk space.
 
 The quality table scores every variant with the scoring core on the same held-out text (the
@@ -212,21 +213,22 @@ def tensor_shapes(folder: Path) -> dict[str, list[int]]:
     return shapes
 
 
+def matrix_rows(shapes: dict[str, list[int]]) -> list[tuple[str, int]]:
+    """(name, row length) of every weight matrix of a Hugging Face folder's ``tensor_shapes``
+    (PyTorch order: the row length is the last dimension)."""
+    return [(n, s[-1]) for n, s in shapes.items() if len(s) >= 2]
+
+
 def check_shapes(shapes: dict[str, list[int]], types: list[str]) -> None:
-    """Raise ConfigError when a type's blocks do not divide a weight matrix's rows, naming it."""
-    matrices = {n: s for n, s in shapes.items() if len(s) >= 2}
+    """Raise ConfigError, naming the tensor, when a weight matrix's rows are not a multiple of 32:
+    no GGUF type fits them. Rows that only a type's 256-blocks do not divide fall back to a
+    32-block type, as llama.cpp does (``llmlab.quantize.fallback``)."""
+    from llmlab.quantize.fallback import check_rows
+
+    rows = matrix_rows(shapes)
     for t in resolve_types(types):
-        if t in gptq.METHODS:
-            continue  # their group size is checked by gptq.check_group_size
-        block = QUANT_TYPES[t]
-        bad = gptq.first_undivided(matrices, block)
-        if bad:
-            name, width, more = bad
-            raise ConfigError(
-                f"{t} cannot quantize this model: it packs rows in blocks of {block} values, but '{name}' has "
-                f"rows of {width}{more}, which is not a multiple of {block}.",
-                "Pick a type with blocks of 32 (Q8_0, Q5_0, Q4_0, IQ4_NL) or a model whose widths are "
-                "multiples of 256.")
+        if t not in gptq.METHODS:  # their group size is checked by gptq.check_group_size
+            check_rows(rows, t)
 
 
 def _check_resources(n_params: int, types: list[str], store_root: Path, *, available: int | None = None,
@@ -275,12 +277,16 @@ def gguf_bpw(path: Path) -> float:
 
 
 def gguf_info(path: Path, type_name: str) -> dict[str, Any]:
+    """A GGUF variant's manifest info; ``fallback``: how many tensors llama.cpp stored in which other
+    type because ``type_name``'s blocks do not divide their rows (empty when none)."""
+    from llmlab.formats.gguf import tensor_list
+    from llmlab.quantize.fallback import fallback_counts
     from llmlab.quantize.gguf import read_header
 
     h = read_header(path)
     return {"type": type_name, "bpw": round(gguf_bpw(path), 3), "size_bytes": h["size_bytes"],
             "n_params": h["n_params"], "arch": h["arch"], "tensor_types": h["tensor_types"],
-            "chat_template": h["chat_template"] is not None}
+            "fallback": fallback_counts(tensor_list(path), type_name), "chat_template": h["chat_template"] is not None}
 
 
 def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Reporter | None = None,
@@ -451,7 +457,8 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
                    "reference": ref_name, "size_bytes": m["size_bytes"], "bpw": round(float(bpw or 0), 3),
                    "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
                    "top1": m.get("top1"), "accuracy": m.get("accuracy"), "gen_tok_s": m.get("gen_tok_s"),
-                   "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb")}
+                   "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+                   "fallback": dict(info.get("fallback") or {})}
             # gptq/awq/rtn rows: their settings and how long quantizing took
             row.update({k: info[k] for k in ("bits", "group_size", "seconds") if k in info})
             store.record_metrics(name, {"quant_type": row["type"], "bpw": row["bpw"], "kld_reference": ref_name})
@@ -493,6 +500,7 @@ def stored_row(art: Artifact) -> dict[str, Any]:
         "top1": m.get("top1"),
         "accuracy": _accuracy(m.get("accuracy")), "gen_tok_s": m.get("gen_tok_s"),
         "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+        "fallback": dict(info.get("fallback") or {}),  # tensors llama.cpp stored in another type
     }
 
 
