@@ -315,3 +315,128 @@ def test_agent_as_a_model_name(served: Served, tmp_path: Path) -> None:
         assert isinstance(body["choices"][0]["message"]["content"], str) and "sources" in body
         assert httpx.post(f"{url}/v1/completions", json={"model": "micro-agent", "prompt": "x"}).status_code == 400
     assert read(tmp_path / "log.jsonl")[0]["endpoint"] == "agent"
+
+
+
+def test_deep_json_is_a_counted_400(server) -> None:
+    from llmlab.serve.guards import ApiError, json_depth, parse_body
+
+    deep_in_a_request = json.dumps({"model": NAME, "messages": ASK, "x": "HERE"}).encode().replace(
+        b'"HERE"', b"[" * 70 + b"1" + b"]" * 70)  # valid JSON, 70 levels deep
+    for body in (b"[" * 4000, b'{"a":' * 800, deep_in_a_request):
+        r = server.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
+        assert r.status_code == 400, r.text
+        err = r.json()["error"]
+        assert err["type"] == "invalid_request_error" and err["code"] == "json_too_deep" and err["message"]
+    m = parse(server.get("/metrics").text)
+    assert m['llmlab_errors_total{type="json_too_deep"}'] >= 3
+    assert m['llmlab_requests_total{endpoint="chat",status="400"}'] >= 3
+    # brackets inside strings are text, not nesting
+    text = "[{" * 300 + '"' + "[" * 100
+    r = server.post("/apply-template", json={"model": NAME, "messages": [{"role": "user", "content": text}]})
+    assert r.status_code == 200 and text in r.json()["prompt"], r.text
+    assert json_depth(b'{"a": "[[[[\\"[[[", "b": [[1], {"c": []}]}') == 4
+    with pytest.raises(ApiError, match="deeper than 64"):
+        parse_body(b"[" * 100_000)  # within the default size limit: refused, no RecursionError
+    assert parse_body(json.dumps({"a": [[1]] * 2}).encode()) == {"a": [[1], [1]]}
+
+
+def test_foreign_host_and_origin_are_refused(server) -> None:
+    body = json.dumps({"model": NAME, "messages": ASK, "max_tokens": 2}).encode()
+    port = server.base_url.port
+    # a web page's "simple" request (no preflight) and a DNS-rebound name: refused before anything runs
+    for headers, code in ((({"content-type": "text/plain", "origin": "http://evil.example"}), "origin_not_allowed"),
+                          ({"host": f"evil.example:{port}"}, "host_not_allowed"),
+                          ({"host": "evil.example"}, "host_not_allowed"),
+                          ({"origin": "null"}, "origin_not_allowed")):
+        r = server.post("/v1/chat/completions", content=body, headers=headers)
+        assert r.status_code == 403, (headers, r.text)
+        assert r.json()["error"]["code"] == code and r.json()["error"]["message"]
+        assert "access-control-allow-origin" not in r.headers
+    assert server.get("/v1/models", headers={"host": "evil.example"}).status_code == 403
+    assert server.get("/metrics", headers={"origin": "http://evil.example"}).status_code == 403
+    assert server.options("/v1/chat/completions", headers={"origin": "http://evil.example"}).status_code == 403
+    m = parse(server.get("/metrics").text)
+    assert m['llmlab_errors_total{type="origin_not_allowed"}'] >= 3
+    assert m['llmlab_errors_total{type="host_not_allowed"}'] >= 3
+    assert m['llmlab_requests_total{endpoint="chat",status="403"}'] >= 4
+    # loopback names and the server's own origin stay fine; so do requests without Origin (SDKs, curl)
+    for headers in ({}, {"host": f"localhost:{port}"}, {"host": f"[::1]:{port}"}, {"host": "127.0.0.1"},
+                    {"origin": f"http://127.0.0.1:{port}"}):
+        assert server.post("/v1/chat/completions", content=body, headers=headers).status_code == 200, headers
+
+
+def test_configured_hosts_and_origins(served: Served, tmp_path: Path) -> None:
+    from llmlab.serve.guards import Access
+
+    config = ServeConfig(source="unused", port=0, log_path=str(tmp_path / "l.jsonl"), log_fsync=False,
+                         allowed_hosts="llm.internal, other:9", allowed_origins=["http://localhost:3000"])
+    assert config.allowed_hosts == ["llm.internal", "other:9"]  # a flag's "a,b" is a list
+    body = {"model": NAME, "messages": ASK, "max_tokens": 2}
+    with running(config, served) as url, httpx.Client(base_url=url, timeout=60) as c:
+        assert c.post("/v1/chat/completions", json=body, headers={"host": "llm.internal:8000"}).status_code == 200
+        assert c.get("/health", headers={"host": "other:9"}).status_code == 200
+        assert c.get("/health", headers={"host": "other:10"}).status_code == 403
+        r = c.post("/v1/chat/completions", json=body, headers={"origin": "http://localhost:3000"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://localhost:3000"
+        pre = c.options("/v1/chat/completions", headers={"origin": "http://localhost:3000",
+                                                          "access-control-request-method": "POST"})
+        assert pre.status_code == 204 and pre.headers["access-control-allow-origin"] == "http://localhost:3000"
+        assert "Authorization" in pre.headers["access-control-allow-headers"]
+        assert c.post("/v1/chat/completions", json=body, headers={"origin": "http://localhost:3001"}).status_code \
+            == 403
+    # bound to every address with a key: clients use names the server cannot know, the key protects it
+    assert Access("0.0.0.0", [], [], has_key=True).host_ok("10.1.2.3:8000")
+    assert not Access("0.0.0.0", ["llm.internal"], [], has_key=True).host_ok("10.1.2.3:8000")
+    assert Access("0.0.0.0", ["llm.internal"], [], has_key=True).host_ok("localhost:8000")
+    assert Access("10.1.2.3", [], [], has_key=True).host_ok("10.1.2.3:8000")
+    assert not Access("10.1.2.3", [], [], has_key=True).host_ok("evil.example:8000")
+    assert not Access("0.0.0.0", [], [], has_key=False).host_ok("evil.example")
+
+
+def test_bundle_by_store_name(empty_home, micro_gguf) -> None:
+    from llmlab.errors import StoreError
+    from llmlab.export import ExportConfig, export
+    from llmlab.serve.app import load_served
+
+    empty_home.add(micro_gguf("f16"), "micro-f16")
+    bundle = export(ExportConfig(model="micro-f16", parity=False, tarball=False), store=empty_home)
+    served = load_served(ServeConfig(source=bundle.name))
+    try:
+        assert served.bundle == bundle.path and served.name == bundle.name
+        assert served.model.complete("Once", SamplingParams.greedy(3))
+    finally:
+        served.model.close()
+    gguf = next((bundle.path / "model").glob("*.gguf"))
+    gguf.write_bytes(gguf.read_bytes()[:1000])
+    with pytest.raises(StoreError, match="tampered file"):  # verified like a folder path, before loading
+        load_served(ServeConfig(source=bundle.name))
+
+
+def test_plain_request_whose_client_gives_up(served: Served, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmlab.serve import generation
+
+    real = generation.sample_token
+
+    def slow(*args, **kw):  # the micro model is too fast to leave a client waiting: 50 ms a token
+        time.sleep(0.05)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(generation, "sample_token", slow)
+    log = tmp_path / "log.jsonl"
+    config = ServeConfig(source="unused", port=0, log_path=str(log), log_fsync=False)
+    budget = served.model.n_ctx // 2  # about 6 s of generation
+    with running(config, served) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", timeout=0.5, json={
+                "model": NAME, "prompt": "Once", "max_tokens": budget, "ignore_eos": True})
+        t0 = time.monotonic()
+        r = httpx.post(f"{url}/v1/completions", timeout=30, json={"model": NAME, "prompt": "Once", "max_tokens": 2})
+        assert r.status_code == 200 and time.monotonic() - t0 < 3  # the slot was freed at once
+        m = parse(httpx.get(f"{url}/metrics").text)
+    first = read(log)[0]
+    assert first["status"] == 499 and first["error"] == "client_disconnected"
+    assert first["completion_tokens"] < budget // 2
+    assert m['llmlab_requests_total{endpoint="completions",status="499"}'] == 1
+    assert m['llmlab_errors_total{type="client_disconnected"}'] == 1

@@ -2,8 +2,9 @@
 
 One model has one KV cache, so one request generates at a time; up to ``max_queue`` more wait
 (``llmlab_queue_depth``) and the rest get a 429 at once. Generation runs in a worker thread, so
-``/health`` and ``/metrics`` answer while a request generates, and a streaming client that goes
-away stops its generation at the next token.
+``/health`` and ``/metrics`` answer while a request generates, and a client that goes away (streaming
+or not) stops its generation at the next token (status 499). Every request first passes the checks of
+``guards`` (Host and Origin headers, JSON nesting depth).
 
 This module imports FastAPI at the top (route annotations must resolve): import it lazily.
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ValidationError
 
 from llmlab import settings
@@ -32,16 +33,12 @@ from llmlab.runtime import Model, SamplingParams
 from llmlab.serve import protocol as P
 from llmlab.serve.config import ServeConfig, api_key
 from llmlab.serve.generation import Generation, schema_grammar
+from llmlab.serve.guards import Access, ApiError, parse_body
 from llmlab.serve.metrics import Metrics
 from llmlab.serve.requestlog import RequestLog
 
 MAX_EMBED_INPUTS = 256
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, type_: str = "invalid_request_error", code: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.type, self.code = status, message, type_, code
+DISCONNECT_POLL_S = 0.1  # how often a plain (non-streaming) request checks that its client is still there
 
 
 @dataclass
@@ -68,7 +65,12 @@ def load_served(config: ServeConfig) -> Served:
     opts = {"n_ctx": config.n_ctx} if config.n_ctx else {}
     src = Path(config.source).expanduser()
     from llmlab.serve.bundle import BUNDLE_SPEC, open_bundle
+    from llmlab.store import Store
 
+    store = Store() if not src.exists() else None  # a name, not a path: maybe an artifact in the store
+    artifact = store.get(config.source) if store is not None and store.exists(config.source) else None
+    if artifact is not None and artifact.kind == "bundle":
+        src = artifact.path  # a bundle by its store name: its folder, hash-verified below like a path
     if src.is_dir() and (src / BUNDLE_SPEC).is_file():
         spec = open_bundle(src, verify=config.verify)  # raises naming a tampered file
         model_spec = spec["model"]
@@ -85,10 +87,7 @@ def load_served(config: ServeConfig) -> Served:
             rag = open_rag(src, spec, model)
             served.embedder, served.agent, served.agent_name = rag.embedder, rag.agent, rag.agent_name
         return served
-    from llmlab.store import Store
-
-    store = Store()
-    if not src.exists() and store.exists(config.source) and store.get(config.source).kind == "agent":
+    if artifact is not None and artifact.kind == "agent":
         return _agent_served(config.source, store)
     model = load(config.source, **opts)
     name = config.model_name or (model.artifact.name if model.artifact is not None else src.stem)
@@ -156,6 +155,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
     key = api_key(config)  # refuses a public host without a key before loading anything
     served = served or load_served(config)
     state = _State(config, served, key)
+    access = Access(config.host, config.allowed_hosts, config.allowed_origins, has_key=key is not None)
     model = served.model
     app = FastAPI(title="llmlab serve", docs_url=None, redoc_url=None, openapi_url=None)
     app.state.llmlab = state
@@ -166,6 +166,20 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         if e.status == 401:
             headers = {"WWW-Authenticate": "Bearer"}
         return JSONResponse(P.error_body(e.message, e.type, e.code), status_code=e.status, headers=headers)
+
+    def admit(request: Request, *, key: bool = True) -> str | None:
+        """Refuse a foreign Host or Origin (then a wrong key); the allowed cross-origin Origin, if any."""
+        cors = access.check(request.headers)
+        if key:
+            check_key(request)
+        return cors
+
+    def with_cors(response: Any, cors: str | None) -> Any:
+        if cors is not None:
+            response = response if isinstance(response, Response) else JSONResponse(response)
+            response.headers["Access-Control-Allow-Origin"] = cors
+            response.headers["Vary"] = "Origin"
+        return response
 
     def check_key(request: Request) -> None:
         if state.key is None:
@@ -185,12 +199,8 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             body += chunk
             if len(body) > limit:
                 raise ApiError(413, f"The request body is larger than {limit} bytes.", code="body_too_large")
-        try:
-            data = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ApiError(400, f"The request body is not valid JSON: {e}.", code="invalid_json") from None
-        if not isinstance(data, dict):
-            raise ApiError(400, "The request body must be a JSON object.", code="invalid_json")
+        # a nesting depth bound first (no RecursionError); a large body is scanned off the event loop
+        data = parse_body(body) if len(body) < 65536 else await asyncio.to_thread(parse_body, body)
         try:
             req = schema.model_validate(data)
         except ValidationError as e:
@@ -218,20 +228,31 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
                                 max_tokens=wanted or min(config.max_tokens, room))
         return Generation(model, prompt, params, add_special=add_special, ignore_eos=req.ignore_eos, **gen_kw)
 
-    async def run(endpoint: str, t0: float, gen: Generation, stream: bool, chunk: Any, final: Any,
-                  include_usage: bool = False, logged: Any = None) -> Any:
+    async def watch(request: Request, gen: Generation) -> None:
+        """Cancel ``gen`` (at its next token) once the client of a plain request has gone away."""
+        while not await request.is_disconnected():
+            await asyncio.sleep(DISCONNECT_POLL_S)
+        gen.cancel.set()
+
+    async def run(request: Request, endpoint: str, t0: float, gen: Generation, stream: bool, chunk: Any,
+                  final: Any, include_usage: bool = False, logged: Any = None) -> Any:
         """Generate (queued) and answer in one body or as server-sent events; ``logged``: the prompt as logged
         (a chat's messages; default the prompt text)."""
         logged = gen.prompt if logged is None else logged
         await state.acquire()
         if not stream:
+            watcher = asyncio.create_task(watch(request, gen))
             try:
                 text = await asyncio.to_thread(gen.text)
             except LlmlabError as e:
                 state.record(endpoint, 400, t0, gen, error="invalid_request")
                 return JSONResponse(P.error_body(e.message, "invalid_request_error"), status_code=400)
             finally:
+                watcher.cancel()
                 state.release()
+            if gen.finish_reason == "cancelled":  # nobody reads the answer: logged and counted as 499
+                state.record(endpoint, 499, t0, gen, error="client_disconnected", prompt=logged, completion=text)
+                return Response(status_code=499)
             body = final(gen, text)
             state.record(endpoint, 200, t0, gen, prompt=logged, completion=text)  # logged before answered
             return JSONResponse(body)
@@ -297,13 +318,14 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
     async def guarded(endpoint: str, request: Request, work: Any) -> Any:
         """``work(request, t0)`` with every refusal answered as an OpenAI error (and counted, and logged)."""
         t0 = time.perf_counter()
+        cors = None
         try:
-            check_key(request)
-            return await work(request, t0)
+            cors = admit(request)
+            return with_cors(await work(request, t0), cors)
         except ApiError as e:
-            return fail(endpoint, t0, e)
+            return with_cors(fail(endpoint, t0, e), cors)
         except LlmlabError as e:
-            return fail(endpoint, t0, ApiError(400, str(e), code="invalid_request"))
+            return with_cors(fail(endpoint, t0, ApiError(400, str(e), code="invalid_request")), cors)
 
     async def agent_work(req: P.ChatRequest, t0: float) -> Any:
         """The agent answers the last user message (its own retrieval, prompts and model settings)."""
@@ -356,7 +378,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
                       "logprobs": P.chat_logprobs(g, tokens) if req.logprobs and tokens else None}
             return P.envelope("chat.completion.chunk", rid, served.name, [choice])
 
-        return await run("chat", t0, gen, req.stream, chunk, final,
+        return await run(request, "chat", t0, gen, req.stream, chunk, final,
                          bool((req.stream_options or {}).get("include_usage")), logged=messages)
 
     async def completions_work(request: Request, t0: float) -> Any:
@@ -379,7 +401,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         def chunk(g: Generation, piece: str | None, tokens: list, finish: str | None) -> dict[str, Any]:
             return P.envelope("text_completion", rid, served.name, [choice(g, piece or "", tokens, finish)])
 
-        return await run("completions", t0, gen, req.stream, chunk, final,
+        return await run(request, "completions", t0, gen, req.stream, chunk, final,
                          bool((req.stream_options or {}).get("include_usage")))
 
     async def template_work(request: Request, t0: float) -> Any:
@@ -426,7 +448,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
     @app.get("/v1/models")
     async def models(request: Request) -> Any:
         try:
-            check_key(request)
+            cors = admit(request)
         except ApiError as e:
             return fail("models", time.perf_counter(), e)
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "llmlab", "n_ctx": model.n_ctx,
@@ -434,19 +456,35 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         if served.embedder is not None:
             data.append({"id": served.embedder.name, "object": "model", "created": 0, "owned_by": "llmlab",
                          "embedding": True, "dim": served.embedder.dim})
-        return {"object": "list", "data": data}
+        return with_cors({"object": "list", "data": data}, cors)
 
     @app.get("/health")
-    async def health() -> Any:
-        return {"status": "ok", "model": served.name, "queue_depth": state.waiting, "busy": state.busy}
+    async def health(request: Request) -> Any:
+        try:
+            cors = admit(request, key=False)
+        except ApiError as e:
+            return fail("health", time.perf_counter(), e)
+        return with_cors({"status": "ok", "model": served.name, "queue_depth": state.waiting,
+                          "busy": state.busy}, cors)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Any:
         try:
-            check_key(request)
+            cors = admit(request)
         except ApiError as e:
             return fail("metrics", time.perf_counter(), e)
-        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+        return with_cors(PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4"), cors)
+
+    @app.options("/{path:path}")
+    async def preflight(request: Request, path: str) -> Any:
+        """A browser's CORS preflight: answered for an allowed origin, refused (403) for others."""
+        try:
+            cors = admit(request, key=False)
+        except ApiError as e:
+            return fail("preflight", time.perf_counter(), e)
+        return with_cors(Response(status_code=204, headers={
+            "Access-Control-Allow-Methods": "GET, POST, OPTIONS",
+            "Access-Control-Allow-Headers": "Authorization, Content-Type", "Access-Control-Max-Age": "600"}), cors)
 
     @app.exception_handler(404)
     async def not_found(request: Request, exc: Exception) -> Any:

@@ -6,7 +6,7 @@ import ipaddress
 import os
 import socket
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from llmlab.errors import ConfigError
 
@@ -33,6 +33,21 @@ class ServeConfig(BaseModel):
     n_ctx: int | None = Field(None, ge=16, description="Context length to load the model with (default: the "
                             "model's, capped at 4096).")
     verify: bool = Field(True, description="Check every sha256 of a bundle before loading it.")
+    allowed_hosts: list[str] = Field(default_factory=list, description="Host header names answered besides "
+                                     "loopback and the bound address (name, name:port, '*' for any); others get "
+                                     "403 (DNS rebinding protection). Bound to 0.0.0.0 with an API key and none "
+                                     "listed: any.")
+    allowed_origins: list[str] = Field(default_factory=list, description="Browser origins (e.g. "
+                                       "http://localhost:3000, '*' for any) allowed to call the server cross-origin "
+                                       "(CORS); other Origin headers get 403.")
+
+    @field_validator("allowed_hosts", "allowed_origins", mode="before")
+    @classmethod
+    def _comma_list(cls, value: object) -> object:
+        """A flag's 'a,b' is the list [a, b]."""
+        if isinstance(value, str):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
 def is_loopback(host: str) -> bool:
