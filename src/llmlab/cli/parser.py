@@ -89,19 +89,28 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     return p
 
 
+# `llmlab eval WHAT` commands whose flags are one config's fields: (what, help, "module:Config", command).
+_EVAL_COMMANDS = (
+    ("answers", "exact match and F1 of an agent's answers, with vs without retrieval",
+     "llmlab.agents.evaluate:EvalAnswersConfig", cmd_eval_answers),
+    ("retrieval", "nDCG@10, recall@k and MRR of search modes on a BEIR-layout set",
+     "llmlab.rag.beir:RetrievalEvalConfig", cmd_eval_retrieval),
+    ("gate", "exit 1 when a candidate is worse than a baseline beyond a margin (for CI)",
+     "llmlab.evaluate.gate:GateConfig", cmd_eval_gate),
+    ("from-logs", "sample a server's request log into an eval set (JSONL), PII scrubbed",
+     "llmlab.serve.evalset:FromLogsConfig", cmd_eval_from_logs),
+)
+
+
 def _eval_parsers(sp: argparse.ArgumentParser) -> None:
+    import importlib
+
     esub = sp.add_subparsers(dest="eval_what", required=True, metavar="WHAT")
-    from llmlab.agents.evaluate import EvalAnswersConfig
-
-    e = esub.add_parser("answers", help="exact match and F1 of an agent's answers, with vs without retrieval")
-    add_config_flags(e, EvalAnswersConfig)
-    e.set_defaults(fn=cmd_eval_answers)
-    from llmlab.rag.beir import RetrievalEvalConfig
-
-    e = esub.add_parser("retrieval", help="nDCG@10, recall@k and MRR of search modes on a BEIR-layout set")
-    add_config_flags(e, RetrievalEvalConfig)
-    e.set_defaults(fn=cmd_eval_retrieval)
-    from llmlab.evaluate.gate import GateConfig
+    for what, helptext, config, fn in _EVAL_COMMANDS:
+        module, _, name = config.partition(":")
+        e = esub.add_parser(what, help=helptext)
+        add_config_flags(e, getattr(importlib.import_module(module), name))
+        e.set_defaults(fn=fn)
     from llmlab.evaluate.leaderboard import EvaluateConfig
 
     for what, helptext in (("run", "score variants on a suite (cached quality; speed on request); prints the table"),
@@ -110,14 +119,6 @@ def _eval_parsers(sp: argparse.ArgumentParser) -> None:
         add_config_flags(e, EvaluateConfig, skip=("only_cached",))
         e.add_argument("--format", choices=("markdown", "csv"), default="markdown", help="table format")
         e.set_defaults(fn=cmd_eval_board)
-    e = esub.add_parser("gate", help="exit 1 when a candidate is worse than a baseline beyond a margin (for CI)")
-    add_config_flags(e, GateConfig)
-    e.set_defaults(fn=cmd_eval_gate)
-    from llmlab.serve.evalset import FromLogsConfig
-
-    e = esub.add_parser("from-logs", help="sample a server's request log into an eval set (JSONL), PII scrubbed")
-    add_config_flags(e, FromLogsConfig)
-    e.set_defaults(fn=cmd_eval_from_logs)
 
 
 def _other_parsers(sub: Any) -> None:
