@@ -320,10 +320,14 @@ class EvalOptions(BaseModel):
             who = artifact.name if artifact is not None else "the model"
             emit(progress, "log", message=f"{who} has no demo world: world texts and questions are skipped")
             texts, qa = (None if texts == "world" else texts), (None if split else qa)
-        return ([world.eval_text] if texts == "world" and world is not None
-                else datamod.resolve_texts(texts, store=store, artifact=artifact, limit=self.texts_limit),
-                world.split(qa)[: self.qa_limit] if split and world is not None and qa
-                else datamod.resolve_questions(qa, store=store, artifact=artifact, limit=self.qa_limit))
+        # what is left of the world's sources has a world: take them from it (it may not be the artifact's)
+        if texts == "world":
+            out_texts: list[str] | None = [world.eval_text]
+        else:
+            out_texts = datamod.resolve_texts(texts, store=store, artifact=artifact, limit=self.texts_limit)
+        if split and qa:
+            return out_texts, world.split(qa)[: self.qa_limit]
+        return out_texts, datamod.resolve_questions(qa, store=store, artifact=artifact, limit=self.qa_limit)
 
 
 class ScoreConfig(EvalOptions):
