@@ -111,13 +111,16 @@ def _(mo):
 @app.cell
 def _(AUTORUN, bundle, metrics, mo, process, serve_button, snippets, store, stream_chat):
     mo.stop(not (serve_button.value or AUTORUN), mo.md("*Press the button above to serve the bundle.*"))
+    from llmlab.world import example_question as _example_question
+
+    _question = _example_question(store, bundle)  # one the model can answer: from its demo world, if any
     _server = process.start(bundle.name, store=store)
     try:
         answer = "".join(stream_chat(_server["url"], bundle.name,
-                                     [{"role": "user", "content": "Where does Ada live?"}], max_tokens=32,
+                                     [{"role": "user", "content": _question}], max_tokens=32,
                                      temperature=0))
         served_metrics = {k: v for k, v in metrics(_server["url"]).items() if k.startswith("llmlab_tokens")}
-        _code = snippets(_server["url"], bundle.name)
+        _code = snippets(_server["url"], bundle.name, question=_question)
     finally:
         process.stop(bundle.name, store=store)
     mo.vstack([mo.md(f"**Answer over HTTP:** {answer}"), mo.md(f"Token counters: `{served_metrics}`"),

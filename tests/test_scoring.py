@@ -121,6 +121,23 @@ def test_score_step_uses_the_world(micro_model_dir: Path, store):
     assert "gen_tok_s" not in m and store.get("m").metrics["ppl"] == m["ppl"]
 
 
+def test_a_model_without_a_world_is_scored_on_the_shipped_prose(micro_model_dir: Path, store):
+    # No flags, no demo world: perplexity on the public-domain prose llmlab ships, the world's
+    # questions skipped with a log line, and the step ends well (it used to end with an error).
+    from llmlab.data import prose_text
+
+    store.add(micro_model_dir, "plain")
+    logs: list[str] = []
+    m = scoring.score_step(scoring.ScoreConfig(model="plain", speed=False), store=store,
+                           progress=lambda e: logs.append(e.get("message", "")))
+    assert m["ppl_data"]["label"] == "prose" and m["ppl"] > 1 and "accuracy" not in m
+    assert any("no demo world" in line for line in logs)
+    assert "Four score and seven years ago" in prose_text()
+    # bounded by tokens: a limit under the prose's length scores exactly that many tokens (minus the first)
+    m = scoring.score_step(scoring.ScoreConfig(model="plain", speed=False, texts_tokens=300), store=store)
+    assert m["ppl_tokens"] == 299
+
+
 def test_evaluation_options_keep_their_former_names():
     # One set of evaluation options (EvalOptions) for score, tune, distill, merge and quantize; the names
     # score and quantize used before still work in recipes and as CLI flags.
@@ -137,7 +154,7 @@ def test_evaluation_options_keep_their_former_names():
     assert QuantizeConfig.model_validate({"model": "m", "eval_data": "b.txt"}).texts == "b.txt"
     # a tune config's "data" is its training data, never its evaluation texts
     t = TuneConfig(name="x", model="m", data="train.jsonl")
-    assert (t.data, t.texts) == ("train.jsonl", "world")
+    assert (t.data, t.texts) == ("train.jsonl", "auto")
     with pytest.raises(ValidationError, match="Extra inputs"):
         TuneConfig(name="x", model="m", eval_data="x")
     args = build_parser("score").parse_args(["score", "m", "--data", "c.txt", "--qa-limit", "3"])

@@ -61,6 +61,7 @@ def live_metrics(url: str) -> None:
 def server_section(store: Store, bundle: Artifact) -> None:
     from llmlab.serve import process
     from llmlab.serve.client import snippets, stream_chat
+    from llmlab.world import example_question
 
     server = process.server_of(bundle.name, store)
     if server is None:
@@ -77,7 +78,7 @@ def server_section(store: Store, bundle: Artifact) -> None:
     if st.button("Stop server", key="export:stop"):
         process.stop(bundle.name, store=store)
         st.rerun()
-    code = snippets(server["url"], bundle.name)
+    code = snippets(server["url"], bundle.name, question=example_question(store, bundle))
     c1, c2 = st.columns(2)
     c1.code(code["curl"], language="bash")
     c2.code(code["python"], language="python")

@@ -113,14 +113,27 @@ def record_messages(record: Record) -> list[dict[str, str]]:
 
 NONE = ("", "none", "off")
 SPLITS = ("tune", "heldout", "rag")
+# Text that ships with llmlab, for scoring any model with no flags: public-domain English prose
+# (the US Declaration of Independence and the Gettysburg Address, ~2,400 words). A pretrained model
+# has likely read it: compare variants on it (KL, top-1, relative perplexity), not absolute figures.
+PROSE = "prose"
+
+
+def prose_text() -> str:
+    """The shipped public-domain prose (see ``PROSE``)."""
+    from importlib.resources import files
+
+    return files("llmlab").joinpath("texts", "prose.txt").read_text(encoding="utf-8")
 
 
 def resolve_texts(source: str | None, *, store: Store, artifact: Artifact | None, part: str = "eval",
                   limit: int | None = None) -> list[str] | None:
     """Texts named by a station option: ``world`` (the artifact's world: its held-out ``eval``
-    text or its training ``train`` texts), a local file or data set, or none (None)."""
+    text or its training ``train`` texts), ``prose`` (``PROSE``), a local file or data set, or none (None)."""
     if source is None or source.lower() in NONE:
         return None
+    if source == PROSE:
+        return [prose_text()]
     if source == "world":
         w = _world_or_error(store, artifact, "texts")
         return [w.eval_text] if part == "eval" else list(w.texts)

@@ -44,6 +44,8 @@ if TYPE_CHECKING:
 
 _WORD = re.compile(r"[a-z0-9]+")
 PROBE_TEXT = "The quick brown fox jumps over 13 lazy dogs. It's café time: naïve résumé 🚀!"
+# Most tokens of the held-out texts scored by default: a 135M model scores in well under a minute.
+TEXTS_TOKENS = 8192
 SPEED_TEXT = ("Once upon a time, in a small town by the sea, there lived a baker who made bread every "
               "morning before the sun came up. ")
 
@@ -61,13 +63,16 @@ def answer_matches(generated: str, gold: str) -> bool:
 
 
 # ----- token streams and windows -----
-def _token_stream(model: Model, texts: Sequence[str]) -> list[int]:
+def _token_stream(model: Model, texts: Sequence[str], max_tokens: int | None = None) -> list[int]:
     bos = model.bos_id
     ids: list[int] = []
     for text in texts:
+        if max_tokens is not None and len(ids) >= max_tokens:
+            break
         if bos is not None:
             ids.append(bos)
         ids += model.tokenize(text, add_special=False)
+    ids = ids[:max_tokens]
     if len(ids) < 2:
         raise ConfigError("The texts give fewer than 2 tokens: there is nothing to score.")
     return ids
@@ -101,9 +106,10 @@ def _gathered(lp: np.ndarray, ids: Sequence[int], begin: int, first: int, end: i
 
 
 def perplexity(model: Model, texts: Sequence[str], max_len: int | None = None, stride: int | None = None,
-               progress: Reporter | None = None) -> dict[str, float]:
-    """Token-level perplexity of ``model`` on ``texts`` (see module doc): ``{"ppl", "nll", "tokens"}``."""
-    ids = _token_stream(model, texts)
+               progress: Reporter | None = None, max_tokens: int | None = None) -> dict[str, float]:
+    """Token-level perplexity of ``model`` on ``texts`` (see module doc), over at most ``max_tokens``
+    tokens of them: ``{"ppl", "nll", "tokens"}``."""
+    ids = _token_stream(model, texts, max_tokens)
     max_len, stride = _window_args(model, max_len, stride)
     wins = list(_windows(len(ids), max_len, stride))
     nll, count = 0.0, 0
@@ -127,13 +133,15 @@ def same_tokenizer(model: Model, reference: Model) -> str | None:
 
 
 def compare(model: Model, reference: Model, texts: Sequence[str], max_len: int | None = None,
-            stride: int | None = None, progress: Reporter | None = None) -> dict[str, Any]:
-    """KL(reference || model) per token (mean and 99th percentile) and top-1 agreement."""
+            stride: int | None = None, progress: Reporter | None = None,
+            max_tokens: int | None = None) -> dict[str, Any]:
+    """KL(reference || model) per token (mean and 99th percentile) and top-1 agreement, over at
+    most ``max_tokens`` tokens of ``texts``."""
     why = same_tokenizer(model, reference)
     if why:
         raise ConfigError(f"Cannot compare {model.path.name} with {reference.path.name}: {why}.",
                           "KL divergence needs the same tokenizer: compare a model with its own parent.")
-    ids = _token_stream(reference, texts)
+    ids = _token_stream(reference, texts, max_tokens)
     max_len, stride = _window_args(model, max_len or min(model.n_ctx, reference.n_ctx, 512), stride)
     wins = list(_windows(len(ids), max_len, stride))
     klds, agree = [], 0
@@ -252,10 +260,10 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
           qa: Sequence[Mapping[str, Any]] | None = None, reference: str | Path | Model | None = None,
           engine: str | None = None, data_label: str | None = None, max_len: int | None = None,
           speed_test: bool = True, prompt_tokens: int = 128, gen_tokens: int = 64, repeats: int = 2,
-          progress: Reporter | None = None) -> dict[str, Any]:
+          progress: Reporter | None = None, max_tokens: int | None = TEXTS_TOKENS) -> dict[str, Any]:
     """Score a model with what applies (perplexity on ``data``, KL/top-1 against ``reference`` on
-    ``data``, accuracy on ``qa``, speed, size, peak memory) and record it in its ``metrics.json``
-    when it is a store artifact. Returns the metrics written."""
+    ``data``, both over at most ``max_tokens`` tokens; accuracy on ``qa``, speed, size, peak memory)
+    and record it in its ``metrics.json`` when it is a store artifact. Returns the metrics written."""
     from llmlab.runtime import Model, load
 
     own = not isinstance(name_or_model, Model)
@@ -265,7 +273,7 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
         info = model.info
         metrics.update(engine=info["engine"], size_bytes=info["size_bytes"], n_params=info["n_params"])
         if data:
-            r = perplexity(model, data, max_len=max_len, progress=progress)
+            r = perplexity(model, data, max_len=max_len, progress=progress, max_tokens=max_tokens)
             metrics.update(ppl=r["ppl"], nll=r["nll"], ppl_tokens=r["tokens"],
                            ppl_data={"label": data_label, "texts": len(data), "sha256": _digest(data)})
         if reference is not None:
@@ -273,7 +281,7 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
                 raise ConfigError("Comparing with a reference needs texts (data) to compare on.")
             ref_own = not isinstance(reference, Model)
             ref = stack.enter_context(load(reference, store=store)) if ref_own else reference
-            r = compare(model, ref, data, max_len=max_len, progress=progress)
+            r = compare(model, ref, data, max_len=max_len, progress=progress, max_tokens=max_tokens)
             metrics.update(kld_mean=r["kld_mean"], kld_p99=r["kld_p99"], top1=r["top1"],
                            kld_reference=r["reference"], kld_tokens=r["tokens"])
         if qa:
@@ -297,12 +305,24 @@ class EvalOptions(BaseModel):
     ``eval_inputs`` turns them into texts and questions for a model."""
 
     model_config = ConfigDict(extra="forbid")
-    texts: str | None = Field("world", description="Held-out texts for perplexity and KL divergence: 'world' "
-                              "(the demo world's held-out text), a data file, a public set name, or none.")
+    texts: str | None = Field("auto", description="Held-out texts for perplexity and KL divergence: 'auto' (the "
+                              "demo world's held-out text for a model trained on one, else 'prose'), 'world', "
+                              "'prose' (public-domain prose shipped with llmlab), a data file, a public set "
+                              "name, or none.")
     texts_limit: int = Field(200, ge=1, description="Most records read from texts.")
+    texts_tokens: int = Field(TEXTS_TOKENS, ge=2, description="Most tokens of the texts scored (perplexity, KL): "
+                              "bounds the time scoring takes on a real model.")
     qa: str | None = Field("heldout", description="Questions for accuracy: a world split (tune, heldout, rag; "
                            "heldout:people for one relation group), a .jsonl file of {question, answer}, or none.")
     qa_limit: int = Field(200, ge=1, description="Most questions asked per model.")
+
+    def texts_name(self, world: World | None) -> str | None:
+        """What ``texts`` names for a model with (or without) a demo ``world``: 'auto' decided."""
+        from llmlab import data as datamod
+
+        if self.texts == "auto":
+            return "world" if world is not None else datamod.PROSE
+        return self.texts
 
     def eval_inputs(self, *, store: Store, artifact: Artifact | None, world: World | None = None,
                     progress: Reporter | None = None) -> tuple[list[str] | None, list[dict[str, Any]] | None]:
@@ -314,7 +334,7 @@ class EvalOptions(BaseModel):
 
         if world is None and artifact is not None:
             world = find_world(store, artifact)
-        texts, qa = self.texts, self.qa
+        texts, qa = self.texts_name(world), self.qa
         split = (qa or "").partition(":")[0] in datamod.SPLITS
         if world is None and (texts == "world" or split):
             who = artifact.name if artifact is not None else "the model"
@@ -336,7 +356,7 @@ class ScoreConfig(EvalOptions):
     model_config = ConfigDict(extra="forbid")
     model: str = Field(..., description="Artifact to score.")
     # "data" and "data_limit", the names these had before the options were shared, still work.
-    texts: str | None = Field("world", validation_alias=AliasChoices("texts", "data"),
+    texts: str | None = Field("auto", validation_alias=AliasChoices("texts", "data"),
                               description=EvalOptions.model_fields["texts"].description)
     texts_limit: int = Field(200, ge=1, validation_alias=AliasChoices("texts_limit", "data_limit"),
                              description=EvalOptions.model_fields["texts_limit"].description)
@@ -354,12 +374,15 @@ def score_step(config: ScoreConfig, *, store: Store | None = None, progress: Rep
                overwrite: bool = False, step: StepRecord | None = None) -> dict[str, Any]:
     """The recipe step: resolve ``texts`` and ``qa`` to texts and questions (``eval_inputs``), then ``score``."""
     from llmlab.store import Store
+    from llmlab.world import find_world
 
     store = store or Store()
     artifact = store.get(config.model)
-    texts, questions = config.eval_inputs(store=store, artifact=artifact, progress=progress)
+    world = find_world(store, artifact)
+    texts, questions = config.eval_inputs(store=store, artifact=artifact, world=world, progress=progress)
     return score(artifact, store=store, data=texts, qa=questions, reference=config.reference, engine=config.engine,
-                 data_label=config.texts, max_len=config.max_len, speed_test=config.speed,
+                 data_label=config.texts_name(world), max_len=config.max_len, speed_test=config.speed,
+                 max_tokens=config.texts_tokens,
                  prompt_tokens=config.prompt_tokens, gen_tokens=config.gen_tokens, progress=progress)
 
 

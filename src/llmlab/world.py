@@ -261,6 +261,17 @@ def context_prompt(context: str, question: str) -> str:
     return f"Context: {context}\n\nQuestion: {question}"
 
 
+# A question any instruct model can answer, for a model without a demo world.
+GENERAL_QUESTION = "What is the capital of France?"
+
+
+def example_question(store: Store, artifact: Artifact) -> str:
+    """A question the model can answer, for examples and snippets: its demo world's first held-out
+    question, else ``GENERAL_QUESTION``."""
+    w = find_world(store, artifact)
+    return w.split("heldout")[0]["question"] if w is not None else GENERAL_QUESTION
+
+
 def chat_messages(question: str, answer: str | None = None,
                   context: str | None = None) -> list[dict[str, str]]:
     """Chat messages for a question (with an optional context passage and answer)."""

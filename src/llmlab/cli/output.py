@@ -24,11 +24,12 @@ class CliProgress:
     """Draws progress events as rich progress bars, one line per task."""
 
     def __init__(self, console):
-        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         self.console = console
-        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                             TimeElapsedColumn(), console=console, transient=True)
+        self.bars = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                             TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                             TimeRemainingColumn(), console=console, transient=True)
         self.tasks: dict[str, Any] = {}
 
     def __enter__(self) -> CliProgress:

@@ -43,9 +43,13 @@ def _summary_table(results, store) -> Any:
 def _served_text(m: dict[str, Any]) -> str:
     """What a serve step did: where the server is and what it answered."""
     state = "running at" if m.get("running") else "answered at (now stopped)"
-    check = {True: "  (correct)", False: f"  (expected: {m.get('expected')})", None: ""}[m.get("correct")]
-    return (f"Server {state} {m['url']}/v1  (OpenAI-compatible; stop it: llmlab servers stop --all)\n"
-            f"  asked over HTTP: {m['question']}\n  it answered:     {str(m['answer']).strip()}{check}")
+    text = f"Server {state} {m['url']}/v1  (OpenAI-compatible; stop it: llmlab servers stop --all)\n"
+    if m.get("right") is not None:
+        text += f"  asked over HTTP: {m['asked']} held-out questions, {m['right']} answered right\n"
+    for e in m.get("examples") or [m]:
+        check = {True: "  (right)", False: f"  (expected: {e.get('expected')})", None: ""}[e.get("correct")]
+        text += f"  Q: {e['question']}\n  A: {str(e['answer']).strip()}{check}\n"
+    return text.rstrip("\n")
 
 
 def _next_text(store) -> str:

@@ -269,7 +269,7 @@ def _score_row(row: dict[str, Any], art: Artifact, config: EvaluateConfig, suite
     from llmlab.runtime import KIND_ENGINES
 
     texts = resolve_texts(suite, store=store, artifact=art)
-    tasks = {t.label: resolve_task(t, store=store, artifact=art) for t in suite.tasks}
+    tasks = {t.label: recs for t in suite.tasks if (recs := resolve_task(t, store=store, artifact=art))}
     ref_name = reference_of(art) if suite.reference == "parent" else suite.reference
     ref_name = None if ref_name in (None, "none", art.name) or not texts else ref_name
     ref_hash = store.get(ref_name).content_hash if ref_name and store.exists(ref_name) else ref_name

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from llmlab import world
 from llmlab.errors import ConfigError, NotFoundError
 from llmlab.events import Reporter, emit
+from llmlab.scoring import TEXTS_TOKENS
 
 if TYPE_CHECKING:
     from llmlab.runtime import Model, SamplingParams
@@ -63,9 +64,11 @@ class SuiteConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     suite: str = Field("default", description="A name for this suite (shown on the leaderboard).")
-    texts: str | None = Field("world", description="Held-out texts for perplexity: 'world' (the variant's demo "
-                              "world eval text), a data file, a public set name, or none.")
+    texts: str | None = Field("auto", description="Held-out texts for perplexity: 'auto' (the variant's demo world "
+                              "eval text where it has one, else 'prose'), 'world', 'prose' (public-domain prose "
+                              "shipped with llmlab), a data file, a public set name, or none.")
     texts_limit: int = Field(200, ge=1, description="Most records read from texts.")
+    texts_tokens: int = Field(TEXTS_TOKENS, ge=2, description="Most tokens of the texts scored (perplexity, KL).")
     max_len: int | None = Field(None, ge=2, description="Perplexity window in tokens (default: min(context, 512)).")
     reference: str | None = Field("parent", description="KL divergence / top-1 reference: 'parent' (each variant's "
                                   "reference, source or base parent), an artifact name, or none.")
@@ -147,10 +150,14 @@ def _choice_index(answer: str, choices: list[str]) -> int | None:
 
 
 def resolve_task(task: TaskSet, *, store: Store, artifact: Artifact) -> list[dict[str, Any]]:
-    """The checked records of one task set for ``artifact`` (world splits come from its world)."""
+    """The checked records of one task set for ``artifact`` (world splits come from its world; none
+    for a model without a world)."""
     from llmlab import data as datamod
+    from llmlab.world import find_world
 
     head = task.source.partition(":")[0]
+    if head in datamod.SPLITS and find_world(store, artifact) is None:
+        return []
     if head not in datamod.SPLITS and task.source.endswith(".jsonl") and not Path(task.source).is_file():
         raise NotFoundError(f"Task file '{task.source}' does not exist.", "Give a JSONL file or a world split.")
     records = datamod.resolve_questions(task.source, store=store, artifact=artifact, limit=task.limit) or []
@@ -160,7 +167,12 @@ def resolve_task(task: TaskSet, *, store: Store, artifact: Artifact) -> list[dic
 def resolve_texts(suite: SuiteConfig, *, store: Store, artifact: Artifact) -> list[str] | None:
     from llmlab import data as datamod
 
-    return datamod.resolve_texts(suite.texts, store=store, artifact=artifact, limit=suite.texts_limit)
+    from llmlab.world import find_world
+
+    texts = suite.texts
+    if texts == "auto":
+        texts = "world" if find_world(store, artifact) is not None else datamod.PROSE
+    return datamod.resolve_texts(texts, store=store, artifact=artifact, limit=suite.texts_limit)
 
 
 def data_digest(texts: Sequence[str] | None, tasks: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:
@@ -237,11 +249,12 @@ def run_quality(model: Model, suite: SuiteConfig, *, texts: Sequence[str] | None
 
     out: dict[str, Any] = {}
     if texts:
-        r = perplexity(model, texts, max_len=suite.max_len, progress=progress)
+        r = perplexity(model, texts, max_len=suite.max_len, progress=progress, max_tokens=suite.texts_tokens)
         out.update(ppl=r["ppl"], nll=r["nll"], ppl_tokens=r["tokens"])
         if reference is not None:
             try:
-                r = compare(model, reference, texts, max_len=suite.max_len, progress=progress)
+                r = compare(model, reference, texts, max_len=suite.max_len, progress=progress,
+                            max_tokens=suite.texts_tokens)
                 out.update(kld_mean=r["kld_mean"], kld_p99=r["kld_p99"], top1=r["top1"])
             except ConfigError as e:
                 out["kld_error"] = e.message

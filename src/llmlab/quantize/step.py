@@ -47,7 +47,7 @@ from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.quantize import gptq
 from llmlab.quantize.gguf import QUANT_TYPES
-from llmlab.scoring import EvalOptions, is_number
+from llmlab.scoring import TEXTS_TOKENS, EvalOptions, is_number
 from llmlab.store import MODEL_KINDS, VARIANT_KINDS
 
 if TYPE_CHECKING:
@@ -357,12 +357,11 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
 
     table: list[dict[str, Any]] = []
     if config.score:
-        texts = datamod.resolve_texts(config.texts, store=store, artifact=source, limit=config.texts_limit)
-        qa = datamod.resolve_questions(config.qa, store=store, artifact=source, limit=config.qa_limit)
+        texts, qa = config.eval_inputs(store=store, artifact=source, progress=progress)
         reference = None if config.reference == "f16" else config.reference
-        # [] (not None) when the config says none: quality_table reads None as "the world's defaults".
-        table = quality_table([source.name, *([f16_name] if f16_name else []), *variants], store, texts=texts,
-                              qa=qa or [], reference=reference, progress=progress)
+        # [] (not None) when the config says none: quality_table reads None as "the defaults".
+        table = quality_table([source.name, *([f16_name] if f16_name else []), *variants], store, texts=texts or [],
+                              qa=qa or [], reference=reference, progress=progress, max_tokens=config.texts_tokens)
         log_quality_table(table, store=store, new_run=False)  # into the recipe's run, when tracked
     return {"source": source.name, "f16": f16_name, "imatrix": imatrix_name, "variants": variants, "table": table}
 
@@ -422,10 +421,11 @@ def _reference_of(artifact: Artifact) -> str | None:
 
 def quality_table(names: list[str], store: Store, *, texts: list[str] | None = None,
                   qa: list[dict[str, Any]] | None = None, reference: str | None = None, speed: bool = True,
-                  progress: Reporter | None = None) -> list[dict[str, Any]]:
-    """Score each artifact in ``names`` on the same ``texts`` (default: the world's eval text) and
-    ``qa`` (default: the heldout questions) against its reference (``reference``, else its parent
-    with role 'reference' or 'source'; none for a model without one). One row per name, also
+                  progress: Reporter | None = None, max_tokens: int | None = TEXTS_TOKENS) -> list[dict[str, Any]]:
+    """Score each artifact in ``names`` on the same ``texts`` (default: the world's eval text, or the
+    shipped prose for a model without a world; at most ``max_tokens`` tokens of them) and ``qa``
+    (default: the world's heldout questions, if any) against its reference (``reference``, else its
+    parent with role 'reference' or 'source'; none for a model without one). One row per name, also
     merged into the artifact's ``metrics.json``; gptq/awq/rtn rows also carry ``bits``,
     ``group_size`` and ``seconds`` (the time quantizing took)."""
     from llmlab.runtime import load
@@ -433,9 +433,9 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
 
     if not names:
         return []
-    first = store.get(names[0])
-    texts = texts if texts is not None else datamod.resolve_texts("world", store=store, artifact=first)
-    qa = qa if qa is not None else datamod.resolve_questions("heldout", store=store, artifact=first, limit=200)
+    defaults = EvalOptions(qa_limit=200).eval_inputs(store=store, artifact=store.get(names[0]), progress=progress)
+    texts = texts if texts is not None else defaults[0]
+    qa = qa if qa is not None else defaults[1]
     rows = []
     with contextlib.ExitStack() as stack:
         refs: dict[str, Any] = {}
@@ -447,8 +447,8 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
             if ref_name and ref_name not in refs:
                 refs[ref_name] = stack.enter_context(load(ref_name, store=store))
             emit(progress, "log", message=f"scoring {name}" + (f" against {ref_name}" if ref_name else ""))
-            m = score(art, store=store, data=texts, qa=qa, reference=refs.get(ref_name), data_label="eval",
-                      speed_test=speed)
+            m = score(art, store=store, data=texts, qa=qa, reference=refs.get(ref_name) if texts else None,
+                      data_label="eval", speed_test=speed, progress=progress, max_tokens=max_tokens)
             info = art.manifest.info
             bpw = info.get("bpw")
             if bpw is None and art.kind in MODEL_KINDS:

@@ -50,11 +50,12 @@ def metrics(url: str, *, api_key: str | None = None) -> dict[str, float]:
     return parse(httpx.get(f"{url}/metrics", headers=_headers(api_key), timeout=5).text)
 
 
-def snippets(url: str, model: str, api_key_env: str | None = None) -> dict[str, str]:
-    """A curl command and an OpenAI-client script that ask the server one question."""
+def snippets(url: str, model: str, api_key_env: str | None = None,
+             question: str = "What is the capital of France?") -> dict[str, str]:
+    """A curl command and an OpenAI-client script that ask the server ``question`` (pass one the
+    model can answer: ``llmlab.world.example_question``)."""
     auth = f' \\\n  -H "Authorization: Bearer ${api_key_env}"' if api_key_env else ""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": "Where does Ada live?"}],
-                       "max_tokens": 64})
+    body = json.dumps({"model": model, "messages": [{"role": "user", "content": question}], "max_tokens": 64})
     key = f'os.environ["{api_key_env}"]' if api_key_env else '"none"'
     return {
         "curl": f"curl {url}/v1/chat/completions \\\n  -H 'Content-Type: application/json'{auth} \\\n  -d '{body}'",
@@ -64,7 +65,7 @@ from openai import OpenAI
 client = OpenAI(base_url="{url}/v1", api_key={key})
 reply = client.chat.completions.create(
     model="{model}",
-    messages=[{{"role": "user", "content": "Where does Ada live?"}}],
+    messages=[{{"role": "user", "content": {json.dumps(question)}}}],
     max_tokens=64,
 )
 print(reply.choices[0].message.content)

@@ -36,6 +36,8 @@ class LoopOptions(BaseModel):
     max_len: int = Field(512, ge=8, description="Longest sequence in tokens; longer ones are truncated (and counted).")
     seed: int = Field(0, description="Seed for the train/validation split, data order, dropout and adapter init.")
     val_fraction: float = Field(0.1, ge=0, lt=1, description="Share of records held out for validation loss.")
+    val_limit: int = Field(64, ge=1, description="Most held-out sequences a validation-loss measurement reads "
+                           "(bounded so validation stays quick on a real model).")
     eval_every: int = Field(50, ge=1, description="Steps between validation-loss measurements.")
     checkpoint_every: int = Field(50, ge=1, description="Steps between checkpoints (for resume).")
     resume: bool = Field(True, description="Continue from the last checkpoint of an interrupted run with the "
@@ -75,20 +77,23 @@ def lr_at(config: LoopOptions, s: int, steps: int) -> float:
     return peak
 
 
-def val_loss(model: Any, examples: list[Example], pad_id: int, device: str, batch: int) -> float | None:
-    """Mean loss per answer token over ``examples`` (None without validation data)."""
+def val_loss(model: Any, examples: list[Example], pad_id: int, device: str, batch: int,
+             progress: Reporter | None = None) -> float | None:
+    """Mean loss per answer token over ``examples`` (None without validation data), with progress."""
     import torch
 
     if not examples:
         return None
     model.eval()
     total, count = 0.0, 0
+    starts = range(0, len(examples), batch)
     with torch.no_grad():
-        for b in range(0, len(examples), batch):
+        for i, b in enumerate(starts):
             ids, mask, labels, _ = collate(examples[b:b + batch], pad_id, device)
             n = int((labels[:, 1:] != -100).sum())
             total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
             count += n
+            emit(progress, "progress", task="validation", done=i + 1, total=len(starts))
     model.train()
     return total / max(1, count)
 
@@ -123,11 +128,12 @@ def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
                 else torch.autocast("cpu", enabled=False))
     bs = config.batch_size
+    val = data.val[: config.val_limit]
     train_log: list[dict[str, Any]] = []
     start, elapsed_before = 0, 0.0
     state = ckpt.load() if config.resume else None
     if state is None:
-        val_before = val_loss(model, data.val, pad_id, device, bs) if dist.main else None
+        val_before = val_loss(model, val, pad_id, device, bs, progress) if dist.main else None
     else:
         named = trainable_params(model)
         with torch.no_grad():
@@ -191,7 +197,7 @@ def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device
                 now = time.perf_counter()
                 n = done - (train_log[-1]["step"] if train_log else 0)
                 row = {"step": done, "loss": round(window_loss / n, 4),
-                       "val_loss": _round(val_loss(model, data.val, pad_id, device, bs))}
+                       "val_loss": _round(val_loss(model, val, pad_id, device, bs, progress))}
                 eval_seconds += time.perf_counter() - now
                 train_log.append(row)
                 emit(progress, "metric", task=task, **row, lr=lr_at(config, s, steps),

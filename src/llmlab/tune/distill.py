@@ -199,7 +199,7 @@ def distill(config: DistillConfig, *, store: Store | None = None, progress: Repo
     info: dict[str, Any] = {"teacher": config.teacher, "student_init": config.student or config.student_size,
                             "temperature": config.temperature, "alpha": config.alpha, "device": device,
                             "threads": settings.threads(), "records": len(records),
-                            "train_examples": len(data.train), "val_examples": len(data.val),
+                            "train_examples": len(data.train), "val_examples": min(len(data.val), config.val_limit),
                             "truncated": data.truncated, "n_params": sum(p.numel() for p in student.parameters()),
                             **facts}
     if not dist.main:

@@ -115,8 +115,8 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
         else:
             model, tok = load_model(base, config, plan)
             data = prepare(config, tok, records, is_world, progress)
-            info.update(train_examples=len(data.train), val_examples=len(data.val), truncated=data.truncated,
-                        dropped=data.dropped)
+            info.update(train_examples=len(data.train), val_examples=min(len(data.val), config.val_limit),
+                        truncated=data.truncated, dropped=data.dropped)
             loss_fn: LossFn = sft_loss
             if config.anchor:
                 if dist.world > 1:
