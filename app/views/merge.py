@@ -22,8 +22,9 @@ import streamlit as st
 
 from llmlab.errors import LlmlabError
 from llmlab.jobs import FINAL, JobInfo, JobQueue
-from llmlab.merge.choices import (DEFAULT_DENSITY, config_from_form, default_name, default_weight, takes_base,
-                                  takes_densities, takes_t, takes_weights, writes_adapter_or_model)
+from llmlab.merge.choices import (DEFAULT_DENSITY, config_from_form, default_name, default_weight,
+                                  method_parameters, takes_base, takes_densities, takes_t, takes_weights,
+                                  writes_adapter_or_model)
 from llmlab.merge.lineage import (GROUPS, accuracy_by_skill, comparison_rows, merged_artifacts, parents_in_store,
                                   retention, suggests_anchor)
 from llmlab.merge.step import MergeConfig, check_compatibility, methods
@@ -57,9 +58,22 @@ def merge_form(store: Store, queue: JobQueue) -> None:
         cols = st.columns(len(models))
         densities = [cols[i].slider(f"density · {m}", 0.05, 1.0, DEFAULT_DENSITY, 0.05, key=f"merge:d:{m}")
                      for i, m in enumerate(models)]
-    parameters: dict[str, float] = {}
+    parameters: dict[str, float | bool] = {}
     if takes_t(info):
         parameters["t"] = st.slider("t (0: base, 1: the other model)", 0.0, 1.0, 0.5, 0.05, key="merge:t")
+    extra = method_parameters(info)
+    if extra:
+        with st.expander(f"{method} parameters"):
+            for pname, default in extra.items():
+                wkey = f"merge:p:{method}:{pname}"
+                if isinstance(default, bool):
+                    value = st.checkbox(pname, default, key=wkey)
+                elif isinstance(default, int):
+                    value = st.number_input(pname, value=default, step=1, key=wkey)
+                else:
+                    value = st.number_input(pname, value=float(default), format="%g", key=wkey)
+                if value != default:
+                    parameters[pname] = value
     output = "model"
     if writes_adapter_or_model(info):
         output = st.radio("Write", ["model", "adapter"], horizontal=True, key="merge:output", help=HELP["output"])

@@ -86,6 +86,12 @@ STEPS: dict[str, StepSpec] = {
         "Convert a LoRA adapter to a GGUF adapter that llama.cpp applies to a base GGUF without merging.",
         inputs=("adapter", "base"), output="output",
     ),
+    "dequantize": StepSpec(
+        "llmlab.dequantize:DequantizeConfig", "llmlab.dequantize:dequantize",
+        "Dequantize a GGUF model (an artifact or a .gguf file) into a trainable Hugging Face base model, "
+        "checking tokenizer parity, the chat template and top-1/KLD against the GGUF.",
+        inputs=("store_inputs",), output="output",
+    ),
     "merge": StepSpec(
         "llmlab.merge.step:MergeConfig", "llmlab.merge.step:merge",
         "Merge models or adapters (every mergekit method, peft adapter combinations) and score against the parents.",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from llmlab.cli.flags import store_from
 from llmlab.cli.output import new_console
@@ -70,7 +71,33 @@ def cmd_models(args: argparse.Namespace) -> int:
         print(f"removed {args.name}")
         return 0
     if action == "add":
+        if getattr(args, "dequantize", False):
+            return _add_dequantized(args, store, console)
         art = store.add(args.path, args.name, kind=args.kind)
         print(f"added {art.name} ({art.kind}, {art.size_bytes / 1e6:.1f} MB) at {art.path}")
         return 0
     raise ConfigError(f"Unknown models action '{action}'.")
+
+
+def _add_dequantized(args: argparse.Namespace, store, console) -> int:
+    """``models add FILE.gguf --dequantize``: the GGUF imported, then dequantized into a base model."""
+    from llmlab.cli.output import CliProgress
+    from llmlab.dequantize import DequantizeConfig, dequantize, summary
+
+    if args.kind:
+        raise ConfigError("--kind does not go with --dequantize: the GGUF is imported as gguf and the result is a "
+                          "base model.", "Leave out --kind.")
+    if not str(args.path).endswith(".gguf"):
+        raise ConfigError(f"--dequantize takes a .gguf file, not '{args.path}'.",
+                          "Give the path of a GGUF model file (from Ollama, LM Studio or a hub).")
+    if args.compare_tokens < 0:
+        raise ConfigError(f"--compare-tokens must be 0 or more, got {args.compare_tokens}.")
+    config = DequantizeConfig(model=str(Path(args.path).expanduser().resolve()), name=args.name,
+                              compare_tokens=args.compare_tokens)
+    with CliProgress(console) as bars:
+        art = dequantize(config, store=store, progress=bars)
+    for line in summary(art):
+        console.print(line)
+    console.print(f"added {art.name} ({art.kind}, {art.size_bytes / 1e6:.1f} MB) at {art.path}, made from "
+                  f"{art.manifest.parents[0].name} (gguf)")
+    return 0

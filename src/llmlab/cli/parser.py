@@ -145,10 +145,16 @@ def _other_parsers(sub: Any) -> None:
     m = msub.add_parser("rm", help="remove an artifact")
     m.add_argument("name")
     m.add_argument("--force", action="store_true", help="remove even if other artifacts were made from it")
-    m = msub.add_parser("add", help="import a local HF model folder (safetensors) or a .gguf file")
+    m = msub.add_parser("add", help="import a local HF model folder (safetensors) or a .gguf file (--dequantize: "
+                          "as a trainable model)")
     m.add_argument("path")
     m.add_argument("--name", help="artifact name (default: the folder or file name)")
     m.add_argument("--kind", help="artifact kind (default: base, or gguf for a .gguf file)")
+    m.add_argument("--dequantize", action="store_true",
+                   help="for a .gguf file: also dequantize it into a trainable base model named --name (default "
+                   "<file>-hf), checking tokenizer parity, the chat template and top-1/KLD against the GGUF")
+    m.add_argument("--compare-tokens", type=int, default=1024, metavar="N",
+                   help="with --dequantize: tokens of held-out prose to compare on (0: skip)")
     sp.set_defaults(fn=cmd_models)
 
     sp = sub.add_parser("jobs", help="jobs: ls, show, log, cancel, export (as a recipe, a script and a notebook)")

@@ -34,6 +34,13 @@ def takes_t(info: MethodInfo) -> bool:
     return "t" in info.shared
 
 
+def method_parameters(info: MethodInfo) -> dict[str, Any]:
+    """The method-wide parameters a form offers besides ``t``, with mergekit's defaults: numbers and
+    switches such as ``lambda``, ``normalize``, ramplus_tl's ``r`` and ``alpha``, sce's ``select_topk``,
+    karcher's ``max_iter`` (per-model ones like breadcrumbs' ``gamma`` go in a model's ``parameters``)."""
+    return {k: v for k, v in info.shared.items() if k != "t" and isinstance(v, (bool, int, float))}
+
+
 def writes_adapter_or_model(info: MethodInfo) -> bool:
     """Whether the method can write either an adapter or a model (peft's combinations)."""
     return info.source == "peft"
