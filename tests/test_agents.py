@@ -18,14 +18,14 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage, BaseMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from llmlab.agents.graph import Agent, fence, relevant_by_overlap
+from llmlab.agents.graph import Agent, relevant_by_overlap
 from llmlab.agents.spec import AgentSpec, load_spec, shipped_specs
 from llmlab.agents.tools import calculate, find_expression
 from llmlab.agents.trace import TraceStore
+from llmlab.data import fence_documents as fence
 from llmlab.errors import ConfigError, NotFoundError
 from llmlab.rag.search import Hit
 from llmlab.store import Store
-
 
 DOCS = [
     Hit("d1#0", "d1", "Bodo Trastel", "Bodo Trastel lives in Dunmere. Bodo Trastel works as a baker.", 0.9),

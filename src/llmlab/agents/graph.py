@@ -36,6 +36,7 @@ from langgraph.graph.message import add_messages
 from llmlab.agents.spec import AgentSpec, load_spec
 from llmlab.agents.tools import SearcherLike, calculator_tool, find_expression, search_tool
 from llmlab.agents.trace import TraceStore
+from llmlab.data import fence_documents as fence
 from llmlab.errors import ConfigError, NotFoundError
 
 if TYPE_CHECKING:
@@ -80,17 +81,6 @@ def relevant_by_overlap(question: str, text: str, threshold: float) -> bool:
     if any(not set(_WORD.findall(n)) <= have for n in names_in(question)):
         return False
     return word_overlap(content_words(question), text) >= threshold
-
-
-def fence(hits: list[dict[str, Any]], max_chars: int) -> str:
-    """Hits as numbered ``<document>`` blocks; text that would close a fence is neutralised."""
-    blocks, budget = [], max_chars
-    for i, h in enumerate(hits, 1):
-        text = re.sub(r"</?\s*document[^>]*>", "[tag removed]", h["text"], flags=re.I)[:max(budget, 0)]
-        budget -= len(text)
-        title = h["title"].replace('"', "'")
-        blocks.append(f'<document n="{i}" id="{h["doc_id"]}" title="{title}">\n{text}\n</document>')
-    return "\n".join(blocks)
 
 
 class AgentState(TypedDict, total=False):

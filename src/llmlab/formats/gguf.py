@@ -25,28 +25,23 @@ def read_header(path: str | Path) -> dict[str, Any]:
         raise CorruptFileError(f"'{path}' is not a GGUF file (it does not start with 'GGUF').",
                                "Give a .gguf model file.")
     try:
-        from gguf import GGUFReader, GGUFValueType, LlamaFileType
+        from gguf import LlamaFileType
     except ImportError:
         raise MissingExtraError("Reading GGUF files", "lab", "gguf") from None
+    from llmlab.formats.gguf_header import ArrayLength, parse
+
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as e:  # the reader fails in many ways on a cut or damaged file
+        parsed = parse(path, keep=ARRAY_PREVIEW)
+    except Exception as e:  # a cut or damaged file fails in many ways
         raise CorruptFileError(f"'{path}' is truncated or corrupt: its GGUF header cannot be read ({e}).",
                                "Convert or copy the file again.") from None
-    for t in reader.tensors:
-        end = int(t.data_offset) + int(t.n_bytes)
+    for t in parsed.tensors:
+        end = t.data_offset + t.n_bytes
         if end > size:
             raise CorruptFileError(f"'{path}' is truncated: tensor '{t.name}' ends at byte {end:,} but the "
                                    f"file has {size:,}.", "Convert or copy the file again.")
-    meta: dict[str, Any] = {}
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF."):
-            continue
-        if field.types and field.types[0] == GGUFValueType.ARRAY:
-            n = len(field.data)
-            meta[key] = field.contents() if n <= ARRAY_PREVIEW else f"<array of {n}>"
-        else:
-            meta[key] = field.contents()
+    meta: dict[str, Any] = {k: f"<array of {v.n}>" if isinstance(v, ArrayLength) else v
+                            for k, v in parsed.fields.items()}
     arch = meta.get("general.architecture", "")
     ftype = meta.get("general.file_type")
     try:
@@ -54,12 +49,12 @@ def read_header(path: str | Path) -> dict[str, Any]:
     except ValueError:
         file_type = str(ftype)
     tensor_types: dict[str, int] = {}
-    for t in reader.tensors:
-        tensor_types[t.tensor_type.name] = tensor_types.get(t.tensor_type.name, 0) + 1
+    for t in parsed.tensors:
+        tensor_types[t.type_name] = tensor_types.get(t.type_name, 0) + 1
     return {
         "path": str(path), "size_bytes": size, "arch": arch, "name": meta.get("general.name"),
         "type": meta.get("general.type", "model"), "file_type": file_type,
-        "tensor_count": len(reader.tensors), "n_params": int(sum(int(t.n_elements) for t in reader.tensors)),
+        "tensor_count": len(parsed.tensors), "n_params": sum(t.n_elements for t in parsed.tensors),
         "context_length": meta.get(f"{arch}.context_length"), "chat_template": meta.get("tokenizer.chat_template"),
         "tensor_types": tensor_types, "metadata": meta,
     }
@@ -67,17 +62,16 @@ def read_header(path: str | Path) -> dict[str, Any]:
 
 def tensor_shapes(path: str | Path) -> dict[str, list[int]]:
     """Each tensor's shape in GGUF order (first entry = row length, ``ne0``)."""
-    from gguf import GGUFReader
+    from llmlab.formats.gguf_header import parse
 
     read_header(path)
-    return {t.name: [int(x) for x in t.shape] for t in GGUFReader(Path(path), "r").tensors}
+    return {t.name: list(t.shape) for t in parse(path).tensors}
 
 
 def tensor_list(path: str | Path) -> list[dict[str, Any]]:
     """Each tensor's ``name``, stored ``type`` (``Q4_K``, ``Q5_0``, ``F32``...) and ``shape`` in GGUF
     order (first entry = row length): which tensors a quantizer stored in which type."""
-    from gguf import GGUFReader
+    from llmlab.formats.gguf_header import parse
 
     read_header(path)
-    return [{"name": t.name, "type": t.tensor_type.name, "shape": [int(x) for x in t.shape]}
-            for t in GGUFReader(Path(path), "r").tensors]
+    return [{"name": t.name, "type": t.type_name, "shape": list(t.shape)} for t in parse(path).tensors]

@@ -10,10 +10,11 @@ converter, its ``conversion/`` package, ``gguf-py/`` and the licence into
 
 The converter identifies a BPE tokenizer's pre-tokenizer by hashing the tokens of a probe text
 and refuses tokenizers it has not seen, such as the demo's own byte-level BPE. For a tokenizer
-whose pre-tokenizer is plain ``ByteLevel`` with the GPT-2 split regex, llmlab tells the
-subprocess to fall back to llama.cpp's "gpt-2" pre-tokenizer (only when the hash lookup fails),
-and after every conversion checks that llama.cpp tokenizes sample texts exactly as transformers
-does, raising if not.
+whose pre-tokenizer llama.cpp implements (plain ``ByteLevel`` with the GPT-2 split regex: "gpt-2";
+Qwen2's or Llama 3's split regex), llmlab tells the subprocess to fall back to that pre-tokenizer
+(only when the hash lookup fails), and writes the BPE vocabulary for model classes that want a
+SentencePiece ``tokenizer.model`` the folder lacks (``llmlab.quantize.vocab``). After every
+conversion it checks that llama.cpp tokenizes sample texts exactly as transformers does, raising if not.
 
 Quantization uses ``llama_cpp.llama_model_quantize`` in-process; tensors whose rows the type's
 blocks (256 values for K-quants) do not divide fall back to a 32-block type, as llama.cpp does, and
@@ -26,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import json
 import math
 import os
 import re
@@ -53,10 +53,14 @@ from llmlab.events import Reporter, emit
 from llmlab.formats import safetensors
 from llmlab.formats.gguf import read_header, tensor_shapes
 from llmlab.quantize.fallback import check_rows
+from llmlab.quantize.vocab import WRAPPER, byte_level_bpe, converter_env  # noqa: F401 (byte_level_bpe: API)
 from llmlab.noise import quiet_llama_cpp
 
 OUTTYPES = ("f32", "f16", "bf16")
 # Quant type -> values per block along a row (a tensor's first dimension must be a multiple).
+# Every one is produced on the micro model in tests/test_every_quant_type.py (file type, its own
+# kernel, load and generate). llama.cpp's other file types are not offered: MXFP4_MOE packs only
+# mixture-of-experts weights, and NVFP4, Q1_0 and Q2_0 are newer than this list and untested here.
 QUANT_TYPES: dict[str, int] = {
     "Q8_0": 32, "Q5_0": 32, "Q5_1": 32, "Q4_0": 32, "Q4_1": 32, "IQ4_NL": 32,
     "Q6_K": 256, "Q5_K_M": 256, "Q5_K_S": 256, "Q4_K_M": 256, "Q4_K_S": 256,
@@ -78,25 +82,9 @@ TOKENIZER_PROBES = (
     "I've been 'told' he's there; we'd've gone. HELLO hello HeLLo 1234567890",
 )
 
-# The converter, run as ``python -c _WRAPPER <script> <args>``: with LLMLAB_PRE_TOKENIZER set, a
-# BPE pre-tokenizer the hash table does not know gets that name instead of failing.
-_WRAPPER = """
-import os, runpy, sys
-script = sys.argv[1]
-sys.argv = sys.argv[1:]
-fallback = os.environ.get("LLMLAB_PRE_TOKENIZER")
-if fallback:
-    from conversion.base import TextModel
-    original = TextModel.get_vocab_base_pre
-    def get_vocab_base_pre(self, tokenizer):
-        try:
-            return original(self, tokenizer)
-        except NotImplementedError:
-            print("llmlab: unknown BPE pre-tokenizer hash; using " + repr(fallback), file=sys.stderr)
-            return fallback
-    TextModel.get_vocab_base_pre = get_vocab_base_pre
-runpy.run_path(script, run_name="__main__")
-"""
+# The converter runs as ``python -c _WRAPPER <script> <args>``: an unknown BPE pre-tokenizer hash or a
+# missing tokenizer.model gets what ``vocab.converter_env`` says instead of failing.
+_WRAPPER = WRAPPER
 _TENSOR_LINE = re.compile(r"-->\s*\w+, shape = ")
 
 
@@ -188,19 +176,6 @@ def _unpack(sdist: Path, dest: Path) -> None:
 
 
 # ----- conversion -----
-def byte_level_bpe(hf_dir: Path) -> bool:
-    """True when the tokenizer is a BPE whose pre-tokenizer is plain ByteLevel with the GPT-2 regex."""
-    path = hf_dir / "tokenizer.json"
-    if not path.is_file():
-        return False
-    spec = json.loads(path.read_text())
-    pre = spec.get("pre_tokenizer") or {}
-    if pre.get("type") == "Sequence" and len(pre.get("pretokenizers", [])) == 1:
-        pre = pre["pretokenizers"][0]
-    return ((spec.get("model") or {}).get("type") == "BPE" and pre.get("type") == "ByteLevel"
-            and pre.get("use_regex", True) and not pre.get("add_prefix_space", False))
-
-
 def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16", progress: Reporter | None = None,
             *, verify: bool = True) -> Path:
     """Convert a Hugging Face folder to ``out_file`` (``outtype``: f32, f16 or bf16).
@@ -217,7 +192,7 @@ def convert(hf_dir: str | Path, out_file: str | Path, outtype: str = "f16", prog
     n_tensors = sum(len(safetensors.read_header(p)) for p in hf_dir.glob("*.safetensors"))
     n_params = safetensors.params(hf_dir)
     check_disk(n_params * (4 if outtype == "f32" else 2), out_file.parent, f"Converting '{hf_dir.name}' to {outtype}")
-    env = {"LLMLAB_PRE_TOKENIZER": "gpt-2"} if byte_level_bpe(hf_dir) else {}
+    env = converter_env(hf_dir)
     args = [str(hf_dir), "--outtype", outtype]
     with run_converter("convert_hf_to_gguf.py", args, out_file, n_tensors, env=env, what=f"Converting '{hf_dir}'",
                        progress=progress) as tmp:
@@ -286,7 +261,14 @@ def verify_tokenizer(hf_dir: str | Path, gguf_file: str | Path, texts: tuple[str
             [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Where is Dunmere?"}],
             tokenize=False, add_generation_prompt=True))
     quiet_llama_cpp()
-    llm = llama_cpp.Llama(model_path=str(gguf_file), vocab_only=True, verbose=False)
+    try:
+        llm = llama_cpp.Llama(model_path=str(gguf_file), vocab_only=True, verbose=False)
+    except ValueError as e:
+        raise ConversionError(
+            f"llama.cpp cannot load the vocabulary of the converted '{Path(hf_dir).name}' ({e}).",
+            "llama.cpp sets special-token attributes by the model's name: a name with 'phi3' or 'phi-3' "
+            "needs Phi-3's own SentencePiece vocabulary (with '</s>'). Rename the model (its folder or "
+            "artifact) or give it its family's tokenizer.") from None
     try:
         for text in samples:
             for add_special in (True, False):

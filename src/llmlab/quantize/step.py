@@ -270,10 +270,10 @@ def calibration_texts(source: str, store: Store, artifact: Artifact, *, purpose:
 # ----- the step -----
 def gguf_bpw(path: Path) -> float:
     """Bits per weight of a GGUF file's tensor data (all tensors, as llama.cpp reports it)."""
-    from gguf import GGUFReader
+    from llmlab.formats.gguf_header import parse
 
-    tensors = GGUFReader(path, "r").tensors
-    return 8 * sum(int(t.n_bytes) for t in tensors) / max(1, sum(int(t.n_elements) for t in tensors))
+    tensors = parse(path).tensors
+    return 8 * sum(t.n_bytes for t in tensors) / max(1, sum(t.n_elements for t in tensors))
 
 
 def gguf_info(path: Path, type_name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from llmlab.scoring import EvalOptions
 from llmlab.training.batching import Example, Prepared, collate, loss_tokens, plan_batches
 from llmlab.training.checkpoints import Checkpoints
 from llmlab.training.distributed import Dist, all_sum
-from llmlab.training.losses import LossFn, ResumableLoss, sft_loss
+from llmlab.training.losses import LossFn, ResumableLoss, sft_loss, summed_nll
 
 
 class LoopOptions(BaseModel):
@@ -90,8 +90,8 @@ def val_loss(model: Any, examples: list[Example], pad_id: int, device: str, batc
     with torch.no_grad():
         for i, b in enumerate(starts):
             ids, mask, labels, _ = collate(examples[b:b + batch], pad_id, device)
-            n = int((labels[:, 1:] != -100).sum())
-            total += float(model(input_ids=ids, attention_mask=mask, labels=labels).loss) * n
+            nll, n = summed_nll(model, ids, mask, labels)
+            total += float(nll)
             count += n
             emit(progress, "progress", task="validation", done=i + 1, total=len(starts))
     model.train()

@@ -14,9 +14,35 @@ from typing import Any
 LossFn = Callable[[Any, Any, Any, Any, int], Any]
 
 
+def label_positions(labels: Any) -> Any:
+    """The sequence positions whose next token is labelled in some row of the batch."""
+    return (labels[:, 1:] != -100).any(dim=0).nonzero().squeeze(-1)
+
+
+def summed_nll(model: Any, ids: Any, mask: Any, labels: Any) -> tuple[Any, int]:
+    """The summed next-token cross-entropy of the labelled tokens, and their count.
+
+    Only the positions that predict a labelled token go through the output layer
+    (``logits_to_keep``): with a large vocabulary (SmolLM2: 49,152 words) the logits of every
+    prompt token would take most of the memory and a fifth of the compute, for tokens that carry
+    no loss. Models whose forward has no ``logits_to_keep`` compute them all."""
+    import torch.nn.functional as F
+
+    keep = label_positions(labels)
+    try:
+        logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=keep).logits
+    except TypeError:  # no logits_to_keep: every position's logits
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, keep]
+    target = labels[:, keep + 1]
+    total = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), target.reshape(-1), ignore_index=-100,
+                            reduction="sum")
+    return total, int((target != -100).sum())
+
+
 def sft_loss(model: Any, ids: Any, mask: Any, labels: Any, n_items: int) -> Any:
-    """Next-token cross-entropy on the labelled tokens (the default loss of ``train_loop``)."""
-    return model(input_ids=ids, attention_mask=mask, labels=labels, num_items_in_batch=n_items).loss
+    """Next-token cross-entropy on the labelled tokens (the default loss of ``train_loop``), summed and
+    divided by ``n_items``."""
+    return summed_nll(model, ids, mask, labels)[0] / n_items
 
 
 class ResumableLoss:

@@ -17,8 +17,39 @@ from llmlab.tune.config import Plan, TuneConfig
 if TYPE_CHECKING:
     from llmlab.world import World
 
-# unsloth takes explicit module names; these are every linear layer of Llama-style blocks.
-LLAMA_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# The output layer never gets an adapter ("all-linear" means the blocks' linear layers, as in peft).
+OUTPUT_LAYERS = ("lm_head", "embed_out", "output")
+
+
+def linear_module_names(model: Any) -> list[str]:
+    """The names (last part) of every linear layer in ``model`` except the output layer, sorted: what
+    "all-linear" means for any architecture (Llama's q_proj...down_proj, Phi-3's fused qkv_proj and
+    gate_up_proj, ...). unsloth takes explicit names; peft resolves "all-linear" itself the same way."""
+    import torch
+
+    names = {n.rsplit(".", 1)[-1] for n, m in model.named_modules()
+             if isinstance(m, torch.nn.Linear) or type(m).__name__ in ("Linear4bit", "Linear8bitLt")}
+    return sorted(names - set(OUTPUT_LAYERS))
+
+
+# A model folder's tokenizer files, as the Hugging Face hub and transformers name them.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json")
+
+
+def save_tokenizer(base: Path, out: Path, tokenizer: Any) -> None:
+    """Write the tokenizer of a model tuned from ``base`` into ``out``: the base's own tokenizer files,
+    byte for byte, so the result has exactly its base's tokenizer (a re-save through transformers can
+    change them: transformers 5 loads every qwen2 model with ``Qwen2Tokenizer``'s split rules and
+    normalizer, whatever its tokenizer.json says, and would write those). ``tokenizer.save_pretrained``
+    only when the base has no tokenizer file."""
+    import shutil
+
+    files = [base / f for f in TOKENIZER_FILES if (base / f).is_file()]
+    if not files:
+        tokenizer.save_pretrained(out)
+    for f in files:
+        shutil.copyfile(f, out / f.name)
 
 
 def resolve_model(model: str, store: Store) -> tuple[Path, Artifact | None]:
@@ -64,7 +95,7 @@ def load_model(base: Path, config: TuneConfig, plan: Plan) -> tuple[Any, Any]:
                                                        load_in_4bit=plan.method == "qlora", dtype=None)
         model = FastLanguageModel.get_peft_model(
             model, r=config.rank, lora_alpha=config.lora_alpha(), lora_dropout=config.dropout,
-            target_modules=list(LLAMA_LINEAR) if targets == "all-linear" else targets,
+            target_modules=linear_module_names(model) if targets == "all-linear" else targets,
             use_gradient_checkpointing="unsloth" if config.gradient_checkpointing else False,
             random_state=config.seed)
         return model, tok

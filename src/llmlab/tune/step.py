@@ -49,7 +49,7 @@ from llmlab.training.loop import train_loop, trainable_params
 from llmlab.training.losses import LossFn, sft_loss
 from llmlab.tune.anchor import AnchoredLoss
 from llmlab.tune.config import PREFERENCE_METHODS, TuneConfig, select_backend
-from llmlab.tune.model import load_model, model_world, resolve_model
+from llmlab.tune.model import load_model, model_world, resolve_model, save_tokenizer
 from llmlab.tune.preference import train_preference
 from llmlab.tune.records import load_data, prepare, prepare_anchor
 
@@ -156,7 +156,7 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             cfg_path.write_text(json.dumps(adapter_cfg, indent=2, sort_keys=True) + "\n")
         else:
             model.save_pretrained(w.path, safe_serialization=True)
-        tok.save_pretrained(w.path)
+        save_tokenizer(base, w.path, tok)  # the base's files, byte for byte
         with open(w.path / "training_log.jsonl", "w") as f:
             f.writelines(json.dumps({k: r[k] for k in ("step", "loss", "val_loss")}) + "\n" for r in train_log)
         if base_art is not None:
