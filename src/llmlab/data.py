@@ -96,7 +96,7 @@ def fence_documents(hits: Sequence[Mapping[str, Any]], max_chars: int) -> str:
     return "\n".join(blocks)
 
 
-def reading_records(paragraphs: Sequence[Record], *, distractors: int = 2, max_chars: int = 2400,
+def reading_records(paragraphs: Sequence[Record], *, distractors: int = 1, max_chars: int = 2400,
                     seed: int = 0) -> list[Record]:
     """Chat records for learning to answer from retrieved passages: one per question of SQuAD-shaped
     ``paragraphs`` (``{title, context, qas: [{question, answers}]}``), its passage fenced among
@@ -174,23 +174,34 @@ SPLITS = ("tune", "heldout", "rag")
 # (the US Declaration of Independence and the Gettysburg Address, ~2,400 words). A pretrained model
 # has likely read it: compare variants on it (KL, top-1, relative perplexity), not absolute figures.
 PROSE = "prose"
+# Other public-domain text, disjoint from PROSE, for GPTQ/AWQ calibration and importance matrices of a
+# model without a demo world (the US Constitution's preamble, the Bill of Rights, Lincoln's second inaugural).
+CALIBRATION = "calibration"
+
+
+def shipped_text(name: str) -> str:
+    """A text shipped with llmlab: ``PROSE`` or ``CALIBRATION``."""
+    from importlib.resources import files
+
+    return files("llmlab").joinpath("texts", f"{name}.txt").read_text(encoding="utf-8")
 
 
 def prose_text() -> str:
     """The shipped public-domain prose (see ``PROSE``)."""
-    from importlib.resources import files
-
-    return files("llmlab").joinpath("texts", "prose.txt").read_text(encoding="utf-8")
+    return shipped_text(PROSE)
 
 
 def resolve_texts(source: str | None, *, store: Store, artifact: Artifact | None, part: str = "eval",
                   limit: int | None = None) -> list[str] | None:
     """Texts named by a station option: ``world`` (the artifact's world: its held-out ``eval``
-    text or its training ``train`` texts), ``prose`` (``PROSE``), a local file or data set, or none (None)."""
+    text or its training ``train`` texts), ``prose`` or ``calibration`` (shipped texts), a local file or
+    data set, or none (None)."""
     if source is None or source.lower() in NONE:
         return None
     if source == PROSE:
         return [prose_text()]
+    if source == CALIBRATION:
+        return [p for p in shipped_text(CALIBRATION).split("\n\n") if p.strip()]
     if source == "world":
         w = _world_or_error(store, artifact, "texts")
         return [w.eval_text] if part == "eval" else list(w.texts)

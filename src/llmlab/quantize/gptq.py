@@ -88,9 +88,12 @@ def check_group_size(shapes: dict[str, list[int]], group_size: int) -> None:
     bad = first_undivided(layers, group_size)
     if bad:
         name, width, more = bad
+        fits = [g for g in sorted(GROUP_SIZES, reverse=True) if not first_undivided(layers, g)]
         raise ConfigError(f"Group size {group_size} does not divide '{name}', which has {width} input "
                           f"features{more}.",
-                          "Pick a group size that divides every layer's input width (e.g. 32).")
+                          f"Use group_size {fits[0]} (--group-size {fits[0]}), the largest that divides every "
+                          "layer's input width." if fits else "No supported group size divides every layer's "
+                          "input width: quantize this model to GGUF instead.")
 
 
 def check_bits(bits: int) -> None:

@@ -124,8 +124,9 @@ class QuantizeConfig(EvalOptions):
     bits: int = Field(4, description="gptq/awq/rtn: bits per quantized weight, 4 or 8.")
     group_size: int = Field(128, description="gptq/awq/rtn: weights sharing one scale along a row (16, 32, 64 or "
                             "128); must divide every layer's input width.")
-    calibration: str = Field("world", description="gptq/awq calibration text: 'world' (the world's training "
-                             "texts, disjoint from the eval text) or a .txt/.jsonl file; rtn uses none.")
+    calibration: str = Field("auto", description="gptq/awq calibration text: 'auto' (the world's training texts "
+                             "for a demo-world model, else 'calibration': public-domain text shipped with llmlab, "
+                             "disjoint from the 'prose' it is scored on), 'world', or a data file; rtn uses none.")
     calibration_samples: int = Field(128, ge=1, description="gptq/awq: most calibration sequences (of 256 "
                                      "tokens) to run.")
     imatrix: str | None = Field(None, description="Calibration text for an importance matrix: 'world' (the demo "
@@ -137,14 +138,14 @@ class QuantizeConfig(EvalOptions):
     score: bool = Field(True, description="Compute the quality table (perplexity, KL, top-1, accuracy, size, "
                         "speed) and store each row in the variant's metrics.")
     # "eval_data", the name this had before the evaluation options were shared, still works.
-    texts: str | None = Field("world", validation_alias=AliasChoices("texts", "eval_data"),
+    texts: str | None = Field("auto", validation_alias=AliasChoices("texts", "eval_data"),
                               description=EvalOptions.model_fields["texts"].description)
 
     @model_validator(mode="after")
     def _some_eval_text(self) -> QuantizeConfig:
         if self.score and (self.texts is None or self.texts.strip().lower() in ("", "none", "off")):
-            raise ValueError("the quality table needs held-out text (texts): use 'world', a data file, or "
-                             "score: false")
+            raise ValueError("the quality table needs held-out text (texts): use 'auto', 'world', 'prose', a "
+                             "data file, or score: false")
         return self
 
     @field_validator("types")
@@ -259,7 +260,12 @@ def _check_resources(n_params: int, types: list[str], store_root: Path, *, avail
 
 def calibration_texts(source: str, store: Store, artifact: Artifact, *, purpose: str = "an importance matrix"
                       ) -> list[str]:
-    """Calibration texts: 'world' (the training texts of the artifact's world) or a data file."""
+    """Calibration texts: 'world' (the training texts of the artifact's world), 'auto' (those, or the
+    shipped 'calibration' text for a model without a world) or a data file."""
+    if source == "auto":
+        from llmlab.world import find_world
+
+        source = "world" if find_world(store, artifact) is not None else datamod.CALIBRATION
     texts = [t for t in datamod.resolve_texts(source, store=store, artifact=artifact, part="train") or [] if t.strip()]
     if not texts:
         raise ConfigError(f"The calibration set '{source}' is empty: {purpose} needs text to run "
@@ -433,9 +439,10 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
 
     if not names:
         return []
-    defaults = EvalOptions(qa_limit=200).eval_inputs(store=store, artifact=store.get(names[0]), progress=progress)
-    texts = texts if texts is not None else defaults[0]
-    qa = qa if qa is not None else defaults[1]
+    if texts is None or qa is None:
+        defaults = EvalOptions(qa_limit=200).eval_inputs(store=store, artifact=store.get(names[0]), progress=progress)
+        texts = texts if texts is not None else defaults[0]
+        qa = qa if qa is not None else defaults[1]
     rows = []
     with contextlib.ExitStack() as stack:
         refs: dict[str, Any] = {}

@@ -72,7 +72,7 @@ class IndexConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="name of the index artifact to write")
     source: str = Field("world", description="'world' (the demo world's documents), a folder of documents, "
-                        "or a .jsonl/.jsonl.gz file of {_id, title, text} records")
+                        "a .jsonl/.jsonl.gz file of {_id, title, text} records, or a public set (squad-corpus)")
     world_of: str | None = Field(None, description="for source 'world': the artifact whose world to index "
                                  "(default: the newest artifact that has one)")
     embedder: str | None = Field(None, description="embedding model: 'all-MiniLM-L6-v2' (packaged, the default) "
@@ -114,7 +114,9 @@ def _read_source(cfg: IndexConfig, store: Store, previous: dict[str, Any] | None
     if cfg.source == "world":
         docs, art, digest = world_documents(store, cfg.world_of)
         return docs, {"world": digest}, [], [], art
-    path = Path(cfg.source).expanduser()
+    from llmlab import data as datamod
+
+    path = datamod.public_path(cfg.source) if cfg.source in datamod.PUBLIC_SETS else Path(cfg.source).expanduser()
     if path.is_file():
         files, root = [path], path.parent
     elif path.is_dir():

@@ -125,11 +125,13 @@ class HFModel(Model):
         }
 
     # ----- forward passes -----
-    def _forward(self, ids: Sequence[int], cache: Any = None) -> Any:
+    def _forward(self, ids: Sequence[int], cache: Any = None, last_only: bool = False) -> Any:
         torch = self._torch
         x = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+        # last_only: only the last position's logits (a prompt's other rows are never read)
+        keep = {"logits_to_keep": 1} if last_only else {}
         with torch.inference_mode():
-            return self.model(input_ids=x, past_key_values=cache, use_cache=cache is not None)
+            return self.model(input_ids=x, past_key_values=cache, use_cache=cache is not None, **keep)
 
     def logprobs(self, ids: Sequence[int]) -> np.ndarray:
         if len(ids) > self.n_ctx:
@@ -141,7 +143,7 @@ class HFModel(Model):
     def _begin(self, ids: Sequence[int]) -> np.ndarray:
         from transformers import DynamicCache
 
-        out = self._forward(ids, DynamicCache())
+        out = self._forward(ids, DynamicCache(), last_only=True)
         self._cache = out.past_key_values
         return out.logits[0, -1].float().cpu().numpy()
 
