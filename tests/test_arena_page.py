@@ -42,3 +42,20 @@ def test_side_by_side_vote_and_ratings(tmp_path: Path, micro_model_dir: Path, mi
     assert table.set_index("name")["elo"]["micro-f16"] == 1016.0
     assert "ppl" in table.columns
     assert "1 pairwise votes" in texts(at)
+
+
+def test_judge_kappa_warning(tmp_path: Path, micro_model_dir: Path, micro_gguf,
+                             monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmlab.evaluate.agreement import save_agreement
+
+    store = make_variants(tmp_path / "models", micro_model_dir, micro_gguf("f16"), broken=False)
+    save_agreement(store, {"model": "micro", "judge": "llmlab:micro+constrained", "kappa": 0.12, "n": 100})
+    monkeypatch.setenv("LLMLAB_HOME", str(store.root))
+    at = open_page(PAGE)
+    at.selectbox(key="arena:judge").set_value("micro").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [w.value for w in at.warning] == [
+        "The judge micro: the judge agrees with exact match at kappa 0.12 (n=100): too low to trust its scores "
+        "(trusted from 0.4)."]
+    at.selectbox(key="arena:judge").set_value("micro-f16").run()
+    assert not at.warning and "has no measured agreement" in " ".join(i.value for i in at.info)

@@ -54,3 +54,16 @@ def test_cached_table_charts_and_export(scored_home: Store, monkeypatch: pytest.
     assert sorted(at.dataframe[0].value["name"]) == ["broken-q4", "micro-f16"]
     at.checkbox(key="board:hide").check().run()
     assert list(at.dataframe[0].value["name"]) == ["micro-f16"]
+
+
+def test_judge_kappa_beside_scores(empty_home: Store) -> None:
+    from llmlab.evaluate.agreement import save_agreement
+
+    save_agreement(empty_home, {"model": "smollm2", "judge": "llmlab:smollm2+constrained", "kappa": 0.12, "n": 100,
+                                "agreement": 0.56, "trusted": False})
+    save_agreement(empty_home, {"model": "big", "judge": "endpoint:big", "kappa": 0.81, "n": 100, "trusted": True})
+    at = open_page(PAGE)
+    table = at.dataframe[0].value.set_index("model")
+    assert table["kappa"]["smollm2"] == 0.12 and table["n"]["big"] == 100
+    assert [w.value for w in at.warning] == [
+        "smollm2: the judge agrees with exact match at kappa 0.12 (n=100): too low to trust its scores (trusted from 0.4)."]

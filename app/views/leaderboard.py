@@ -10,7 +10,9 @@ Pareto front drawn as a line. "Send to Export" puts the chosen winner in
 
 The suite a form stands for, the variants still to score, the scoring job and the chart's Pareto
 points come from ``llmlab.evaluate.choices``; the page only lays out widgets and calls the library.
-Its body is ``main``, run when Streamlit executes this file (as ``__main__``).
+"LLM judges" lists each judge's measured agreement with exact match (``llmlab.evaluate.agreement``)
+and warns plainly for every judge whose kappa is below ``TRUST_KAPPA`` (0.4), beside the judge_
+columns its scores fill. Its body is ``main``, run when Streamlit executes this file (as ``__main__``).
 """
 
 from __future__ import annotations
@@ -21,7 +23,9 @@ import streamlit as st
 
 from llmlab.errors import LlmlabError
 from llmlab.evaluate import EvaluateConfig, Leaderboard, evaluate
+from llmlab.evaluate.agreement import agreements
 from llmlab.evaluate.choices import pareto_rows, scoring_job, suite_from, unscored
+from llmlab.evaluate.judge import TRUST_KAPPA, trust_warning
 from llmlab.evaluate.suites import metric_direction
 from llmlab.jobs import FINAL
 from llmlab.store import Store
@@ -45,6 +49,26 @@ def pareto_chart(data: pd.DataFrame, x: str, y: str) -> alt.LayerChart:
     return points + line
 
 
+JUDGE_COLUMNS = ("model", "judge", "kappa", "n", "agreement", "pass_rate", "kappa_f1", "mode", "trusted",
+                 "measured_at")
+
+
+def judges_block(store: Store) -> None:
+    """Each measured judge's kappa against exact match, with a warning for each one too low to trust."""
+    found = agreements(store)
+    if not found:
+        return
+    st.subheader("LLM judges")
+    st.dataframe(pd.DataFrame([{c: r.get(c) for c in JUDGE_COLUMNS} for r in found.values()]), hide_index=True,
+                 width="stretch")
+    for name, r in found.items():
+        warning = trust_warning(r.get("kappa"), int(r.get("n") or 0))
+        if warning:
+            st.warning(f"{name}: {warning}.")
+    st.caption(f"kappa: Cohen's kappa of the judge's pass/fail against exact match on SQuAD answers (right and "
+               f"wrong); a judge's scores (judge_ columns) are trusted from kappa {TRUST_KAPPA}.")
+
+
 # ----- page -----
 def main() -> None:
     store = Store()
@@ -52,9 +76,10 @@ def main() -> None:
     st.title("Leaderboard")
     st.markdown("Every variant in the store scored on the same suite: perplexity on held-out text, KL divergence "
                 "and top-1 agreement against its parent, task accuracy, size, and speed when measured.")
+    judges_block(store)
     c1, c2, c3 = st.columns([2, 2, 1])
     tasks = c1.text_input("Task sets", "heldout", key="board:tasks", help=HELP["tasks"])
-    texts = c2.text_input("Perplexity texts", "world", key="board:texts", help=HELP["texts"])
+    texts = c2.text_input("Perplexity texts", "auto", key="board:texts", help=HELP["texts"])
     limit = c3.number_input("Questions per task", 1, 10_000, 100, key="board:limit")
     try:
         config = suite_from(tasks, texts, int(limit))
