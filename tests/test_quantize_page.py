@@ -150,8 +150,9 @@ def test_page_offers_types_with_sizes_and_explains_the_imatrix_ones(micro_home: 
     iq2 = at.checkbox(key="quantize:type:IQ2_XS")
     assert iq2.disabled and "needs an importance matrix" in iq2.help
     assert "need an importance matrix" in texts(at) and "Not available: IQ2_XS needs" in texts(at)
-    # the imported micro model has no demo world: the page asks for evaluation texts first
-    assert any("evaluation texts" in w.value for w in at.warning) and at.button(key="quantize:start").disabled
+    # the imported micro model has no demo world: it is scored on the shipped prose ("auto"), no flags needed
+    assert at.text_input(key="quantize:eval_data").value == "auto"
+    assert not at.warning and not at.button(key="quantize:start").disabled
     at.selectbox(key="quantize:imatrix").select("world").run()
     assert not at.checkbox(key="quantize:type:IQ2_XS").disabled
     assert any("has no demo world" in w.value for w in at.warning)
