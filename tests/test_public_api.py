@@ -34,6 +34,7 @@ def test_station_entry_points_are_what_recipes_run():
     pairs = {"build-demo": ("BuildDemoConfig", "build_demo"), "tune": ("TuneConfig", "tune.tune"),
              "distill": ("DistillConfig", "distill"), "merge": ("MergeConfig", "merge.merge"),
              "quantize": ("QuantizeConfig", "quantize.quantize"),
+             "dequantize": ("DequantizeConfig", "dequantize.dequantize"),
              "gguf-adapter": ("GGUFAdapterConfig", "convert_adapter"),
              "index": ("IndexConfig", "build_index"),
              "agent": ("AgentConfig", "build_agent"), "evaluate": ("EvaluateConfig", None),

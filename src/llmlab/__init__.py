@@ -65,6 +65,9 @@ _PUBLIC: dict[str, str] = {
     # merge
     "merge": "llmlab.merge",
     "MergeConfig": "llmlab.merge:MergeConfig",
+    # dequantize: a GGUF made trainable
+    "dequantize": "llmlab.dequantize",
+    "DequantizeConfig": "llmlab.dequantize:DequantizeConfig",
     # quantize and GGUF adapters
     "quantize": "llmlab.quantize",
     "QuantizeConfig": "llmlab.quantize:QuantizeConfig",
