@@ -179,6 +179,15 @@ PROSE = "prose"
 CALIBRATION = "calibration"
 
 
+AUTO = "auto"
+
+
+def auto_source(has_world: bool, part: str = "eval") -> str:
+    """What ``auto`` names: the demo world's texts for a model that has one, else the shipped text
+    for ``part`` (``PROSE`` to score on, ``CALIBRATION`` to calibrate with)."""
+    return "world" if has_world else (PROSE if part == "eval" else CALIBRATION)
+
+
 def shipped_text(name: str) -> str:
     """A text shipped with llmlab: ``PROSE`` or ``CALIBRATION``."""
     from importlib.resources import files
@@ -194,10 +203,14 @@ def prose_text() -> str:
 def resolve_texts(source: str | None, *, store: Store, artifact: Artifact | None, part: str = "eval",
                   limit: int | None = None) -> list[str] | None:
     """Texts named by a station option: ``world`` (the artifact's world: its held-out ``eval``
-    text or its training ``train`` texts), ``prose`` or ``calibration`` (shipped texts), a local file or
-    data set, or none (None)."""
+    text or its training ``train`` texts), ``prose`` or ``calibration`` (shipped texts), ``auto``
+    (``auto_source``), a local file or data set, or none (None)."""
     if source is None or source.lower() in NONE:
         return None
+    if source == AUTO:
+        from llmlab.world import find_world
+
+        source = auto_source(artifact is not None and find_world(store, artifact) is not None, part)
     if source == PROSE:
         return [prose_text()]
     if source == CALIBRATION:

@@ -320,9 +320,7 @@ class EvalOptions(BaseModel):
         """What ``texts`` names for a model with (or without) a demo ``world``: 'auto' decided."""
         from llmlab import data as datamod
 
-        if self.texts == "auto":
-            return "world" if world is not None else datamod.PROSE
-        return self.texts
+        return datamod.auto_source(world is not None) if self.texts == datamod.AUTO else self.texts
 
     def eval_inputs(self, *, store: Store, artifact: Artifact | None, world: World | None = None,
                     progress: Reporter | None = None) -> tuple[list[str] | None, list[dict[str, Any]] | None]:

@@ -167,12 +167,7 @@ def resolve_task(task: TaskSet, *, store: Store, artifact: Artifact) -> list[dic
 def resolve_texts(suite: SuiteConfig, *, store: Store, artifact: Artifact) -> list[str] | None:
     from llmlab import data as datamod
 
-    from llmlab.world import find_world
-
-    texts = suite.texts
-    if texts == "auto":
-        texts = "world" if find_world(store, artifact) is not None else datamod.PROSE
-    return datamod.resolve_texts(texts, store=store, artifact=artifact, limit=suite.texts_limit)
+    return datamod.resolve_texts(suite.texts, store=store, artifact=artifact, limit=suite.texts_limit)
 
 
 def data_digest(texts: Sequence[str] | None, tasks: Mapping[str, Sequence[Mapping[str, Any]]]) -> str:

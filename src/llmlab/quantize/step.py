@@ -262,10 +262,6 @@ def calibration_texts(source: str, store: Store, artifact: Artifact, *, purpose:
                       ) -> list[str]:
     """Calibration texts: 'world' (the training texts of the artifact's world), 'auto' (those, or the
     shipped 'calibration' text for a model without a world) or a data file."""
-    if source == "auto":
-        from llmlab.world import find_world
-
-        source = "world" if find_world(store, artifact) is not None else datamod.CALIBRATION
     texts = [t for t in datamod.resolve_texts(source, store=store, artifact=artifact, part="train") or [] if t.strip()]
     if not texts:
         raise ConfigError(f"The calibration set '{source}' is empty: {purpose} needs text to run "
