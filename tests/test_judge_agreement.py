@@ -9,19 +9,11 @@ from llmlab.errors import ConfigError
 from llmlab.evaluate.agreement import agreement_for, judge_note, judged_set, measure_judge, save_agreement
 from llmlab.evaluate.judge import TRUST_KAPPA, check, trust_warning
 from llmlab.store import Store
+from test_evaluate_judge import FakeJudge  # noqa: E402  (a judge that replies from a function of the prompt)
 
 QUESTIONS = [{"question": f"Question {i}?", "answers": [f"answer{i}", f"alt{i}"], "gold_passage_id": f"p{i}"}
              for i in range(8)]
 PASSAGES = {f"p{i}": f"The passage says answer{i}." for i in range(8)}
-
-
-class FakeJudge:
-    def __init__(self, reply, name: str = "fake"):
-        self.reply, self.name, self.calls = reply, name, 0
-
-    def ask(self, prompt: str) -> str:
-        self.calls += 1
-        return self.reply(prompt)
 
 
 def _fair(prompt: str) -> str:
