@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from llmlab.merge.methods import PEFT_COMBINATIONS, mergekit_methods  # noqa: E402
 from llmlab.merge.step import MergeConfig, ModelSpec, merge  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
+from test_merge import lora_adapter  # noqa: E402  (a random peft LoRA adapter, as the Tune station writes it)
 
 WEIGHTS = "model.safetensors"
 Sd = dict[str, torch.Tensor]
@@ -51,28 +52,6 @@ def copy_model(store: Store, src: Path, name: str, *, noise: float = 0.0, seed: 
             w.parents = [Parent(name="micro", content_hash=store.get("micro").content_hash, role="base")]
 
 
-def lora_adapter(store: Store, name: str, seed: int) -> None:
-    """A peft LoRA adapter (rank 4) on ``micro`` with random non-zero A and B."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoModelForCausalLM
-
-    art = store.get("micro")
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_pretrained(art.path, dtype=torch.float32)
-    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
-    with torch.no_grad():
-        for n, p in peft_model.named_parameters():
-            if "lora_B" in n:
-                p.normal_(0, 0.05)
-    with store.write(name, "adapter") as w:
-        peft_model.save_pretrained(w.path, safe_serialization=True, save_embedding_layers=False)
-        (w.path / "README.md").unlink(missing_ok=True)
-        for f in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
-            if (art.path / f).is_file():
-                shutil.copy2(art.path / f, w.path / f)
-        w.parents = [Parent(name="micro", content_hash=art.content_hash, role="base")]
-
-
 @pytest.fixture(scope="module")
 def mstore(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path) -> Store:
     store = Store(tmp_path_factory.mktemp("every-merge") / "models")
@@ -81,8 +60,8 @@ def mstore(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path) -> S
     copy_model(store, micro_model_dir, "micro-a2", noise=0.02, seed=1)  # the same fine-tune twice
     copy_model(store, micro_model_dir, "micro-b", noise=0.02, seed=2)
     copy_model(store, micro_model_dir, "micro-s", noise=0.02, seed=3, share=0.5)  # half the weights move
-    lora_adapter(store, "lora-people", 1)
-    lora_adapter(store, "lora-places", 2)
+    lora_adapter(store, "micro", "lora-people", 1, "people")
+    lora_adapter(store, "micro", "lora-places", 2, "places")
     return store
 
 

@@ -44,7 +44,7 @@ def _copy_model(store: Store, src: Path, name: str, kind: str, *, noise: float =
             w.parents = [Parent(name=parent, content_hash=store.get(parent).content_hash, role="base")]
 
 
-def _adapter(store: Store, base: str, name: str, seed: int, skill: str) -> None:
+def lora_adapter(store: Store, base: str, name: str, seed: int, skill: str) -> None:
     """A real peft LoRA adapter on ``base`` with random (non-zero) A and B, as the Tune station writes it."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -73,9 +73,9 @@ def mstore(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path) -> S
     _copy_model(store, micro_model_dir, "micro", "base")
     _copy_model(store, micro_model_dir, "micro-a", "full", noise=0.02, seed=1, parent="micro")
     _copy_model(store, micro_model_dir, "micro-b", "full", noise=0.02, seed=2, parent="micro")
-    _adapter(store, "micro", "lora-people", 1, "people")
-    _adapter(store, "micro", "lora-places", 2, "places")
-    _adapter(store, "micro-a", "lora-on-a", 3, "people")
+    lora_adapter(store, "micro", "lora-people", 1, "people")
+    lora_adapter(store, "micro", "lora-places", 2, "places")
+    lora_adapter(store, "micro-a", "lora-on-a", 3, "people")
     return store
 
 
