@@ -27,7 +27,7 @@ def page() -> ModuleType:
 
 def test_helpers(page: ModuleType, store: Store) -> None:
     assert callable(page.main)
-    assert agent_choices(store) == ["spec:rag", "spec:rag-rules"]
+    assert agent_choices(store) == ["spec:rag", "spec:rag-reader", "spec:rag-rules"]
     assert spec_of(store, "spec:rag-rules").name == "rag-rules"
     events = iter([{"type": "step", "node": "retrieve"}, {"type": "token", "text": "Dun"},
                    {"type": "token", "text": "mere"}, {"type": "done", "reply": "R"}])

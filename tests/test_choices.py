@@ -116,7 +116,7 @@ def test_form_config_and_existing_outputs(store: Store):
     config = form_config("m", types=["Q8_0", "Q4_K_M"], methods=["rtn"], imatrix=None, imatrix_chunks=8, score=True,
                          texts="", qa="", method_options={"bits": 4, "group_size": 64, "calibration": None})
     assert config == {"model": "m", "types": ["q8_0", "q4_k_m", "rtn"], "imatrix": None, "imatrix_chunks": 8,
-                      "score": True, "texts": "world", "qa": None, "bits": 4, "group_size": 64}
+                      "score": True, "texts": "auto", "qa": None, "bits": 4, "group_size": 64}
     assert "name_prefix" not in config
     assert form_config("m", types=["Q8_0"], methods=[], imatrix="world", imatrix_chunks=1, score=False,
                        texts="x", qa="none", name_prefix="p")["name_prefix"] == "p"
@@ -325,7 +325,7 @@ def test_agent_choices_and_trace_rows(store: Store):
     from llmlab.agents.choices import agent_choices, default_agent, shorten, trace_rows, world_sources
 
     choices = agent_choices(store)
-    assert choices == ["spec:rag", "spec:rag-rules"] and choices[default_agent(choices)] == "spec:rag-rules"
+    assert choices == ["spec:rag", "spec:rag-reader", "spec:rag-rules"] and choices[default_agent(choices)] == "spec:rag-rules"
     assert default_agent(["helper", "spec:rag", "spec:rag-rules"]) == 0  # an agent artifact first
     assert world_sources(store) == []
     [row] = trace_rows([{"seq": 1, "node": "retrieve", "latency_ms": 3.5, "tokens": 0, "retrieved_ids": ["a", "b"],
