@@ -13,18 +13,39 @@ from typing import Any
 import streamlit as st
 from pydantic import BaseModel
 
-from llmlab import recipes, world
+from llmlab import recipes
 from llmlab.errors import LlmlabError
+from llmlab.events import duration_text
 from llmlab.jobs import FINAL, JobInfo, JobQueue, last_log
 from llmlab.store import Artifact, Store
+
+SESSION_KEY = "llmlab:session"
 
 
 def session_id() -> str:
     """This browser session's id, drawn once; every job it submits records it, so the Jobs page can
-    export the session's work as code (``llmlab.session_code``)."""
-    from llmlab.session_code import new_session_id
+    export the session's work as code (``llmlab.session_code``). It is kept in the page's URL too
+    (``?session=<id>``), so a reload of the same URL goes on with the same session."""
+    from llmlab.errors import ConfigError
+    from llmlab.session_code import check_session_id, new_session_id
 
-    return st.session_state.setdefault("llmlab:session", new_session_id())
+    current = st.session_state.get(SESSION_KEY)
+    if current is None:
+        try:
+            current = check_session_id(st.query_params.get("session", ""))
+        except ConfigError:  # none in the URL, or not an id this app draws: start a fresh session
+            current = new_session_id()
+        st.session_state[SESSION_KEY] = current
+    if st.query_params.get("session") != current:  # moving between pages drops the URL's parameters
+        st.query_params["session"] = current
+    return current
+
+
+def url_choice(options: list[str], param: str) -> int:
+    """The index of the option the page's URL names in ``param`` (``?artifact=demo-q8_0``), else 0: for a
+    selectbox that a link from another page (``st.page_link(..., query_params=...)``) opens on."""
+    wanted = st.query_params.get(param)
+    return options.index(wanted) if wanted in options else 0
 
 
 @st.cache_resource
@@ -74,7 +95,10 @@ def chat_panel(store: Store, art: Artifact, *, key: str = "chat") -> None:
     """A streamed multi-turn chat with one artifact: sampling controls, system prompt, history."""
     key = f"{key}:{art.name}:{art.content_hash}"
     params = sampling_controls(key)
-    system = st.text_input("System prompt", world.SYSTEM_PROMPT, key=f"{key}:system")
+    system = st.text_input("System prompt", "", key=f"{key}:system",
+                           placeholder="None: the model's chat template default is used",
+                           help="Sent first in every turn. Empty: no system message, so the model's chat "
+                                "template adds its own default, if it has one.")
     history: list[dict[str, str]] = st.session_state.setdefault(key, [])
     if history and st.button("Clear the conversation", key=f"{key}:clear"):
         history.clear()
@@ -110,18 +134,36 @@ def job_status(queue: JobQueue, job: JobInfo, key: str) -> JobInfo:
     return job
 
 
+def eta_text(eta: float | None) -> str:
+    return f" · ETA {duration_text(eta)}" if eta is not None else ""
+
+
 def task_bar(progress: dict[str, Any], label: str | None = None) -> None:
-    """The bar of a job's current task (``JobQueue.progress``), if it has a counter."""
+    """The bar of a job's current task (``JobQueue.progress``), if it has a counter, with its ETA."""
     if progress.get("of"):
         text = f"{label or progress.get('task') or 'task'} {progress['done']}/{progress['of']}"
-        st.progress(min(1.0, progress["done"] / progress["of"]), text=text)
+        st.progress(min(1.0, progress["done"] / progress["of"]), text=text + eta_text(progress.get("eta")))
+
+
+def phase_bar(progress: dict[str, Any]) -> None:
+    """The bar of a running job's current phase (``quality 2/3 · ETA 1 min 05 s``) and, in its text, the
+    task running inside it (``perplexity 20/42``); the latest task's bar when there is no phase."""
+    phase = progress.get("phase")
+    if not phase or not phase["of"]:
+        task_bar(progress)
+        return
+    inner = f" — {phase['inner']}" if phase.get("inner") else ""
+    st.progress(min(1.0, phase["done"] / phase["of"]),
+                text=f"{phase['task']} {phase['done']}/{phase['of']}{eta_text(phase.get('eta'))}{inner}")
 
 
 def job_panel(queue: JobQueue, job_id: str, key: str) -> None:
-    """One job's status, task bar and latest log line, as the body of a fragment that reruns every
-    second while the job is active; when the job ends, the whole page reruns to show its results."""
+    """One job's status, phase bar (with its ETA) and latest log line, as the body of a fragment that
+    reruns every second while the job is active; when the job ends, the whole page reruns to show its
+    results."""
     job = job_status(queue, queue.get(job_id), key)
-    task_bar(queue.progress(job.id))
+    if job.status not in FINAL:
+        phase_bar(queue.progress(job.id))
     last = last_log(queue, job.id)
     if last:
         st.caption(last)

@@ -110,6 +110,7 @@ def test_every_page_renders(page: Page, app: AppServer, view: str) -> None:
 def test_job_runs_to_done(page: Page, app: AppServer, home: Store) -> None:
     open_view(page, app.url, "jobs")
     pick(page, "Recipe", "(write your own)")
+    page.get_by_text("Edit the recipe (YAML)").click()  # the editor is collapsed by default
     expect(page.get_by_role("textbox", name="Recipe (YAML")).to_have_value(re.compile("size: micro"))
     page.get_by_role("button", name="Submit", exact=True).click()
     expect(page.get_by_text(re.compile(r"Submitted job [\w-]+"))).to_be_visible()

@@ -20,7 +20,9 @@ stop), so a SIGKILL is visible rather than a job that looks forever "running".
 What a job is about is read from its recorded recipe through typed steps (``JobQueue.steps``: each
 validated by its station's config, with ``input_names()`` and ``output_names()``), so front ends
 never dig into recipe dicts: ``latest_job(queue, "quantize", reads="demo")``, ``jobs_with_step``,
-``step_of``, ``job_outputs``; and what it reported through ``task_events`` and ``last_log``.
+``step_of``, ``job_outputs``; and what it reported through ``task_events`` and ``last_log``. A job's
+card reads ``job_report`` (each step's phases and ETA while it runs, then the outputs it wrote with
+their headline numbers, and its own metrics), ``job_log`` (log events and stderr) and ``current_job``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -42,7 +45,8 @@ import yaml
 from pydantic import BaseModel
 
 from llmlab.errors import NotFoundError
-from llmlab.store import Store, write_json, process_alive
+from llmlab.events import StepState, duration_text, step_states
+from llmlab.store import Store, process_alive, write_json
 
 if TYPE_CHECKING:
     from llmlab.recipes import Step
@@ -192,16 +196,19 @@ class JobQueue:
 
     def progress(self, job_id: str) -> dict[str, Any]:
         """A summary for progress bars: the current step (``step``, ``index`` of ``total``), the
-        latest task counter (``task``, ``done`` of ``of``) and metrics, and ``tasks``: one entry per
-        task of the current step (``{"train": {"done", "of", "metrics"}, "accuracy": ...}``), so a
-        page can show its own task's bar while the job reports others."""
-        state: dict[str, Any] = {"step": None, "index": 0, "total": 0, "done": 0, "of": 0, "metrics": {},
-                                 "tasks": {}}
-        for e in self.events(job_id):
+        latest task counter (``task``, ``done`` of ``of``, its ``eta`` in seconds or None) and the
+        current step's latest metrics, ``tasks``: one entry per task of the current step
+        (``{"train": {"done", "of", "eta", "metrics"}, "accuracy": ...}``), so a page can show its own
+        task's bar while the job reports others, and ``phase``: the step's current outer phase
+        (``{"task", "done", "of", "eta", "inner"}``: ``quality`` 2/3 while ``perplexity`` runs inside it)."""
+        state: dict[str, Any] = {"step": None, "index": 0, "total": 0, "done": 0, "of": 0, "eta": None,
+                                 "metrics": {}, "tasks": {}, "phase": None}
+        events = self.events(job_id)
+        for e in events:
             if e.get("type") == "step":
                 state.update(step=e.get("kind"), index=e.get("index", 0), total=e.get("total", 0))
                 if e.get("status") == "start":
-                    state["tasks"] = {}
+                    state.update(tasks={}, metrics={})  # a step's numbers are never shown as the next one's
                 else:
                     state["index"] = e.get("index", 0) + 1
             elif e.get("type") == "progress":
@@ -212,6 +219,17 @@ class JobQueue:
                 state["metrics"] = {k: v for k, v in e.items() if k not in ("type", "time")}
                 task = state["tasks"].setdefault(e.get("task"), {"done": 0, "of": 0})
                 task["metrics"] = state["metrics"]
+        steps = step_states(events)
+        if steps and steps[-1].status == "running" and self.get(job_id).status == "running":
+            now, step = time.time(), steps[-1]
+            for name, task in state["tasks"].items():
+                task["eta"] = step.tasks[name].eta(now) if name in step.tasks else None
+            state["eta"] = state["tasks"].get(state.get("task"), {}).get("eta")
+            phase, inner = step.current, step.inner_now()
+            if phase is not None:
+                running_inside = inner.text(now) if inner is not None and not inner.finished else None
+                state["phase"] = {"task": phase.task, "done": phase.done, "of": phase.total,
+                                  "eta": phase.eta(now), "inner": running_inside}
         return state
 
     def wait(self, job_id: str, timeout: float = 600) -> JobInfo:
@@ -295,6 +313,106 @@ def last_log(queue: JobQueue, job_id: str) -> str | None:
     """The message of a job's latest ``log`` event."""
     message = next((e.get("message") for e in reversed(queue.events(job_id)) if e.get("type") == "log"), None)
     return None if message is None else str(message)
+
+
+# ----- a job's card: its steps, what each made and measured, its log -----
+# The numbers worth a glance, in this order (a per-split dict shows as ``accuracy.heldout``...).
+HEADLINE = ("ppl", "kld_mean", "top1", "accuracy", "train_loss", "val_loss", "val_loss_after", "gen_tok_s",
+            "bpw")
+
+
+def headline(metrics: dict[str, Any], limit: int = 6) -> dict[str, float]:
+    """The ``HEADLINE`` numbers among ``metrics`` (else its first numbers), at most ``limit``."""
+    def numbers(keys: Any) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for key in keys:
+            value = metrics.get(key)
+            for sub, v in value.items() if isinstance(value, dict) else [(None, value)]:
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    out[f"{key}.{sub}" if sub else key] = v
+        return out
+
+    found = numbers(HEADLINE) or numbers(metrics)
+    return dict(list(found.items())[:limit])
+
+
+@dataclass
+class OutputInfo:
+    """An artifact a job's step wrote, as the store has it now (its measured metrics, and the numbers its
+    manifest records, such as a build's training loss)."""
+
+    name: str
+    kind: str | None = None  # None: no longer in the store
+    metrics: dict[str, float] = field(default_factory=dict)  # its headline metrics (``headline``)
+
+
+@dataclass
+class StepReport:
+    """One step of a job: what its events say (``state``), its inputs, outputs and headline metrics."""
+
+    state: StepState
+    inputs: list[str] = field(default_factory=list)
+    outputs: list[OutputInfo] = field(default_factory=list)
+    metrics: dict[str, float] = field(default_factory=dict)  # its own (final event), if it writes nothing
+
+    @property
+    def label(self) -> str:
+        """``step 2/3 · quantize · demo``: its place, kind and (the first three of) its inputs."""
+        names = ", ".join(self.inputs[:3]) + (", …" if len(self.inputs) > 3 else "")
+        where = f"step {self.state.index + 1}/{self.state.total} · {self.state.kind}"
+        return f"{where} · {names}" if names else where
+
+
+def job_report(queue: JobQueue, job_id: str) -> list[StepReport]:
+    """Each step a job started, in order: its progress (phases, ETA), inputs and, once it ended, the
+    outputs it wrote with each one's headline numbers (from the store) and, for a step that writes
+    nothing (``score``, ``evaluate``, ``serve``), its own metrics from its final ``step`` event."""
+    recipe_steps = queue.steps(job_id)
+    out = []
+    for state in step_states(queue.events(job_id)):
+        step = recipe_steps[state.index] if state.index < len(recipe_steps) else None
+        report = StepReport(state=state, inputs=step.input_names() if step else [])
+        if state.status != "running":
+            for name in state.outputs:
+                art = queue.store.get(name) if queue.store.exists(name) else None
+                # what it measured (metrics.json) over what its maker recorded (build-demo's train_loss...)
+                numbers = {**art.manifest.info, **art.metrics} if art else {}
+                report.outputs.append(OutputInfo(name, art.kind if art else None, headline(numbers)))
+            if not state.outputs:
+                report.metrics = headline(state.metrics)
+        out.append(report)
+    return out
+
+
+def current_job(jobs: list[JobInfo]) -> JobInfo | None:
+    """The job to show first: the running one (the oldest, if several), else the newest."""
+    running = [j for j in jobs if j.status == "running"]
+    if running:
+        return min(running, key=lambda j: j.created)
+    return max(jobs, key=lambda j: j.created) if jobs else None
+
+
+def job_log(queue: JobQueue, job_id: str, tail: int = 200) -> str:
+    """A job's log: its steps and ``log`` events, timed, then its stderr (warnings, tracebacks)."""
+    lines = []
+    for e in queue.events(job_id):
+        stamp = e.get("time")
+        when = datetime.fromtimestamp(stamp).strftime("%H:%M:%S ") if isinstance(stamp, (int, float)) else ""
+        if e.get("type") == "log":
+            level = f"{e['level']}: " if e.get("level") not in (None, "info") else ""
+            lines.append(f"{when}{level}{e.get('message', '')}")
+        elif e.get("type") == "step":
+            where = f"step {int(e.get('index') or 0) + 1}/{e.get('total')} {e.get('kind')}"
+            if e.get("status") == "start":
+                writes = f" → {', '.join(e['outputs'])}" if e.get("outputs") else ""
+                lines.append(f"{when}── {where}{writes}")
+            else:
+                took = duration_text(float(e.get("seconds") or 0))
+                lines.append(f"{when}── {where}: {e.get('status')} in {took}")
+    stderr = queue.log(job_id, tail=tail)
+    if stderr.strip():
+        lines += ["── stderr", stderr]
+    return "\n".join(lines[-tail:])
 
 
 class RunningJob:
