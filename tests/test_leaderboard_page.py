@@ -1,7 +1,9 @@
-"""The Leaderboard page through AppTest: empty store, cached scores with charts and the Export hand-off."""
+"""The Leaderboard page through AppTest: empty store, cached scores with human column names, charts fitted to
+the data with every point labelled, and the Export hand-off."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -39,15 +41,24 @@ def test_cached_table_charts_and_export(scored_home: Store, monkeypatch: pytest.
     assert not at.exception
     table = at.dataframe[0].value.set_index("name")
     assert sorted(table.index) == ["broken-q4", "micro", "micro-f16"]
-    assert list(table["quality_from"][["micro", "micro-f16"]]) == ["cached", "cached"]
+    # human column names with units; provenance and errors shown because one variant failed
+    assert list(table.columns[:3]) == ["kind", "size (MB)", "perplexity"] and "ppl" not in table.columns
+    assert list(table["scores from"][["micro", "micro-f16"]]) == ["cached", "cached"]
     assert "broken-q4" in table["error"]["broken-q4"]
+    assert table["perplexity"].isna()["broken-q4"]  # shown as — (the table's placeholder)
+    assert at.dataframe[0].proto.placeholder == "—"
     assert "Score what is missing" not in " ".join(b.label for b in at.button)
     at.selectbox(key="board:metric").set_value("ppl").run()
     assert len(at.get("vega_lite_chart")) == 1  # size chart; no speed measured, so no speed chart
+    spec = json.loads(at.get("vega_lite_chart")[0].proto.spec)
+    encodings = [layer["encoding"] for layer in spec["layer"]]
+    assert encodings[0]["x"]["scale"]["type"] == "log" and encodings[0]["y"]["scale"]["zero"] is False
+    assert {e["text"]["field"] for e in encodings if "text" in e} == {"name"}  # every point labelled
+    assert encodings[0]["x"]["title"] == "size (MB)" and encodings[0]["y"]["title"] == "perplexity"
     best = min(("micro", "micro-f16"), key=lambda n: evaluate(
         EvaluateConfig(models=[n], tasks=[{"source": "heldout", "limit": LIMIT}], track=False, only_cached=True),
         store=scored_home).rows[0]["ppl"])
-    assert f"Winner on **ppl** (lowest): **{best}**" in texts(at)
+    assert f"Winner on **perplexity** (lowest): **{best}**" in texts(at)
     at.button(key="board:export").click().run()
     assert at.session_state["export:model"] == best
     at.multiselect(key="board:kinds").set_value(["gguf"]).run()

@@ -203,3 +203,17 @@ def test_notebook_tunes_headless_with_the_micro_model(tmp_path: Path):
     student = defs["student"]  # the distillation section
     assert student["kind"] == "distilled" and student["parents"] == [["demo-micro", "teacher"]]
     assert {"kld_mean", "top1", "ppl", "ppl_teacher", "size_ratio", "speedup"} <= set(student["metrics"])
+
+
+def test_side_by_side_chat_leaves_the_system_prompt_to_each_template(micro_home: Store):
+    """Empty by default (each model's chat template default applies), and the placeholder says so."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_string(
+        f"import sys\nsys.path[:0] = [{str(ROOT / 'app')!r}, {str(ROOT / 'tests')!r}]\n"
+        "from apptest import load_page\nfrom llmlab.store import Store\n"
+        "store = Store()\nload_page('views/tune.py').side_by_side(store, 'micro', store.get('micro'))\n",
+        default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    [system] = [t for t in at.text_input if t.label == "System prompt"]
+    assert system.value == "" and "template default" in system.placeholder

@@ -1,7 +1,8 @@
 """Export: a model as a deployable bundle, its parity report, and a server to try it.
 
 Pick a model (GGUF and gguf-adapter artifacts for llmlab serve / Ollama, Hugging Face ones for
-vLLM; best accuracy first), see what goes into its bundle (``llmlab.export.plan``), and start a
+vLLM; best accuracy first; the picker opens on the model sent from the Leaderboard or Home, else on
+the Leaderboard's winner), see what goes into its bundle (``llmlab.export.plan``), and start a
 one-step ``export`` recipe as a job (it checks parity before the bundle is written). For a bundle:
 its files and hashes, the parity report (and a button to run it again), Start / Stop of a server
 process (``llmlab.serve.process``), a chat against it over HTTP, copyable curl and OpenAI-client
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from llmlab.catalog import default_model_index
 from llmlab.errors import LlmlabError
+from llmlab.evaluate.choices import leaderboard_winner
 from llmlab.export import ExportConfig, plan
 from llmlab.export.choices import (bundle_files, exportable, parity_applies, parity_source, served_over_http,
                                    server_metric_rows)
@@ -26,6 +29,7 @@ from llmlab.store import Artifact, Store
 from widgets import job_panel, job_queue, start_button
 
 HELP = {name: f.description for name, f in ExportConfig.model_fields.items()}
+PICKED = "export:model"  # also set by the Leaderboard's and Home's "Export" buttons
 
 
 # ----- page sections -----
@@ -35,7 +39,15 @@ def export_form(store: Store, queue: JobQueue) -> None:
         st.info("The store has no model to export. Run the quickstart (`llmlab run recipes/quickstart.yaml`) "
                 "or quantize a model first.")
         return
-    name = st.selectbox("Model", [a.name for a in models], key="export:model", help=HELP["model"])
+    names = [a.name for a in models]
+    sent = st.session_state.get(PICKED)
+    if sent is not None and sent not in names:  # sent from the Leaderboard or Home, but not exportable
+        st.warning(f"{sent} cannot be exported (it is gone, or of a kind a bundle does not take).")
+        del st.session_state[PICKED]
+    # a model sent here wins; otherwise open on the Leaderboard's winner
+    index = 0 if PICKED in st.session_state else default_model_index(
+        store, names, "export", winner=leaderboard_winner(store, names))
+    name = st.selectbox("Model", names, index=index, key=PICKED, help=HELP["model"])
     art = store.get(name)
     st.dataframe(plan(art), hide_index=True)
     c1, c2, c3 = st.columns(3)

@@ -4,9 +4,10 @@ Pick the inputs (models and adapters from the store), a method (every mergekit m
 and peft's adapter combinations, from ``llmlab.merge.methods``), weights and densities with
 sliders, and read the compatibility report (``check_compatibility``: architectures, sizes,
 vocabularies, tokenizers, chat templates and the memory estimate, from config and tokenizer files
-only) before starting a one-step ``merge`` recipe as a job. Below, a merge's stored scores and
-its parents' (same held-out text and questions, per relation group) fill a table and a chart,
-and the merge or any parent can be chatted with. Nothing imports torch until a chat loads a model.
+only) before starting a one-step ``merge`` recipe as a job. Below, a merge beside its parents: the
+Leaderboard's figures for each (``llmlab.evaluate.choices.scores``, the numbers every page shows) and
+the merge evaluation's per-skill accuracies (same questions for all) in a table and a chart; the
+merge or any parent can be chatted with. Nothing imports torch until a chat loads a model.
 
 What the form offers for a method and the config it stands for come from ``llmlab.merge.choices``;
 the merges, their comparison with their parents, retention and the anchor advice from
@@ -20,7 +21,10 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
+from llmlab.catalog import default_model_index
 from llmlab.errors import LlmlabError
+from llmlab.evaluate.choices import (MISSING, column_name, default_suite, headline_metric, leaderboard_winner,
+                                     number_formats, scores)
 from llmlab.jobs import FINAL, JobInfo, JobQueue
 from llmlab.merge.choices import (DEFAULT_DENSITY, config_from_form, default_name, default_weight,
                                   method_parameters, takes_base, takes_densities, takes_t, takes_weights,
@@ -32,6 +36,9 @@ from llmlab.store import HF_KINDS, MODEL_KINDS, Store
 from widgets import chat_panel, job_panel, job_queue, start_button
 
 HELP = {name: f.description for name, f in MergeConfig.model_fields.items()}
+# The Leaderboard's figures shown for a merge and each parent (``llmlab.evaluate.choices.scores``).
+SCORE_COLUMNS = ("size (MB)", "perplexity", column_name(headline_metric(default_suite())), "KLD vs reference",
+                 "reference")
 
 
 # ----- the page -----
@@ -132,15 +139,26 @@ def results(store: Store) -> None:
     if not merges:
         st.caption("No merges in the store yet: start one above (or run `llmlab run recipes/merge.yaml`).")
         return
-    name = st.selectbox("Merge", [a.name for a in merges], key="merge:result")
+    names = [a.name for a in merges]
+    name = st.selectbox("Merge", names, key="merge:result",
+                        index=default_model_index(store, names, "merge", winner=leaderboard_winner(store, names)))
     art = store.get(name)
     info = art.manifest.info
     st.caption(f"method **{info.get('method')}** · inputs {', '.join(info.get('inputs') or [])}"
                + (f" · tokenizer source {info['tokenizer_source']}" if info.get("tokenizer_source") else ""))
     rows = comparison_rows(art)
-    st.dataframe(rows, hide_index=True, column_config={
-        "ppl": st.column_config.NumberColumn("ppl", format="%.3f", help="perplexity on the world's held-out text"),
-        **{f"accuracy_{g}": st.column_config.NumberColumn(g, format="%.3f") for g in GROUPS}})
+    board = scores(store, [r["model"] for r in rows])
+    skills = [g for g in GROUPS if any(r[f"accuracy_{g}"] is not None for r in rows)]
+    table = [{"model": r["model"], "role": r["role"], "weight": r["weight"],
+              **{c: board.get(r["model"], {}).get(c) for c in SCORE_COLUMNS},
+              **{f"{g} accuracy (merge eval)": r[f"accuracy_{g}"] for g in skills}} for r in rows]
+    st.dataframe(table, hide_index=True, placeholder=MISSING, column_config={
+        "model": st.column_config.Column(pinned=True),
+        **{c: st.column_config.NumberColumn(format=f) for c, f in number_formats(list(table[0])).items()},
+        **{c: st.column_config.NumberColumn(format="%.3f") for c in table[0] if c.endswith("(merge eval)")}})
+    st.caption("Perplexity, accuracy and KLD as on the Leaderboard (— where it has not scored a model yet)"
+               + ("; per-skill accuracies from the merge's own evaluation, the same questions for the merge and "
+                  "each parent." if skills else "."))
     kept = retention(art)
     if kept:
         st.caption("Retention (merge accuracy / specialist accuracy on the specialist's own skill): " +
@@ -152,7 +170,8 @@ def results(store: Store) -> None:
                     "instead of 8-78% (docs/merge.md).")
     data = pd.DataFrame(accuracy_by_skill(rows))
     if data.empty:
-        st.caption("No scores yet: this merge was not evaluated (no demo world, or evaluate was off).")
+        st.caption("No per-skill scores: the merge step did not evaluate this merge (no demo world, or evaluate "
+                   "was off).")
     else:
         chart = alt.Chart(data).mark_bar().encode(x=alt.X("model:N", title=None), y=alt.Y("accuracy:Q"),
                                                   color="model:N", column=alt.Column("skill:N"))

@@ -28,8 +28,10 @@ from typing import Any, Literal, Union, get_args, get_origin
 import pandas as pd
 import streamlit as st
 
-from llmlab import recipes, world
+from llmlab import recipes
+from llmlab.catalog import default_model_index
 from llmlab.errors import LlmlabError
+from llmlab.evaluate.choices import leaderboard_winner
 from llmlab.tune.distill import DistillConfig
 from llmlab.jobs import FINAL, JobQueue, job_outputs, jobs_with_step, task_events
 from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Store
@@ -93,7 +95,9 @@ def pick_model(store: Store) -> str:
     if not models:
         st.info(f"The store at `{store.root}` holds no model to tune ({', '.join(MODEL_KINDS)}): run the "
                 "quickstart on the Jobs page, or give a local Hugging Face folder.")
-    choice = st.selectbox("Model", [*models, LOCAL], key="tune:model",
+    # a base model (the Leaderboard's best among those that fit), not a merge that already holds a LoRA
+    index = default_model_index(store, models, "tune", winner=leaderboard_winner(store, models)) if models else 0
+    choice = st.selectbox("Model", [*models, LOCAL], index=index, key="tune:model",
                           help=TuneConfig.model_fields["model"].description)
     if choice != LOCAL:
         return choice
@@ -222,14 +226,18 @@ def show_metrics(art: Artifact) -> None:
         cols = st.columns(len(shown))
         for col, c in zip(cols, shown):
             color = "normal" if c.higher_is_better else "inverse"
-            if c.label.endswith("accuracy"):
-                col.metric(f"{c.label} (tuned)", f"{c.after:.0%}", f"{c.delta * 100:+.0f} points vs base "
-                           f"{c.before:.0%}", delta_color=color)
+            if c.label.endswith("accuracy"):  # decimals, as every page shows an accuracy
+                n = f", {m['accuracy_n']} questions" if m.get("accuracy_n") else ""
+                col.metric(f"{c.label} (tuned{n})", f"{c.after:.3f}", f"{c.delta:+.3f} vs base {c.before:.3f}",
+                           delta_color=color)
             else:
                 col.metric(f"{c.label} (tuned)", f"{c.after:.4g}", f"{c.delta:+.3g} vs base {c.before:.4g}",
                            delta_color=color)
     if "accuracy" not in m:
         st.caption("No held-out accuracy: the model has no demo world (or evaluate was off).")
+    elif shown:
+        st.caption("Measured by the tuning run on its own held-out questions; the Leaderboard scores every "
+                   "variant on one suite (its figures are the ones the other pages show).")
     st.caption(" · ".join(f"{k} {v}" for k, v in run_facts(art.manifest.info).items()))
     log = training_log(art)
     if log:
@@ -251,7 +259,8 @@ def side_by_side(store: Store, base: str, tuned: Artifact) -> None:
     temperature = c2.number_input("Temperature", value=0.0, step=0.1, key=f"{key}:t",
                                   help="0 is greedy: each model's likeliest answer.")
     max_tokens = c3.number_input("Max new tokens", value=32, step=8, key=f"{key}:n")
-    system = st.text_input("System prompt", world.SYSTEM_PROMPT, key=f"{key}:system")
+    system = st.text_input("System prompt", "", key=f"{key}:system",
+                           placeholder="empty: each model's chat template default")
     history: list[dict[str, str]] = st.session_state.setdefault(key, [])
     left, right = st.columns(2)
     left.markdown(f"**base** `{base}`")

@@ -1,10 +1,12 @@
-"""The store as the app's Home and Models pages show it: artifacts counted by kind, one summary row per
-artifact (its parents, size and headline metrics), and an artifact's lineage (``Store.lineage``) as a
-Graphviz graph, read from manifests.
+"""The store as the app's pages show it: artifacts counted by kind, one summary row per artifact (its
+parents, size and creation time), the model a page's picker opens on, and an artifact's lineage
+(``Store.lineage``) as a Graphviz graph, read from manifests.
 
 ```python
-from llmlab.catalog import lineage_dot, table_row
+from llmlab.catalog import default_model_index, lineage_dot, table_row
 rows = [table_row(a) for a in store.list()]
+names = [a.name for a in store.list()]
+names[default_model_index(store, names, "quantize")]   # a full-precision model, not a GGUF
 dot = lineage_dot(store.lineage("demo-lora"))   # parents point at children; roles label the edges
 ```
 """
@@ -16,10 +18,17 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from llmlab.store import Artifact
+from llmlab.store import MODEL_KINDS, RUNNABLE_KINDS, Artifact, Store
 
-# Metrics shown in an artifact's summary row (split-wise ones as accuracy.heldout...).
-KEY_METRICS = ("ppl", "accuracy", "gen_tok_s")
+# What a page's model picker may open on: groups of kinds that can do what the page does, most fitting
+# first (within a group, the order of the picker's names).
+PAGE_KINDS: dict[str, tuple[tuple[str, ...], ...]] = {
+    "models": (RUNNABLE_KINDS,),  # anything that can chat
+    "tune": (("base",), ("full", "distilled"), ("merged",)),
+    "quantize": (MODEL_KINDS,),  # full precision
+    "merge": (("merged",),),  # a merge to compare with its parents
+    "export": (RUNNABLE_KINDS,),
+}
 
 
 def kind_counts(artifacts: Iterable[Artifact]) -> dict[str, int]:
@@ -28,22 +37,37 @@ def kind_counts(artifacts: Iterable[Artifact]) -> dict[str, int]:
 
 
 def table_row(a: Artifact) -> dict[str, Any]:
-    """An artifact's summary: name, kind, parents, size (MB), creation time and the ``KEY_METRICS``
-    it has (only those, so unscored stores get no empty columns)."""
-    row: dict[str, Any] = {
-        "name": a.name,
-        "kind": a.kind,
-        "parents": ", ".join(p.name for p in a.manifest.parents),
-        "size (MB)": round(a.size_bytes / 1e6, 2),
-        "created": a.manifest.created,
-    }
-    for key in KEY_METRICS:
-        value = a.metrics.get(key)
-        parts = value.items() if isinstance(value, dict) else [(None, value)]  # e.g. accuracy by split
-        for sub, v in parts:
-            if isinstance(v, (int, float)) and not isinstance(v, bool):
-                row[f"{key}.{sub}" if sub else key] = v
-    return row
+    """An artifact's identity: name, kind, parents, size (MB) and creation time (UTC, to the minute). Its
+    scores come from the leaderboard (``llmlab.evaluate.choices.scores``), so every page shows the same numbers."""
+    return {"name": a.name, "kind": a.kind, "parents": ", ".join(p.name for p in a.manifest.parents),
+            "size (MB)": round(a.size_bytes / 1e6, 2), "created": a.manifest.created[:16].replace("T", " ")}
+
+
+def holds_adapter(store: Store, art: Artifact) -> bool:
+    """Whether a merge already holds an adapter (tuning it again would stack a LoRA on the LoRA)."""
+    return art.kind == "merged" and any(store.exists(p.name) and store.get(p.name).kind == "adapter"
+                                        for p in art.manifest.parents)
+
+
+def default_model_index(store: Store, names: list[str], page: str, winner: str | None = None) -> int:
+    """The index in ``names`` a page's model picker opens on: the leaderboard's ``winner``
+    (``llmlab.evaluate.choices.leaderboard_winner``) when it is among ``names`` and can do what ``page``
+    does, else the first name of the most fitting kind (``PAGE_KINDS``): Models a model that can chat,
+    Tune a base model (not a merge that already holds a LoRA), Quantize a full-precision one, Merge a
+    merge, Export a model. 0 when nothing fits (or ``names`` is empty)."""
+    if page not in PAGE_KINDS:
+        raise ValueError(f"Unknown page '{page}': one of {', '.join(PAGE_KINDS)}.")
+    rank = {kind: i for i, group in enumerate(PAGE_KINDS[page]) for kind in group}
+    arts = {n: store.get(n) for n in names if store.exists(n)}
+
+    def fits(name: str) -> bool:
+        art = arts.get(name)
+        return art is not None and art.kind in rank and not (page == "tune" and holds_adapter(store, art))
+
+    if winner in arts and fits(winner):
+        return names.index(winner)
+    ranked = sorted((rank[arts[n].kind], i) for i, n in enumerate(names) if fits(n))
+    return ranked[0][1] if ranked else 0
 
 
 def dot_id(text: str) -> str:

@@ -14,8 +14,9 @@ the agent / retrieval metrics other stations recorded in its ``metrics.json``. Q
 come from the cache (``llmlab.evaluate.cache``) when nothing they depend on changed, so adding
 one variant scores only that one; ``quality_from`` says ``cached`` or ``fresh``. Speed and peak
 memory are measured only when asked (``speed=True``), always fresh (``speed_from: fresh``), never
-from the cache. A variant that fails to load gets a row whose ``error`` says why; the others still
-run. Which kinds can run is read from ``llmlab.runtime.KIND_ENGINES`` at call time, so kinds that
+from the cache; the speed is also recorded in the artifact's ``metrics.json`` with ``measured_at`` and
+``load_avg``, so pages show it later with its time and machine load. A variant that fails to load gets
+a row whose ``error`` says why; the others still run. Which kinds can run is read from ``llmlab.runtime.KIND_ENGINES`` at call time, so kinds that
 gain an engine (gptq, awq, rtn) are scored without a change here.
 """
 
@@ -26,6 +27,7 @@ import csv
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -111,11 +113,13 @@ class Leaderboard:
         return pareto_front(self.rows, x, y, higher_x=hx, higher_y=bool(metric_direction(y)))
 
     def best(self, metric: str) -> dict[str, Any] | None:
-        """The winner on ``metric`` (direction from the metric's name), or None if no row has it."""
+        """The winner on ``metric`` (direction from the metric's name; on a tie the smaller on disk), or None
+        if no row has it."""
         rows = [r for r in self.rows if is_number(r.get(metric))]
         if not rows:
             return None
-        return (max if metric_direction(metric) else min)(rows, key=lambda r: r[metric])
+        sign = -1 if metric_direction(metric) else 1
+        return min(rows, key=lambda r: (sign * r[metric], r.get("size_mb") or 0))
 
     def table(self) -> list[dict[str, Any]]:
         """Rows with every column (missing values as None), examples left out."""
@@ -300,7 +304,7 @@ def _measure(row: dict[str, Any], art: Artifact, config: EvaluateConfig, suite: 
              refs: _References, progress: Reporter | None) -> None:
     """Load the variant; score quality unless cached; measure speed and memory when asked."""
     from llmlab.runtime import load
-    from llmlab.scoring import peak_memory, speed
+    from llmlab.scoring import load_average, peak_memory, speed
 
     with peak_memory() as pm, load(art, store=store) as model:
         if cached is None:
@@ -315,11 +319,14 @@ def _measure(row: dict[str, Any], art: Artifact, config: EvaluateConfig, suite: 
                 quality["kld_error"] = row["kld_error"]
             row.update(cache.put(key, quality), quality_from="fresh", kld_reference=ref_name)
         if config.speed:
-            row.update({k: v for k, v in speed(model, suite.prompt_tokens, suite.gen_tokens, suite.repeats,
-                                               progress=progress).items() if k in SPEED_KEYS},
-                       speed_from="fresh")
+            measured = speed(model, suite.prompt_tokens, suite.gen_tokens, suite.repeats, progress=progress)
+            row.update({k: v for k, v in measured.items() if k in SPEED_KEYS}, speed_from="fresh")
     if config.speed:
         row["peak_mem_mb"] = round(pm.peak_mb - pm.start_mb, 1)
+        # recorded with when (and at what machine load) it was measured, so every page shows this speed
+        store.record_metrics(art.name, {**{k: v for k, v in measured.items() if k in SPEED_KEYS},
+                                        "measured_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                                        "load_avg": load_average()})
 
 
 def log_to_mlflow(board: Leaderboard, store: Store) -> str | None:
