@@ -41,11 +41,12 @@ def session_id() -> str:
     return current
 
 
-def url_choice(options: list[str], param: str) -> int:
-    """The index of the option the page's URL names in ``param`` (``?artifact=demo-q8_0``), else 0: for a
-    selectbox that a link from another page (``st.page_link(..., query_params=...)``) opens on."""
+def follow_link(options: list[str], param: str, key: str) -> None:
+    """Select the option that the page's URL names in ``param`` (``?artifact=demo-q8_0``, from a link such
+    as the Jobs card's outputs) in the selectbox with ``key``: once per link, so the user can pick another."""
     wanted = st.query_params.get(param)
-    return options.index(wanted) if wanted in options else 0
+    if wanted in options and st.session_state.get(f"{key}:linked") != wanted:
+        st.session_state[key] = st.session_state[f"{key}:linked"] = wanted
 
 
 @st.cache_resource

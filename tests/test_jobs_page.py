@@ -182,20 +182,15 @@ def test_a_bad_session_id_in_the_url_gets_a_fresh_one(empty_home: Store, bad: st
 
 
 # ----- shared widgets -----
-def url_choice_script() -> None:
-    import streamlit as st
-    from widgets import url_choice
-
-    st.markdown(str(url_choice(["a", "b", "c"], "artifact")))
-
-
-@pytest.mark.parametrize(("given", "index"), [("b", "1"), ("zzz", "0"), (None, "0")])
-def test_url_choice_opens_a_selectbox_on_the_option_a_link_names(given: str | None, index: str):
-    at = AppTest.from_function(url_choice_script)
-    if given:
-        at.query_params["artifact"] = given
+def test_an_output_link_opens_the_models_page_on_that_artifact_once(micro_home: Store):
+    fake_artifact(micro_home, "other", "base", {})
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.query_params["artifact"] = "micro"  # what the Jobs card links to
     at.run()
-    assert at.markdown[0].value == index
+    at.switch_page("views/models.py").run()
+    assert not at.exception and at.selectbox(key="models:selected").value == "micro"
+    at.selectbox(key="models:selected").select("other").run()  # the user may then pick another
+    assert at.selectbox(key="models:selected").value == "other"
 
 
 def test_the_chat_has_no_system_prompt_by_default(micro_home: Store):

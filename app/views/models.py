@@ -17,7 +17,7 @@ import streamlit as st
 from llmlab.catalog import default_model_index, lineage_dot, table_row
 from llmlab.evaluate.choices import MISSING, cached_board, number_formats, scores_of, shown, winner_of
 from llmlab.store import RUNNABLE_KINDS, Artifact, Store
-from widgets import chat_panel
+from widgets import chat_panel, follow_link
 
 PICKED = "models:selected"
 
@@ -81,9 +81,7 @@ def main() -> None:
         **{c: st.column_config.NumberColumn(format=f) for c, f in number_formats(list(rows[0])).items()}})
     # a link's ?artifact= (the Jobs card's outputs) wins once; then a value set elsewhere (Home's "Chat
     # with it"); otherwise open on the winner or something that chats
-    linked = st.query_params.get("artifact")
-    if linked in names and st.session_state.get(f"{PICKED}:linked") != linked:
-        st.session_state[PICKED] = st.session_state[f"{PICKED}:linked"] = linked
+    follow_link(names, "artifact", PICKED)
     index = 0 if PICKED in st.session_state else default_model_index(
         store, names, "models", winner=winner_of(read))
     name = st.selectbox("Artifact", names, index=index, key=PICKED)
