@@ -2,16 +2,20 @@
 
 Pick an agent (an ``agent`` artifact or a spec from ``agents/``), the index and the chat model, and
 the search mode and k (changed live: the next question uses them). Each answer streams in, with the
-documents it used beside it; the trace panel shows every node the run went through (inputs,
-outputs, retrieved ids, tokens, latency) from the trace store, and exports all runs as JSONL. The
-search comparison shows dense, BM25 and hybrid hits for one query side by side. With no index yet,
-the page offers to index the demo world's documents as a job. The conversation is kept per browser
-session in the agent's sqlite memory, so it survives a restart of the app.
+documents it used beside it (title, score and the retrieved passage); a refusal after the model's
+words streamed in replaces those words. The trace panel shows every node a run went through
+(inputs, outputs, retrieved ids, tokens, latency) from the trace store, follows each new question's
+run unless the user picks another, and exports all runs as JSONL. The agent's graph is drawn
+(Graphviz, in the browser, offline); the search comparison shows dense, BM25 and hybrid hits for
+one query side by side. With no index yet, the page offers to index the demo world's documents as
+a job. The conversation is kept per browser session in the agent's sqlite memory, so it survives a
+restart of the app.
 
-Which agents can be picked, the spec behind a pick, the models whose world can be indexed and a
-run's trace as rows come from ``llmlab.agents.choices``. The page only lays out widgets and calls
-them (its own helpers turn a reply into the markdown beside it). Its body is ``main``, run when
-Streamlit executes this file (as ``__main__``).
+Which agents can be picked, the spec behind a pick, the models whose world can be indexed, a run's
+trace as rows, the titled sources beside an answer, the run the trace picker shows and the graph as
+DOT come from ``llmlab.agents.choices``. The page only lays out widgets and calls them (its own
+helpers turn source cards into markdown). Its body is ``main``, run when Streamlit executes this
+file (as ``__main__``).
 """
 
 from __future__ import annotations
@@ -24,8 +28,8 @@ from typing import Any
 
 import streamlit as st
 
-from llmlab.agents.choices import (agent_choices, default_agent, default_index, shorten, spec_of, trace_rows,
-                                   world_sources)
+from llmlab.agents.choices import (agent_choices, default_agent, default_index, graph_dot, run_to_show,
+                                   shorten, source_cards, spec_of, trace_rows, world_sources, world_titles)
 from llmlab.agents.spec import SEARCH_MODES
 from llmlab.errors import LlmlabError
 from llmlab.store import RUNNABLE_KINDS, Artifact, Store
@@ -35,36 +39,42 @@ LIVE_MODES = [m for m in SEARCH_MODES if m != "hybrid_rerank"]  # rerank needs a
 
 
 # ----- drawing helpers (no Streamlit calls) -----
-def source_lines(sources: list[dict[str, Any]]) -> list[str]:
-    """Markdown lines for an answer's sources."""
-    return [f"[{s['n']}] **{s['title']}** · `{s['doc_id']}`" + ("" if s.get("cited", True) else " (given)")
-            for s in sources]
+WITHDRAWN = "The agent withdrew the model's answer: the sources did not support it."
 
 
-def beside(reply: Any) -> tuple[str, str]:
-    """The caption and markdown shown beside an answer: its sources, or what was retrieved but not
-    used when the agent refused."""
-    if reply.sources:
-        return "Sources", "\n\n".join(source_lines(reply.sources))
-    if reply.retrieved_ids:
-        return "Retrieved, not used", "\n\n".join(f"`{d}`" for d in dict.fromkeys(reply.retrieved_ids))
-    return "Sources", "none"
+def card_markdown(card: dict[str, Any]) -> str:
+    """One source beside an answer (a ``choices.source_cards`` card): its title, where it came from and
+    its score, then the retrieved chunk's opening words."""
+    about = [card["doc_id"] if card["doc_id"] != card["title"] else "",
+             f"score {card['score']:.3f}" if card["score"] is not None else "",
+             "" if card["cited"] or card["n"] is None else "given, not cited"]
+    head = (f"[{card['n']}] " if card["n"] is not None else "") + f"**{card['title']}**"
+    meta = " · ".join(a for a in about if a)
+    snippet = f"  \n:gray[{card['snippet']}]" if card["snippet"] else ""
+    return head + (f" · :gray[{meta}]" if meta else "") + snippet
 
 
 def relay(events: Iterator[dict[str, Any]], sink: dict[str, Any]) -> Iterator[str]:
-    """The answer's tokens from ``Agent.stream`` events (for ``st.write_stream``); steps and the final
-    reply land in ``sink``."""
+    """The answer's tokens from ``Agent.stream`` events (for ``st.write_stream``); the steps, the hits of
+    every search and the final reply land in ``sink``."""
     sink.setdefault("steps", [])
     for event in events:
         if event["type"] == "token":
             yield event["text"]
         elif event["type"] == "step":
             sink["steps"].append(event["node"])
+            sink.setdefault("hits", []).extend(event["update"].get("hits") or [])
         elif event["type"] == "done":
             sink["reply"] = event["reply"]
 
 
 # ----- cached parts -----
+@st.cache_data(max_entries=8, show_spinner=False)
+def titles_of(store_root: str, name: str, content_hash: str) -> dict[str, str]:
+    store = Store(store_root)
+    return world_titles(store, store.get(name))
+
+
 @st.cache_resource(max_entries=4, show_spinner="Opening the index…")
 def open_index(store_root: str, name: str, content_hash: str) -> Any:
     from llmlab.rag.search import Searcher
@@ -85,6 +95,14 @@ def make_agent(store: Store, choice: str, index: Artifact, model: Artifact, mode
 
 
 # ----- sections -----
+def show_beside(container: Any, caption: str, cards: list[dict[str, Any]]) -> None:
+    container.caption(caption)
+    for card in cards:
+        container.markdown(card_markdown(card))
+    if not cards:
+        container.markdown("none")
+
+
 def no_index(store: Store) -> None:
     st.info("The store has no index yet. Index the demo world's documents here, or your own folder with "
             "`llmlab index --name my-docs --source ~/notes`.")
@@ -100,15 +118,17 @@ def no_index(store: Store) -> None:
         job_status(queue, queue.get(job_id), "agents")
 
 
-def chat(store: Store, agent: Any, thread: str) -> None:
-    shown: dict[int, tuple[str, str]] = st.session_state.setdefault(f"agents:beside:{thread}", {})
+def chat(store: Store, agent: Any, thread: str, index: Artifact) -> None:
+    shown: dict[int, tuple[str, list[dict[str, Any]], str]] = st.session_state.setdefault(
+        f"agents:beside:{thread}", {})
     for i, message in enumerate(agent.history(thread)):
         with st.chat_message(message["role"]):
             if message["role"] == "assistant" and i in shown:
                 left, right = st.columns([3, 2])
                 left.markdown(message["content"])
-                right.caption(shown[i][0])
-                right.markdown(shown[i][1])
+                if shown[i][2]:
+                    left.caption(shown[i][2])
+                show_beside(right, shown[i][0], shown[i][1])
             else:
                 st.markdown(message["content"])
     question = st.chat_input("Ask the agent", key="agents:input")
@@ -119,21 +139,24 @@ def chat(store: Store, agent: Any, thread: str) -> None:
     try:
         with st.chat_message("assistant"):
             left, right = st.columns([3, 2])
-            with left:
-                streamed = st.write_stream(relay(agent.stream(question, thread_id=thread), sink))
+            answer_box = left.empty()
+            with answer_box.container():
+                streamed = str(st.write_stream(relay(agent.stream(question, thread_id=thread), sink)) or "")
             reply = sink["reply"]
-            if reply.answer != streamed:
-                left.markdown(reply.answer)
-                if streamed:
-                    left.caption("The model's words above were not supported by the sources, so the agent refused.")
-            caption, text = beside(reply)
-            right.caption(caption)
-            right.markdown(text)
+            note = ""
+            if reply.answer.strip() != streamed.strip():
+                answer_box.markdown(reply.answer)  # a refusal (or the calculator) replaces the streamed words
+                if reply.refused and streamed.strip():
+                    note = WITHDRAWN
+                    left.caption(note)
+            caption, cards = source_cards(reply, sink.get("hits", []),
+                                          titles_of(str(store.root), index.name, index.content_hash))
+            show_beside(right, caption, cards)
             st.caption(" → ".join(sink["steps"]) + f" · {reply.seconds:.2f} s")
     except LlmlabError as e:
         st.error(str(e))
         return
-    shown[len(agent.history(thread)) - 1] = (caption, text)
+    shown[len(agent.history(thread)) - 1] = (caption, cards, note)
     st.session_state["agents:last_run"] = reply.run_id
 
 
@@ -147,8 +170,11 @@ def trace_panel(store: Store) -> None:
             st.caption("No runs yet: ask the agent something.")
             return
         ids = [r["run_id"] for r in runs]
-        last = st.session_state.get("agents:last_run")
-        run_id = st.selectbox("Run", ids, index=default_index(ids, last), key="agents:run",
+        state = st.session_state
+        show, followed = run_to_show(ids, state.get("agents:run"), state.get("agents:followed"),
+                                     state.get("agents:last_run"))
+        state["agents:run"], state["agents:followed"] = show, followed
+        run_id = st.selectbox("Run", ids, key="agents:run", help="Follows each new question's run.",
                               format_func=lambda i: next(f"{r['question'][:60]} · {r['status']} · {r['run_id']}"
                                                          for r in runs if r["run_id"] == i))
         st.dataframe(trace_rows(traces.steps(run_id)), hide_index=True)
@@ -217,8 +243,9 @@ def main() -> None:
         st.error(str(e))
         return
     with st.expander("The agent's graph"):
-        st.code(agent.draw(), language="mermaid")
-    chat(store, agent, thread)
+        st.graphviz_chart(graph_dot(agent.graph.get_graph(), model_nodes=spec.uses_model()))
+        st.caption("Blue: nodes that use the chat model. Dashed: a decision (which way the run goes).")
+    chat(store, agent, thread, index)
     trace_panel(store)
     compare_search(store, index, k, st.session_state.get("agents:input") or "")
     agent.close()

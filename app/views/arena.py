@@ -1,16 +1,23 @@
 """Arena: two or more variants answer the same prompt side by side (streamed), the user votes, and the votes
 become Elo and Bradley-Terry ratings shown next to the automatic scores.
 
+Blind by default: the answers are headed "Model A", "Model B"... in a new random order for each
+question, and the variants' names appear only after the vote, which is recorded against the
+variants behind the labels (``llmlab.evaluate.arena.Round``). The question and its answers stay
+after the vote; "Ask again" asks the same question afresh (a new blind order, a new vote).
+
 Answers stream one column at a time through each model's own chat template with the same system
-prompt and sampling settings (``widgets.sampling_controls``). A vote names the better answer, or
-a tie; it is stored with every pair's answers and content hashes in ``<store>/.arena/votes.sqlite``
-(``llmlab.evaluate.arena``). The ratings table adds each variant's cached perplexity and task
-accuracy on the default suite (read from the quality cache; nothing is scored here).
+prompt (empty by default: each template's own default applies) and sampling settings
+(``widgets.sampling_controls``). A vote names the better answer, or a tie; it is stored with every
+pair's answers and content hashes in ``<store>/.arena/votes.sqlite``. The ratings table adds each
+variant's cached perplexity and task accuracy on the default suite (read from the quality cache;
+nothing is scored here).
 
 An optional LLM judge (any runnable variant, constrained decoding) compares the last two answers
-with position swapping (``llmlab.evaluate.judge.pairwise``). Beside its verdict the page shows the
-judge's measured agreement with exact match (``llmlab.evaluate.agreement.judge_note``) and warns
-plainly when its kappa is below ``TRUST_KAPPA`` (0.4) or was never measured.
+with position swapping (``llmlab.evaluate.judge.pairwise``); blind, its verdict names the label.
+Beside its verdict the page shows the judge's measured agreement with exact match
+(``llmlab.evaluate.agreement.judge_note``) and warns plainly when its kappa is below
+``TRUST_KAPPA`` (0.4) or was never measured.
 
 The ratings beside their cached scores come from ``llmlab.evaluate.choices.ratings_with_scores``; the
 page only lays out widgets and calls the library. Its body is ``main``, run when Streamlit executes
@@ -19,42 +26,103 @@ this file (as ``__main__``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import streamlit as st
 
-from llmlab import world
 from llmlab.errors import LlmlabError
 from llmlab.evaluate.agreement import judge_note
-from llmlab.evaluate.arena import Arena
+from llmlab.evaluate.arena import Arena, Round
 from llmlab.evaluate.choices import ratings_with_scores
 from llmlab.evaluate.judge import ModelJudge, pairwise
 from llmlab.store import RUNNABLE_KINDS, Store
 from widgets import load_model, sampling_controls
 
+if TYPE_CHECKING:
+    from llmlab.runtime import SamplingParams
+
 
 NO_JUDGE = "(no judge)"
 NOTE = {"warning": st.warning, "info": st.info, "ok": st.caption}
+ROUND = "arena:last"  # the current Round in the session
 
 
-def judge_block(store: Store, judge_name: str, last: dict | None) -> None:
+def judge_block(store: Store, judge_name: str, last: Round | None) -> None:
     """The judge's trust note and, for the last two answers, its pairwise verdict on demand."""
     level, sentence = judge_note(store, judge_name)
     NOTE[level](sentence)
-    if not last or len(last["answers"]) != 2:
+    if not last or len(last.votable()) != 2:
         return
     if st.button(f"Ask {judge_name} which answer is better", key="arena:judge:ask"):
-        (name_a, a), (name_b, b) = last["answers"].items()
+        label_a, label_b = last.votable()
+        a, b = (last.answers[last.labels[lb]] for lb in (label_a, label_b))
         try:
             art = store.get(judge_name)
             model = load_model(str(store.root), judge_name, art.content_hash)
-            verdict = pairwise(ModelJudge(model, constrained=True), last["prompt"], a, b)
+            verdict = pairwise(ModelJudge(model, constrained=True), last.prompt, a, b)
         except LlmlabError as e:
             st.error(str(e))
             return
-        winner = {"a": name_a, "b": name_b, "tie": "tie"}.get(verdict["winner"] or "", "no verdict")
-        st.markdown(f"Judge **{judge_name}**: **{winner}** (position consistent: {verdict['position_consistent']}).")
+        winner = {"a": last.heading(label_a), "b": last.heading(label_b), "tie": "tie"}.get(
+            verdict["winner"] or "", "no verdict")
+        st.markdown(f"Judge **{judge_name}**: **{winner}** "
+                    f"(position consistent: {verdict['position_consistent']}).")
         if level != "ok":
             st.caption("Read this verdict with the warning above.")
+
+
+def ask(store: Store, chosen: list[str], prompt: str, system: str, params: SamplingParams,
+        blind: bool) -> Round:
+    """Stream every chosen variant's answer into its column; the new round."""
+    current = Round.start(prompt, chosen, blind=blind)
+    st.chat_message("user").markdown(prompt)
+    messages = [{"role": "system", "content": system}] if system else []
+    messages.append({"role": "user", "content": prompt})
+    for col, (label, name) in zip(st.columns(len(current.labels)), current.labels.items()):
+        with col:
+            st.markdown(f"**{current.heading(label)}**")
+            try:
+                art = store.get(name)
+                model = load_model(str(store.root), name, art.content_hash)
+                reply = st.write_stream(model.stream_chat(messages, params))
+                current.answers[name] = reply if isinstance(reply, str) else str(reply)
+            except LlmlabError as e:
+                st.error(f"{current.heading(label)}: {e}")
+    return current
+
+
+def show(current: Round) -> None:
+    """The round's question and answers under their headings (names revealed once voted)."""
+    st.chat_message("user").markdown(current.prompt)
+    for col, (label, name) in zip(st.columns(len(current.labels)), current.labels.items()):
+        col.markdown(f"**{current.heading(label)}**")
+        col.markdown(current.answers.get(name) or "_(no answer)_")
+
+
+def reask() -> None:
+    st.session_state["arena:reask"] = True  # read by the run this click starts
+
+
+def vote_block(arena: Arena, current: Round) -> None:
+    """Before the vote: a button per answer and a tie. After it: the outcome, names revealed."""
+    if current.voted is None:
+        st.markdown(f"Which answer to *{current.prompt}* is better?")
+        labels = current.votable()
+        for col, label in zip(st.columns(len(labels) + 1), [*labels, None]):
+            if col.button(label or "Tie", key=f"arena:vote:{label or 'tie'}"):
+                try:
+                    current.record(arena, label)
+                except LlmlabError as e:
+                    st.error(str(e))
+                    return
+                st.toast("Vote stored.")
+                st.rerun()
+        return
+    st.success(current.outcome())
+    fresh = "new answers, a new blind order" if current.blind else "new answers"
+    st.button("Ask again", key="arena:reask", on_click=reask,
+              help=f"The same question afresh: {fresh} and a new vote. Or ask something new below.")
 
 
 # ----- page -----
@@ -69,47 +137,31 @@ def main() -> None:
         st.info("The Arena needs at least two models in the store. Run the quickstart "
                 "(`llmlab run recipes/quickstart.yaml`) to get a base model, an adapter and GGUF quants.")
     else:
-        chosen = st.multiselect("Variants", variants, default=variants[:2], key="arena:variants")
+        c1, c2 = st.columns([4, 1])
+        chosen = c1.multiselect("Variants", variants, default=variants[:2], key="arena:variants")
+        blind = c2.toggle("Blind", True, key="arena:blind", help="Answers as Model A, Model B… in a random "
+                          "order for each question; the names appear after your vote.")
         params = sampling_controls("arena")
-        system = st.text_input("System prompt", world.SYSTEM_PROMPT, key="arena:system")
+        system = st.text_input("System prompt", "", key="arena:system",
+                               placeholder="Empty: each model's chat template default is used")
         judge_name = st.selectbox("LLM judge", [NO_JUDGE, *variants], key="arena:judge",
                                   help="A variant that compares the last two answers (its kappa is shown).")
+        last: Round | None = st.session_state.get(ROUND)
         prompt = st.chat_input("Ask every chosen variant", key="arena:prompt")
+        if not prompt and st.session_state.pop("arena:reask", False) and last:
+            prompt = last.prompt
         if prompt and len(chosen) >= 2:
-            answers: dict[str, str] = {}
-            messages = ([{"role": "system", "content": system}] if system else []) + [
-                {"role": "user", "content": prompt}]
-            for col, name in zip(st.columns(len(chosen)), chosen):
-                with col:
-                    st.markdown(f"**{name}**")
-                    try:
-                        art = store.get(name)
-                        model = load_model(str(store.root), name, art.content_hash)
-                        reply = st.write_stream(model.stream_chat(messages, params))
-                        answers[name] = reply if isinstance(reply, str) else str(reply)
-                    except LlmlabError as e:
-                        st.error(str(e))
-            st.session_state["arena:last"] = {"prompt": prompt, "answers": answers}
+            st.session_state[ROUND] = last = ask(store, chosen, prompt, system, params, blind)
         elif prompt:
             st.warning("Pick at least two variants.")
-        last = st.session_state.get("arena:last")
-        if judge_name != NO_JUDGE and not (last and len(last["answers"]) >= 2):
+        elif last:
+            show(last)  # a rerun (after a vote, a widget change): the answers again
+        if judge_name != NO_JUDGE and not (last and len(last.votable()) >= 2):
             judge_block(store, judge_name, None)
-        if last and len(last["answers"]) >= 2:
-            if not prompt:  # a rerun after a vote: show the answers again
-                for col, (name, text) in zip(st.columns(len(last["answers"])), last["answers"].items()):
-                    col.markdown(f"**{name}**")
-                    col.markdown(text or "_(empty answer)_")
-            st.markdown(f"Which answer to *{last['prompt']}* is better?")
+        if last and len(last.votable()) >= 2:
             if judge_name != NO_JUDGE:
                 judge_block(store, judge_name, last)
-            names = list(last["answers"])
-            for col, choice in zip(st.columns(len(names) + 1), [*names, None]):
-                if col.button(choice or "Tie", key=f"arena:vote:{choice}"):
-                    arena.vote(last["prompt"], last["answers"], winner=choice)
-                    st.session_state.pop("arena:last")
-                    st.toast(f"Vote stored: {choice or 'tie'}")
-                    st.rerun()
+            vote_block(arena, last)
 
     st.subheader("Ratings")
     ratings = arena.ratings()

@@ -13,14 +13,27 @@ strengths come from the minorization-maximization iteration over all votes (a ti
 win each way; a small prior of one tie against a virtual average player keeps a variant that never
 lost finite), scaled so the mean log-strength is 0 and shown on the Elo scale (400·log10 + 1000).
 Votes with more than two variants are stored as every pair.
+
+A ``Round`` is one question on the Arena page: blind (the default), its answers are shown as "Model
+A", "Model B"... in a new random order, the names appear only after the vote, and the vote is
+recorded against the variants behind the labels:
+
+```python
+r = Round.start("Where is Graevom?", ["demo", "demo-lora"])   # r.labels: {"Model A": "demo-lora", ...}
+r.answers["demo"] = "Gufokrei"; r.answers["demo-lora"] = "Nifustai"
+r.record(arena, "Model A")                                    # a win for demo-lora; r.heading("Model A")
+```
 """
 
 from __future__ import annotations
 
 import itertools
 import math
+import random
 import sqlite3
+import string
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
@@ -130,3 +143,57 @@ class Arena:
                 r["wins"] += v["outcome"] == side
                 r["ties"] += v["outcome"] == "tie"
         return sorted(rows.values(), key=lambda r: -r["bt"])
+
+
+def blind_labels(names: Sequence[str], rng: random.Random | None = None) -> dict[str, str]:
+    """"Model A", "Model B"... for ``names`` in a random order: label -> variant, in display order."""
+    order = list(names)
+    (rng or random.Random()).shuffle(order)
+    return {f"Model {string.ascii_uppercase[i] if i < 26 else i + 1}": n for i, n in enumerate(order)}
+
+
+@dataclass
+class Round:
+    """One question in the Arena: each variant's answer under its label, and the vote once cast.
+    Blind, the labels are "Model A"... in a random order and a label's variant is shown only after
+    the vote; open, the labels are the variants' names."""
+
+    prompt: str
+    labels: dict[str, str]  # label -> variant, in display order
+    blind: bool = True
+    answers: dict[str, str] = field(default_factory=dict)  # variant -> answer (a failed one is absent)
+    voted: str | None = None  # the winning label, or "Tie", once voted
+
+    @classmethod
+    def start(cls, prompt: str, names: Sequence[str], *, blind: bool = True,
+              rng: random.Random | None = None) -> Round:
+        labels = blind_labels(names, rng) if blind else {n: n for n in names}
+        return cls(prompt=prompt, labels=labels, blind=blind)
+
+    def heading(self, label: str) -> str:
+        """What a column is headed: the label, with its variant revealed once voted (open: the name)."""
+        if not self.blind:
+            return label
+        return f"{label}: {self.labels[label]}" if self.voted else label
+
+    def votable(self) -> list[str]:
+        """The labels whose variant answered (a vote needs two)."""
+        return [label for label, name in self.labels.items() if name in self.answers]
+
+    def record(self, arena: Arena, label: str | None) -> int:
+        """Store the vote for the variant behind ``label`` (None: a tie); returns the rows written."""
+        if self.voted is not None:
+            raise ConfigError("This round already has a vote.", "Ask again, or ask something new, to vote.")
+        if label is not None and label not in self.votable():
+            raise ConfigError(f"'{label}' has no answer in this round.",
+                              f"Vote for one of: {', '.join(self.votable())}.")
+        answers = {self.labels[lb]: self.answers[self.labels[lb]] for lb in self.votable()}  # display order
+        rows = arena.vote(self.prompt, answers, winner=self.labels[label] if label else None)
+        self.voted = label or "Tie"
+        return rows
+
+    def outcome(self) -> str:
+        """The vote in words and, blind, which variant each label was (once voted)."""
+        said = "a tie" if self.voted == "Tie" else f"{self.voted} is better"
+        names = "; ".join(f"{lb} is {n}" for lb, n in self.labels.items())
+        return f"Your vote: {said}." + (f" {names}." if self.blind else "")
