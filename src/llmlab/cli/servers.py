@@ -11,7 +11,8 @@ from llmlab.errors import ConfigError, LlmlabError
 
 
 def cmd_servers(args: argparse.Namespace) -> int:
-    """`llmlab servers [ls | stop NAME | stop --all]`: the background servers started from this store."""
+    """`llmlab servers [ls | stop NAME | stop --all]`: the background servers started from this store
+    (a copy of the store folder has none of the original's)."""
     from llmlab.serve import process
 
     store = store_from(args)
@@ -20,7 +21,8 @@ def cmd_servers(args: argparse.Namespace) -> int:
         for s in running:
             print(f"{s['name']}  {s['url']}  pid {s['pid']}")
         if not running:
-            print("No server is running (start one: llmlab serve BUNDLE, or the Export page).")
+            print(f"No server is running for the store at {store.root} (start one: llmlab serve BUNDLE, "
+                  "or the Export page).")
         return 0
     if args.all:
         names = process.stop_all(store)
@@ -31,6 +33,8 @@ def cmd_servers(args: argparse.Namespace) -> int:
         raise ConfigError("`llmlab servers stop` needs a name or --all.", "List them with `llmlab servers ls`.")
     for name in names:
         print(f"stopped {name}")
+    if not names:
+        print(f"No server is running for the store at {store.root}; nothing stopped.")
     return 0
 
 

@@ -15,6 +15,8 @@ Qwen2's or Llama 3's split regex), llmlab tells the subprocess to fall back to t
 (only when the hash lookup fails), and writes the BPE vocabulary for model classes that want a
 SentencePiece ``tokenizer.model`` the folder lacks (``llmlab.quantize.vocab``). After every
 conversion it checks that llama.cpp tokenizes sample texts exactly as transformers does, raising if not.
+The converter (and ``setup``'s download) runs in a child process that ends with the one that started it
+(``DIE_WITH_PARENT``): a SIGKILLed step leaves no converter running on and writing.
 
 Quantization uses ``llama_cpp.llama_model_quantize`` in-process; tensors whose rows the type's
 blocks (256 values for K-quants) do not divide fall back to a 32-block type, as llama.cpp does, and
@@ -82,14 +84,46 @@ TOKENIZER_PROBES = (
     "I've been 'told' he's there; we'd've gone. HELLO hello HeLLo 1234567890",
 )
 
-# The converter runs as ``python -c _WRAPPER <script> <args>``: an unknown BPE pre-tokenizer hash or a
-# missing tokenizer.model gets what ``vocab.converter_env`` says instead of failing.
-_WRAPPER = WRAPPER
 _TENSOR_LINE = re.compile(r"-->\s*\w+, shape = ")
 
 
 class ConversionError(LlmlabError):
     """A conversion or quantization that failed or produced a file that does not behave."""
+
+
+# ----- child processes -----
+# What a step's Python child runs first, so that it ends with the llmlab process that started it
+# (``LLMLAB_PARENT_PID``) even when that one is SIGKILLed: on Linux the kernel kills it
+# (PR_SET_PDEATHSIG; the check after it closes the race with a parent that died before), elsewhere a
+# thread notices the parent is gone. No orphan goes on converting, downloading or writing files.
+DIE_WITH_PARENT = """
+import os, signal, sys
+parent = int(os.environ["LLMLAB_PARENT_PID"])
+if sys.platform == "linux":
+    import ctypes
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+else:
+    import threading, time
+    def watch_parent():
+        while os.getppid() == parent:
+            time.sleep(0.2)
+        os._exit(1)
+    threading.Thread(target=watch_parent, daemon=True).start()
+if os.getppid() != parent:
+    sys.exit("llmlab: the process that started this one is gone")
+"""
+_PIP = "import runpy\nrunpy.run_module('pip', run_name='__main__', alter_sys=True)\n"
+
+
+def python_child(code: str) -> list[str]:
+    """The command running ``code`` in a Python child that ends with this process (``DIE_WITH_PARENT``;
+    start it with ``child_env()``): a SIGKILLed step leaves no orphan converting or downloading."""
+    return [sys.executable, "-c", DIE_WITH_PARENT + code]
+
+
+def child_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """This process's environment plus ``env``, with what ``python_child`` needs."""
+    return {**os.environ, **(env or {}), "LLMLAB_PARENT_PID": str(os.getpid())}
 
 
 # ----- the converter -----
@@ -129,9 +163,9 @@ def setup(sdist: str | Path | None = None, progress: Reporter | None = None) -> 
     with tempfile.TemporaryDirectory(prefix="llmlab-sdist-") as tmp:
         if sdist is None:
             emit(progress, "log", message=f"downloading the llama-cpp-python {version} sdist (~77 MB)")
-            cmd = [sys.executable, "-m", "pip", "download", f"llama-cpp-python=={version}", "--no-deps",
+            cmd = [*python_child(_PIP), "download", f"llama-cpp-python=={version}", "--no-deps",
                    "--no-binary", ":all:", "--dest", tmp, "--quiet"]
-            run = subprocess.run(cmd, capture_output=True, text=True)
+            run = subprocess.run(cmd, capture_output=True, text=True, env=child_env())
             found = sorted(Path(tmp).glob("llama_cpp_python-*.tar.gz"))
             if run.returncode != 0 or not found:
                 last = (run.stderr.strip().splitlines() or ["no output"])[-1]
@@ -212,12 +246,12 @@ def run_converter(script: str, args: list[str], out_file: Path, n_tensors: int, 
     path = ensure_converter(progress, script)
     root = path.parent
     pythonpath = [str(root / "gguf-py"), str(root), *filter(None, [os.environ.get("PYTHONPATH")])]
-    full_env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-                "PYTHONPATH": os.pathsep.join(pythonpath), **(env or {})}
+    full_env = child_env({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
+                          "PYTHONPATH": os.pathsep.join(pythonpath), **(env or {})})
     full_env.pop("NO_LOCAL_GGUF", None)
     out_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_file.with_name(f".{out_file.name}.{os.getpid()}.part")
-    cmd = [sys.executable, "-c", _WRAPPER, str(path), *args, "--outfile", str(tmp)]
+    cmd = [*python_child(WRAPPER), str(path), *args, "--outfile", str(tmp)]  # WRAPPER: see llmlab.quantize.vocab
     tail: deque[str] = deque(maxlen=30)
     done = 0
     emit(progress, "progress", task=task, done=0, total=n_tensors)
@@ -225,11 +259,15 @@ def run_converter(script: str, args: list[str], out_file: Path, n_tensors: int, 
         with subprocess.Popen(cmd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               bufsize=1) as proc:
             assert proc.stdout is not None
-            for line in proc.stdout:
-                tail.append(line.rstrip())
-                if _TENSOR_LINE.search(line):
-                    done += 1
-                    emit(progress, "progress", task=task, done=min(done, n_tensors), total=n_tensors)
+            try:
+                for line in proc.stdout:
+                    tail.append(line.rstrip())
+                    if _TENSOR_LINE.search(line):
+                        done += 1
+                        emit(progress, "progress", task=task, done=min(done, n_tensors), total=n_tensors)
+            except BaseException:  # a cancel or a failing reporter: end the converter now, not when it is done
+                proc.kill()
+                raise
         if proc.returncode != 0 or not tmp.is_file():
             reason = next((ln for ln in reversed(tail) if "Error" in ln or "error" in ln), tail[-1] if tail else "")
             raise ConversionError(f"{what} to GGUF failed: {reason.strip()}",
