@@ -86,11 +86,12 @@ def gguf_rows(store: Any, work: Path) -> dict[str, Any]:
 
     facts, stories, _ = world_texts(store)
     calib = write_jsonl(work / "calibration.jsonl", facts + stories)
-    plain = quantize(QuantizeConfig(model="demo", types=PLAIN_TYPES, score=False), store=store, overwrite=True)
+    plain = quantize(QuantizeConfig(model="demo", types=PLAIN_TYPES, score=False, redo=True), store=store,
+                     overwrite=True)
     imat = quantize(QuantizeConfig(model="demo", name_prefix="demo-im", types=IMATRIX_TYPES, imatrix=str(calib),
-                                   score=False), store=store, overwrite=True)
+                                   score=False, redo=True), store=store, overwrite=True)
     t0 = time.perf_counter()
-    table = quality_table(plain["variants"] + imat["variants"], store, qa=[])
+    table = quality_table(plain["variants"] + imat["variants"], store, qa=[], redo=True)
     rows = [{"type": r["type"] + (" imatrix" if r["name"].startswith("demo-im-") else ""), "name": r["name"],
              "size_bytes": r["size_bytes"], "bpw": r["bpw"], "ppl": _r(r["ppl"]), "kld": _r(r["kld_mean"], 6),
              "top1": _r(r["top1"]), "tok_s": _r(r["gen_tok_s"], 1)} for r in table]
@@ -355,7 +356,7 @@ def gptq_rows(store: Any) -> dict[str, Any]:
 
     t0 = time.perf_counter()
     summary = quantize(QuantizeConfig(model="demo", types=["gptq", "awq", "rtn"], bits=4, group_size=32,
-                                      calibration="world", qa="none"), store=store, overwrite=True)
+                                      calibration="world", qa="none", redo=True), store=store, overwrite=True)
     seconds = time.perf_counter() - t0
     out: dict[str, Any] = {"total_seconds": round(seconds, 1)}
     for row in summary["table"]:

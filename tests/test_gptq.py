@@ -223,7 +223,10 @@ def test_quality_table_is_logged_to_mlflow(table: list[dict], tmp_path: Path, mo
     assert not log_quality_table(table, store=Store(tmp_path / "models"))
 
 
-def test_existing_outputs_are_not_overwritten(quantized: tuple[Store, dict]):
+def test_existing_outputs_are_reused_or_not_overwritten(quantized: tuple[Store, dict]):
     store, _ = quantized
-    with pytest.raises(StoreError, match="'micro-rtn-w4g64' already exists"):
-        quantize(QuantizeConfig(model="micro", types=["rtn"], group_size=64, score=False), store=store)
+    before = store.get("micro-rtn-w4g64").content_hash
+    summary = quantize(QuantizeConfig(model="micro", types=["rtn"], group_size=64, score=False), store=store)
+    assert summary["reused"] == ["micro-rtn-w4g64"] and store.get("micro-rtn-w4g64").content_hash == before
+    with pytest.raises(StoreError, match="'micro-gptq-w4g64' already exists, made with another calibration"):
+        quantize(QuantizeConfig(model="micro", types=["gptq"], group_size=64, score=False), store=store)

@@ -6,8 +6,10 @@ needs; ``tests/test_choices.py`` checks the choices on their own. The page file 
 without running (its body, ``main``, runs only as Streamlit's ``__main__``).
 The page itself is driven through ``AppTest`` on a temporary store: empty, with the imported
 micro model (which has no demo world, so evaluation texts come from a file), and with fake
-GGUF children whose metrics fill the table and chart. The slow tests run a real one-type
-quantize job started from the page, and the notebook headless with the micro model.
+GGUF children whose metrics fill the table and chart, and with outputs already quantized (the page
+says which a job reuses and which it replaces, and offers Reuse or Redo). The slow tests run a real
+one-type quantize job started from the page, the same quantize twice (the second reuses everything
+and scores nothing), and the notebook headless with the micro model.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -25,9 +28,9 @@ from streamlit.testing.v1 import AppTest  # noqa: E402
 from llmlab.jobs import JobQueue  # noqa: E402
 from llmlab.quantize.choices import method_choices, type_choices  # noqa: E402
 from llmlab.quantize.gguf import QUANT_TYPES  # noqa: E402
-from llmlab.quantize.step import stored_table  # noqa: E402
+from llmlab.quantize.step import QuantizeConfig, quantize, stored_table  # noqa: E402
 from llmlab.scoring import pareto_front  # noqa: E402
-from llmlab.store import Parent, Store  # noqa: E402
+from llmlab.store import Parent, StepRecord, Store  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGE = "views/quantize.py"
@@ -142,8 +145,14 @@ def test_page_renders_on_an_empty_store(empty_home: Store):
     assert "no model to quantize" in texts(at)
 
 
+def ticked_types(at: AppTest) -> set[str]:
+    return {box.key.removeprefix("quantize:type:") for box in at.checkbox
+            if (box.key or "").startswith("quantize:type:") and box.value}
+
+
 def test_page_offers_types_with_sizes_and_explains_the_imatrix_ones(micro_home: Store, tmp_path: Path):
     at = open_page(PAGE, timeout=60)
+    assert ticked_types(at) == {"Q8_0", "Q4_K_M"}  # the safe choice and the usual best trade-off, not five
     q8 = at.checkbox(key="quantize:type:Q8_0")
     assert q8.value and not q8.disabled and "lossless" in q8.help
     assert re.fullmatch(r"Q8_0 · ≈[\d.]+ [KM]B", q8.label), q8.label  # its expected size
@@ -187,6 +196,91 @@ def test_table_and_chart_come_from_the_stored_variants(micro_home: Store):
     assert at.selectbox(key="quantize:chat").value == "micro-q4_k_m"  # the smallest, by default
     at.radio(key="quantize:axis").set_value("ppl").run()
     assert not at.exception and charts(at)
+
+
+def test_page_says_which_outputs_a_job_reuses_and_offers_redo(micro_home: Store, tmp_path: Path):
+    pytest.importorskip("llama_cpp")
+    made_by = StepRecord(kind="quantize", config={}, config_hash="an earlier step")
+    quantize(QuantizeConfig(model="micro", types=["q8_0", "q2_k"], score=False), store=micro_home, step=made_by)
+    at = open_page(PAGE, timeout=60)
+    assert "Already made from the same source with the same settings: micro-f16, micro-q8_0." in texts(at)
+    assert "replaces" not in texts(at)  # micro-q4_k_m is new; micro-q2_k is not asked for
+    assert at.radio(key="quantize:existing").value == "reuse"
+    # with an importance matrix, the Q8_0 made without one is another output: the page says it is replaced
+    calib = tmp_path / "calib.txt"
+    calib.write_text(EVAL_TEXT)
+    at.selectbox(key="quantize:imatrix").select("file").run()
+    at.text_input(key="quantize:imatrix_file").input(str(calib)).run()
+    assert "with the same settings: micro-f16." in texts(at)
+    assert "Made otherwise, so a job replaces them: micro-q8_0 (another importance matrix)." in texts(at)
+    at.selectbox(key="quantize:imatrix").select("none").run()
+    at.radio(key="quantize:existing").set_value("redo").run()
+    at.button(key="quantize:start").click().run()
+    assert not at.exception and "Started job" in at.success[0].value
+    queue = JobQueue(micro_home)
+    [job] = queue.list()
+    assert queue.recipe(job.id)["steps"][0]["quantize"]["redo"] is True
+    queue.cancel(job.id)
+
+
+def job_events(queue: JobQueue, job_id: str) -> dict[str, Any]:
+    """What a quantize job did, from its events: its step's status and seconds, conversion and
+    quantization progress, the models it scored and what it reused."""
+    events = queue.events(job_id)
+    logs = [e["message"] for e in events if e["type"] == "log"]
+    [step] = [e for e in events if e["type"] == "step" and e["status"] != "start"]
+    return {"status": step["status"], "seconds": step["seconds"],
+            "made": sorted({e["task"] for e in events if e["type"] == "progress"
+                            and e.get("task") in ("convert", "quantize")}),
+            "scored": [m for m in logs if m.startswith("scoring")],
+            "reused": [m.removesuffix(": same source and settings") for m in logs if m.startswith("reusing micro")]}
+
+
+@pytest.mark.slow
+def test_quantizing_again_on_the_page_reuses_outputs_and_scores(micro_home: Store, tmp_path: Path):
+    # The defect: Q8_0 again (after a quickstart-like run of three types) took 405 s and wrote byte-identical
+    # files. Now the same job again, and Q8_0 alone, make nothing, score nothing and leave the files as they are.
+    pytest.importorskip("llama_cpp")
+    eval_file, qa_file = tmp_path / "eval.txt", tmp_path / "qa.jsonl"
+    eval_file.write_text(EVAL_TEXT)
+    qa_file.write_text('{"question": "Where does Ana live?", "answer": "Dunmere"}\n')
+    queue = JobQueue(micro_home)
+    at = open_page(PAGE, timeout=60)
+    at.text_input(key="quantize:eval_data").input(str(eval_file))
+    at.text_input(key="quantize:qa").input(str(qa_file))
+    at.checkbox(key="quantize:type:Q5_0").check()
+    runs = []
+    for ticked in ({"Q8_0", "Q5_0", "Q4_K_M"}, {"Q8_0", "Q5_0", "Q4_K_M"}, {"Q8_0"}):
+        for box in at.checkbox:
+            if (box.key or "").startswith("quantize:type:") and box.value:
+                box.set_value(box.key.removeprefix("quantize:type:") in ticked)
+        at.run()
+        assert ticked_types(at) == ticked and not at.warning, [w.value for w in at.warning]
+        if runs:  # the page says what a job would reuse
+            assert f"with the same settings: micro-f16, {', '.join(names(ticked))}." in texts(at)
+        at.button(key="quantize:start").click().run()
+        assert not at.exception and "Started job" in at.success[0].value
+        job = queue.list()[0]
+        assert queue.wait(job.id, timeout=600).status == "done", queue.log(job.id)
+        runs.append(job_events(queue, job.id))
+        if len(runs) == 1:
+            hashes = {a.name: a.content_hash for a in micro_home.list()}
+    first, same, q8 = runs
+    assert first["made"] == ["convert", "quantize"] and len(first["scored"]) == 5 and not first["reused"]
+    assert same["status"] == "skipped" and same["made"] == same["scored"] == []  # the recipe step's own skip
+    # another config (one type): quantize reuses each output made alike, and the scores kept by content
+    assert q8["status"] == "done" and q8["made"] == q8["scored"] == []
+    assert q8["reused"] == ["reusing micro-f16", "reusing micro-q8_0"]
+    assert {a.name: a.content_hash for a in micro_home.list()} == hashes
+    assert q8["seconds"] < first["seconds"] / 3, (first["seconds"], q8["seconds"])
+    at.run()
+    table = at.dataframe[0].value.set_index("name")
+    assert table.loc["micro-q8_0", "measured_at"] and table.loc["micro-q8_0", "load_avg"] >= 0
+
+
+def names(types: set[str]) -> list[str]:
+    """The variant names of ``types`` in the page's order (most bits first)."""
+    return [f"micro-{t.lower()}" for t in ("Q8_0", "Q5_0", "Q4_K_M") if t in types]
 
 
 @pytest.mark.slow

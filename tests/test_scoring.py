@@ -92,6 +92,14 @@ def test_score_writes_metrics(micro_model_dir: Path, store):
         assert key in m and saved[key] == m[key]
     assert saved["ppl_data"]["label"] == "unit" and saved["kld_reference"] == "micro"
     assert {e["task"] for e in events if e["type"] == "progress"} >= {"perplexity", "compare", "accuracy", "speed"}
+    # speed depends on what else the machine runs: when it was measured and the load average then
+    assert saved["measured_at"] <= saved["scored_at"] and saved["load_avg"] >= 0
+    assert "measured_at" not in scoring.score("micro", store=store, data=TEXTS, speed_test=False)
+
+
+def test_digest_tells_texts_and_questions_apart():
+    assert scoring.digest(["a", "b"]) == scoring.digest(["a", "b"]) != scoring.digest(["ab"])
+    assert scoring.digest(QA) != scoring.digest(QA[:1]) and scoring.digest(None) is None
 
 
 # ----- HF vs GGUF -----

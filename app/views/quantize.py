@@ -4,7 +4,11 @@ Pick a model (kind base, full, merged or distilled), tick quant types (each with
 explanation from ``llmlab.quantize.step.TYPE_INFO`` and its expected size, parameters x bits / 8),
 choose where the importance matrix comes from, tick GPTQ/AWQ/RTN (``llmlab.quantize.gptq.METHODS``) with
 bits, group size and calibration text, and start a one-step ``quantize`` recipe as a job;
-a fragment follows its progress. Below, the model's variants are read back from the store
+a fragment follows its progress. The model picker opens on the leaderboard's winner when it can be
+quantized (``llmlab.catalog.default_model_index``); Q8_0 and Q4_K_M are ticked at first. When some outputs are
+already in the store, the page says which were made from the same source with the same settings
+(a job reuses them and their scores) and which otherwise (a job replaces them), and offers Reuse
+(the default) or Redo. Below, the model's variants are read back from the store
 (``llmlab.quantize.step.stored_table``: children of the model, with their ``metrics.json``) as a table and
 a chart of size against KL divergence or perplexity with the Pareto front highlighted, and any
 variant can be chatted with. Nothing imports torch or llama.cpp until a chat loads a model.
@@ -25,13 +29,15 @@ import pandas as pd
 import streamlit as st
 
 from llmlab import world
+from llmlab.catalog import default_model_index
 from llmlab.errors import LlmlabError
+from llmlab.evaluate.choices import leaderboard_winner
 from llmlab.jobs import FINAL, JobQueue, latest_job
-from llmlab.quantize.choices import (QUALITY_AXES, MethodChoice, TypeChoice, existing_outputs, form_config,
-                                     form_problems, method_choices, n_params, needs_calibration, plottable,
-                                     quality_axes, quality_front, type_choices)
+from llmlab.quantize.choices import (FORM_TYPES, QUALITY_AXES, MethodChoice, TypeChoice, existing_outputs,
+                                     form_config, form_problems, method_choices, n_params, needs_calibration,
+                                     plottable, quality_axes, quality_front, type_choices)
 from llmlab.quantize.gptq import BITS, GROUP_SIZES
-from llmlab.quantize.step import DEFAULT_TYPES, QuantizeConfig, stored_table, tensor_shapes
+from llmlab.quantize.step import QuantizeConfig, stored_table, tensor_shapes
 from llmlab.store import MODEL_KINDS, Artifact, Store
 from widgets import chat_panel, job_panel, job_queue, start_button
 
@@ -41,7 +47,9 @@ IMATRIX_SOURCES = {  # llmlab.quantize.choices.IMATRIX_SOURCES -> its label
     "file": "a calibration text file (.txt or .jsonl)",
 }
 TABLE_COLUMNS = ("name", "type", "size_mb", "bpw", "ppl", "kld_mean", "kld_p99", "top1", "accuracy",
-                 "gen_tok_s", "prompt_tok_s", "peak_rss_mb", "reference", "imatrix")
+                 "gen_tok_s", "prompt_tok_s", "peak_rss_mb", "measured_at", "load_avg", "reference", "imatrix")
+EXISTING = {"reuse": "Reuse them and their scores (not made or scored again)",
+            "redo": "Redo: make and score them again"}
 HELP = {name: f.description for name, f in QuantizeConfig.model_fields.items()}
 
 
@@ -82,12 +90,11 @@ def quality_chart(rows: Sequence[dict[str, Any]], y: str, *, log: bool = False) 
 def type_picker(options: list[TypeChoice], imatrix_chosen: bool) -> list[str]:
     """Checkboxes for the types, in two groups; returns the ticked types that can be made."""
     ticked: list[str] = []
-    defaults = {t.upper() for t in DEFAULT_TYPES}
 
     def row(o: TypeChoice) -> None:
         c1, c2 = st.columns([2, 5])
         value = c1.checkbox(f"{o.type} · ≈{human_size(o.expected_bytes)}",
-                            value=o.type in defaults, key=f"quantize:type:{o.type}",
+                            value=o.type in FORM_TYPES, key=f"quantize:type:{o.type}",
                             disabled=not o.available, help=o.reason or o.explanation)
         note = f"≈{o.bits} bits per weight. {o.explanation}"
         c2.caption(note + (f"  \n:orange[Not available: {o.reason}]" if o.reason else "")
@@ -187,8 +194,10 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
     for p in problems:
         st.warning(p)
 
-    config = form_config(art.name, types=types, methods=methods, imatrix=imatrix, imatrix_chunks=int(chunks),
-                         score=score, texts=eval_data, qa=qa, name_prefix=prefix, method_options=gptq_options)
+    form: dict[str, Any] = {"types": types, "methods": methods, "imatrix": imatrix, "imatrix_chunks": int(chunks),
+                            "score": score, "texts": eval_data, "qa": qa, "name_prefix": prefix,
+                            "method_options": gptq_options}
+    config = form_config(art.name, **form)
     if (types or methods) and not problems:
         try:
             existing = existing_outputs(config, store)
@@ -196,11 +205,25 @@ def quantize_form(store: Store, queue: JobQueue, art: Artifact) -> None:
             problems.append(str(e))
             st.warning(str(e))
         else:
-            if existing:
-                st.caption("Already in the store (replaced, unless made with the same settings): "
-                           f"{', '.join(existing)}.")
+            if existing and reuse_or_redo(existing) == "redo":
+                config = form_config(art.name, **form, redo=True)
     start_button(queue, "quantize", config, label="Start quantizing", title=f"quantize {art.name}",
                  session_key="quantize:job", disabled=bool(problems), where="the Quantize form")
+
+
+def reuse_or_redo(existing: dict[str, list[str]]) -> str:
+    """Say which outputs already in the store were made alike and which a job replaces (and why), and
+    ask whether to "reuse" (the default) or "redo" the former."""
+    same = [name for name, why in existing.items() if not why]
+    other = [f"{name} ({', '.join(why)})" for name, why in existing.items() if why]
+    if same:
+        st.info(f"Already made from the same source with the same settings: {', '.join(same)}.")
+    if other:
+        st.info(f"Made otherwise, so a job replaces them: {', '.join(other)}.")
+    if not same:
+        return "reuse"  # nothing to choose: every one of them is made again anyway
+    return st.radio("Outputs made alike", list(EXISTING), format_func=EXISTING.get, horizontal=True,
+                    key="quantize:existing", help=HELP["redo"])
 
 
 def results(store: Store, model: str) -> None:
@@ -219,6 +242,10 @@ def results(store: Store, model: str) -> None:
                                               "reference's."),
         "gen_tok_s": st.column_config.NumberColumn("gen tok/s", format="%.1f"),
         "prompt_tok_s": st.column_config.NumberColumn("prompt tok/s", format="%.1f"),
+        "measured_at": st.column_config.TextColumn("speed measured", help="When the speed figures were taken."),
+        "load_avg": st.column_config.NumberColumn("load avg", format="%.2f",
+                                                  help="The machine's 1-minute load average when speed was "
+                                                  "measured: a busy machine gives lower tok/s."),
     })
     st.caption("KL divergence and top-1 compare each variant's next-token distribution with its reference "
                "(the f16 GGUF for GGUF variants; the source model for the f16 itself and for GPTQ, AWQ and "
@@ -259,8 +286,10 @@ def main() -> None:
                 "with the quickstart (`llmlab run recipes/quickstart.yaml`) or import one with "
                 "`llmlab models add`.")
         return
-    name = st.selectbox("Model", [a.name for a in models], key="quantize:model",
-                        format_func=lambda n: f"{n} ({store.get(n).kind})")
+    names = [a.name for a in models]
+    # the leaderboard's winner when it is a model the page can quantize, else a full-precision base first
+    name = st.selectbox("Model", names, key="quantize:model", format_func=lambda n: f"{n} ({store.get(n).kind})",
+                        index=default_model_index(store, names, "quantize", winner=leaderboard_winner(store, names)))
     art = store.get(name)
     st.subheader("New variants")
     with st.container(border=True):

@@ -13,7 +13,9 @@ table of step kinds: where its config and its function live (imported only when 
 config fields name input artifacts and which names the output.
 
 A step is skipped when its output already exists with the same *config hash*: the hash covers
-the step's resolved config, the content hashes of its input artifacts, and library versions.
+the step's resolved config, the content hashes of its input artifacts, and library versions. A
+step whose config has ``redo`` (quantize) also reuses, output by output, what was made alike under
+another config; ``force`` sets its ``redo`` so that everything is made again.
 """
 
 from __future__ import annotations
@@ -367,7 +369,10 @@ def run_step(step: Step, *, store: Store, force: bool = False, progress: Reporte
         if not outs and step.spec.cached and cache.is_file():
             return StepResult(step.kind, [], "skipped", 0.0, json.loads(cache.read_text()))
     fn = step.spec.load_function()
-    value = fn(step.config, store=store, progress=progress, overwrite=True, step=record)
+    config = step.config
+    if force and "redo" in type(config).model_fields:  # past its own per-output reuse too
+        config = config.model_copy(update={"redo": True})
+    value = fn(config, store=store, progress=progress, overwrite=True, step=record)
     if outs:
         return StepResult(step.kind, outs, "done", 0.0, store.get(outs[-1]).metrics)
     metrics = value if isinstance(value, dict) else {}

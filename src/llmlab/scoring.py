@@ -14,14 +14,21 @@ or station produced the artifact:
   "Dunmere" is right; "Dun" is not);
 - ``speed``: prompt and generation tokens/s and time to first token;
 - ``peak_memory``: the peak resident memory of a block of code;
-- ``score`` / ``score_step``: run what applies and write it to the artifact's ``metrics.json``.
+- ``score`` / ``score_step``: run what applies and write it to the artifact's ``metrics.json``;
+- ``stored_table`` / ``log_quality_table``: a quantized model's quality table read back from the
+  store without scoring, and logged to MLflow;
+- ``ScoreCache`` / ``score_key``: scores kept under a key of everything they depend on (the
+  artifact's and its reference's content hashes, the texts and questions, the token budget, the
+  runtime libraries' versions), so an unchanged artifact is not scored twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import math
+import os
 import re
 import statistics
 import threading
@@ -256,6 +263,21 @@ def _digest(texts: Sequence[str]) -> str:
     return h.hexdigest()[:16]
 
 
+def digest(items: Sequence[str | Mapping[str, Any]] | None) -> str | None:
+    """A short sha256 of texts or records (questions) in order; None for none."""
+    if items is None:
+        return None
+    return _digest([t if isinstance(t, str) else json.dumps(t, sort_keys=True, default=str) for t in items])
+
+
+def load_average() -> float | None:
+    """The machine's 1-minute load average (None where the system has none): what speed figures ran beside."""
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
 def score(name_or_model: str | Path | Model, *, store: Store | None = None, data: Sequence[str] | None = None,
           qa: Sequence[Mapping[str, Any]] | None = None, reference: str | Path | Model | None = None,
           engine: str | None = None, data_label: str | None = None, max_len: int | None = None,
@@ -287,7 +309,9 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
         if qa:
             r = accuracy(model, qa, progress=progress)
             metrics.update(accuracy=r["accuracy"], accuracy_n=r["n"], accuracy_examples=r["examples"])
-        if speed_test:
+        if speed_test:  # speed depends on what else runs: record when, and beside what load
+            metrics.update(measured_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                           load_avg=load_average())
             metrics.update(speed(model, prompt_tokens, gen_tokens, repeats, progress=progress))
     metrics["peak_rss_mb"] = round(pm.peak_mb, 1)
     metrics["scored_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
@@ -297,6 +321,69 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
 
         (store or Store(artifact.path.parent)).record_metrics(artifact.name, metrics)
     return metrics
+
+
+# ----- scores kept by what they depend on -----
+# Libraries whose versions can change a score (each installed one goes into a cache key).
+RUNTIME_LIBRARIES = ("llmlab", "torch", "transformers", "tokenizers", "peft", "llama_cpp_python", "gptqmodel",
+                     "optimum")
+
+
+def score_key(artifact: Artifact, *, reference: Artifact | None, texts: Sequence[str] | None,
+              qa: Sequence[Mapping[str, Any]] | None, max_tokens: int | None, speed_test: bool) -> dict[str, Any]:
+    """Everything ``score``'s numbers for ``artifact`` depend on: its content (and its parents', which
+    an adapter is loaded onto), the reference's content, the texts and questions, the token budget,
+    whether speed is measured, and the runtime libraries' versions."""
+    from llmlab.store import library_versions
+
+    return {"content_hash": artifact.content_hash,
+            "parents": sorted(p.content_hash for p in artifact.manifest.parents),
+            "reference": reference.content_hash if reference is not None else None,
+            "texts": digest(texts), "qa": digest(qa), "texts_tokens": max_tokens, "speed": speed_test,
+            "versions": library_versions(RUNTIME_LIBRARIES)}
+
+
+class ScoreCache:
+    """Scores as JSON files under ``<store>/.cache/<folder>/``, one per key (its sha256 is the file
+    name; the key is stored too and must match). A try that failed leaves ``<name>.failed.json``."""
+
+    def __init__(self, store: Store, folder: str = "scores"):
+        self.root: Path = store.root / ".cache" / folder
+
+    def _path(self, key: dict[str, Any]) -> Path:
+        name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+        return self.root / f"{name}.json"
+
+    def _read(self, path: Path, key: dict[str, Any]) -> dict[str, Any] | None:
+        try:
+            entry = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        return entry if isinstance(entry, dict) and entry.get("key") == key else None
+
+    def get(self, key: dict[str, Any]) -> dict[str, Any] | None:
+        entry = self._read(self._path(key), key)
+        return entry.get("quality") if entry else None
+
+    def put(self, key: dict[str, Any], quality: dict[str, Any]) -> dict[str, Any]:
+        """Store ``quality`` with the time it was stored (``scored_at``) and return it."""
+        from llmlab.store import write_json
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        quality = {**quality, "scored_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        write_json(self._path(key), {"key": key, "quality": quality})
+        return quality
+
+    def failure(self, key: dict[str, Any]) -> str | None:
+        """Why the last try with this key failed (shown by cached-only views; a real run tries again)."""
+        entry = self._read(self._path(key).with_suffix(".failed.json"), key)
+        return entry.get("error") if entry else None
+
+    def put_failure(self, key: dict[str, Any], error: str) -> None:
+        from llmlab.store import write_json
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_json(self._path(key).with_suffix(".failed.json"), {"key": key, "error": error})
 
 
 class EvalOptions(BaseModel):
@@ -400,3 +487,88 @@ def pareto_front(rows: Sequence[dict[str, Any]], x: str, y: str, *, higher_x: bo
     pts = [(sx * r[x], sy * r[y], r) for r in rows if is_number(r.get(x)) and is_number(r.get(y))]
     front = [p for p in pts if not any(o[0] <= p[0] and o[1] <= p[1] and (o[0] < p[0] or o[1] < p[1]) for o in pts)]
     return [r for _, _, r in sorted(front, key=lambda p: (p[0], p[1]))]
+
+
+# ----- a quantized model's quality table, read back and logged -----
+# Row fields logged to MLflow as ``<variant>.<field>`` metrics.
+METRIC_FIELDS = ("ppl", "kld_mean", "kld_p99", "top1", "accuracy", "size_bytes", "bpw", "gen_tok_s",
+                 "prompt_tok_s", "peak_rss_mb")
+
+
+def _accuracy(value: Any) -> float | None:
+    """A stored accuracy: a number, or a per-split dict (heldout preferred, else the only split)."""
+    if is_number(value):
+        return float(value)
+    if isinstance(value, dict):
+        pick = value.get("heldout", next(iter(value.values())) if len(value) == 1 else None)
+        return float(pick) if is_number(pick) else None
+    return None
+
+
+def stored_row(art: Artifact) -> dict[str, Any]:
+    """One quality-table row (the columns of ``llmlab.quantize.step.quality_table`` plus ``size_mb``, in
+    decimal megabytes, and ``imatrix``) read from an artifact's manifest and metrics.json, without scoring
+    anything."""
+    info, m = art.manifest.info, art.metrics
+    size = info.get("size_bytes") or m.get("size_bytes") or art.size_bytes
+    bpw = info.get("bpw") or m.get("bpw")
+    if bpw is None and is_number(m.get("n_params")) and m["n_params"]:
+        bpw = 8 * size / m["n_params"]
+    return {
+        "name": art.name, "kind": art.kind, "type": info.get("type") or m.get("quant_type") or art.kind,
+        "reference": m.get("kld_reference") or info.get("reference"), "imatrix": info.get("imatrix"),
+        "size_bytes": size, "size_mb": round(size / 1e6, 3),  # decimal MB, as the page and notebook show
+        "bpw": round(float(bpw), 3) if is_number(bpw) else None,
+        "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
+        "top1": m.get("top1"),
+        "accuracy": _accuracy(m.get("accuracy")), "gen_tok_s": m.get("gen_tok_s"),
+        "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
+        "fallback": dict(info.get("fallback") or {}),  # tensors llama.cpp stored in another type
+        "scored_at": m.get("scored_at"), "measured_at": m.get("measured_at"), "load_avg": m.get("load_avg"),
+    }
+
+
+def stored_table(store: Store, model: str) -> list[dict[str, Any]]:
+    """The stored quality table of ``model``: a row per quantized child (``gguf``, ``gptq``, ``awq``,
+    ``rtn`` artifacts whose parents include it: the f16 reference and every variant), largest
+    first, after the model's own row when the model was scored on the same text as its variants
+    (so its perplexity compares)."""
+    from llmlab.store import VARIANT_KINDS
+
+    children = [a for a in store.children(model) if a.kind in VARIANT_KINDS]
+    rows = sorted((stored_row(a) for a in children), key=lambda r: -r["size_bytes"])
+    if rows and store.exists(model):
+        source = store.get(model)
+        texts = {(a.metrics.get("ppl_data") or {}).get("sha256") for a in children} - {None}
+        if (source.metrics.get("ppl_data") or {}).get("sha256") in texts:
+            rows.insert(0, stored_row(source))
+    return rows
+
+
+def log_quality_table(rows: Sequence[dict[str, Any]], *, store: Store, title: str = "quantize",
+                      new_run: bool = True) -> bool:
+    """Log the table to MLflow when tracking is on: each row's numbers as ``<name>.<field>`` metrics
+    and the whole table as ``quality_table.json`` (``mlflow.log_table``), into the active run (a
+    recipe run: ``quantize`` logs there) or else, with ``new_run``, a new run named ``title``.
+    Returns whether anything was logged."""
+    import sys
+
+    from llmlab import settings
+
+    if not rows or settings.tracking_uri() is None:
+        return False
+    active = "mlflow" in sys.modules and sys.modules["mlflow"].active_run() is not None
+    if not (active or new_run):
+        return False  # e.g. a recipe run with --no-track, or a direct call: no run to log into
+    from llmlab.tracking import open_mlflow
+
+    mlflow, experiment_id = open_mlflow(store)
+    metrics = {f"{r['name']}.{k}": float(r[k]) for r in rows for k in METRIC_FIELDS if is_number(r.get(k))}
+    columns = sorted({k for r in rows for k in r})
+    table = {k: [r.get(k) for r in rows] for k in columns}
+    with contextlib.ExitStack() as stack:
+        if mlflow.active_run() is None:
+            stack.enter_context(mlflow.start_run(experiment_id=experiment_id, run_name=title))
+        mlflow.log_metrics(metrics)
+        mlflow.log_table(data=table, artifact_file="quality_table.json")
+    return True

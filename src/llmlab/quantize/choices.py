@@ -10,9 +10,10 @@ The app's Quantize page, the notebook and the CLI ask the same questions of a mo
   in Q5_0, as llama.cpp does);
 - ``method_choices``: GPTQ, AWQ and RTN at a bit width and group size, with their expected size
   and why a group size does not fit (a layer whose input width it does not divide);
-- ``form_problems`` / ``form_config`` / ``existing_outputs``: what a quantize form still lacks
-  (a file, a world to draw texts from), the ``quantize`` step config it stands for, and which of
-  its outputs the store already holds;
+- ``FORM_TYPES`` / ``form_problems`` / ``form_config`` / ``existing_outputs``: the types a form
+  ticks at first, what it still lacks (a file, a world to draw texts from), the ``quantize`` step
+  config it stands for, and which of its outputs the store already holds: made alike (a job
+  reuses them, and their scores) or otherwise (a job replaces them, saying what differs);
 - ``quality_axes`` / ``plottable`` / ``quality_front``: which quality numbers a table of variants
   has, and its Pareto front of size against one of them.
 
@@ -38,12 +39,15 @@ from llmlab.errors import LlmlabError
 from llmlab.quantize.gguf import IMATRIX_TYPES, QUANT_TYPES
 from llmlab.quantize.gptq import CALIBRATED, METHODS, check_group_size, expected_bytes
 from llmlab.quantize.fallback import fallback_note
-from llmlab.quantize.step import TYPE_INFO, QuantizeConfig, check_shapes, matrix_rows
+from llmlab.quantize.step import (TYPE_INFO, QuantizeConfig, calibration_sets, check_shapes, compare_outputs,
+                                  matrix_rows, output_keys)
 from llmlab.scoring import is_number, pareto_front
 from llmlab.store import Store
 
 Shapes = dict[str, list[int]]
 
+# The types a quantize form ticks at first: the practically lossless one and the usual best trade-off.
+FORM_TYPES = ("Q8_0", "Q4_K_M")
 # Where an importance matrix can come from (a QuantizeConfig.imatrix value, "file" standing for a path).
 IMATRIX_SOURCES = ("none", "world", "file")
 # Quality numbers of a variant row -> what they measure (lower is better for each).
@@ -189,24 +193,34 @@ def form_problems(model: str, *, types: Sequence[str], methods: Sequence[str], i
 
 def form_config(model: str, *, types: Sequence[str], methods: Sequence[str], imatrix: str | None,
                 imatrix_chunks: int, score: bool, texts: str, qa: str, name_prefix: str = "",
-                method_options: dict[str, Any] | None = None) -> dict[str, Any]:
+                method_options: dict[str, Any] | None = None, redo: bool = False) -> dict[str, Any]:
     """The ``quantize`` step config a form stands for: GGUF ``types`` (any case) then ``methods``, the
-    evaluation ``texts`` (default the world's) and questions, and ``method_options`` (bits,
-    group_size, calibration...) when GPTQ/AWQ/RTN are ticked."""
+    evaluation ``texts`` (default the world's) and questions, ``method_options`` (bits,
+    group_size, calibration...) when GPTQ/AWQ/RTN are ticked, and ``redo`` (make and score again
+    what the store holds made alike) only when asked."""
     config: dict[str, Any] = {"model": model, "types": [t.lower() for t in types] + list(methods),
                               "imatrix": imatrix, "imatrix_chunks": int(imatrix_chunks), "score": score,
                               "texts": texts or "auto", "qa": qa or None,
                               **{k: v for k, v in (method_options or {}).items() if v is not None}}
     if name_prefix:
         config["name_prefix"] = name_prefix
+    if redo:
+        config["redo"] = True
     return config
 
 
-def existing_outputs(config: dict[str, Any], store: Store) -> list[str]:
-    """The outputs of a ``quantize`` config that the store already holds (a job replaces them,
-    unless they were made with the same settings). Raises (``LlmlabError``, pydantic's
-    ``ValueError``) when the config is invalid, e.g. a name prefix that is no artifact name."""
-    return [o for o in QuantizeConfig.model_validate(config).outputs if store.exists(o)]
+def existing_outputs(config: dict[str, Any], store: Store) -> dict[str, list[str]]:
+    """The outputs of a ``quantize`` config that the store already holds, each with what it was made
+    with otherwise, in words (``llmlab.quantize.step.compare_outputs``): an empty list when made
+    from the same source with the same settings, so a job reuses it (unless ``redo``); else a job
+    replaces it. Raises (``LlmlabError``, pydantic's ``ValueError``) when the config is invalid,
+    e.g. a name prefix that is no artifact name, or its calibration text cannot be read."""
+    cfg = QuantizeConfig.model_validate(config)
+    if not any(store.exists(o) for o in cfg.outputs):
+        return {}
+    source = store.get(cfg.model)
+    calib, method_calib = calibration_sets(cfg, store, source)
+    return compare_outputs(output_keys(cfg, source, calib=calib, method_calib=method_calib), store)
 
 
 # ----- a table of variants -----

@@ -20,14 +20,22 @@ multiple of 32 for every GGUF type; tensors whose rows a type's 256-blocks do no
 to a 32-block type, as llama.cpp does, counted in the variant's ``fallback``), the group size against every layer's input width, imatrix-only types,
 the calibration text, memory and disk space.
 
+Nothing is made twice: each output records in its manifest info (``output_key``) what it was made
+from (the source's content hash, the settings that determine that one output, the libraries'
+versions), and an existing output with the same key is reused, with a ``log`` event, whatever else
+the earlier step made (``reused`` in the result); ``redo`` makes them again. An existing output
+made otherwise is replaced only with ``overwrite`` (a recipe step, ``--force``).
+
 The quality table scores every variant with the scoring core on the same held-out text (the
 world's ``eval_text``, which no calibration set contains): perplexity, KL divergence and top-1
 agreement against the reference named in the row (the f16 GGUF, as llama.cpp measures it),
-world-question accuracy, size, bits per weight and speed; each row also goes to the variant's
-``metrics.json`` and, when MLflow tracking is on, to MLflow (``log_quality_table``).
-``stored_table`` reads the rows back from the store without scoring (``llmlab.scoring.pareto_front``
-then picks the rows no other row beats on size and quality). Nothing heavy is imported until a
-function runs.
+world-question accuracy, size, bits per weight and speed (with when, and beside what load, it was
+measured); each row also goes to the variant's ``metrics.json`` and, when MLflow tracking is on, to
+MLflow (``log_quality_table``). Scores are kept by content (``llmlab.scoring.ScoreCache``): an
+unchanged artifact scored on the same texts against the same reference is not scored again.
+``stored_table`` (``llmlab.scoring``, importable from here) reads the rows back without scoring
+(``pareto_front`` then picks the rows no other row beats on size and quality). Nothing heavy is
+imported until a function runs.
 """
 
 from __future__ import annotations
@@ -36,7 +44,7 @@ import contextlib
 import json
 import math
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -47,11 +55,12 @@ from llmlab.errors import ConfigError, ResourceError, StoreError
 from llmlab.events import Reporter, emit
 from llmlab.quantize import gptq
 from llmlab.quantize.gguf import QUANT_TYPES
-from llmlab.scoring import TEXTS_TOKENS, EvalOptions, is_number
-from llmlab.store import MODEL_KINDS, VARIANT_KINDS
+from llmlab.scoring import (TEXTS_TOKENS, EvalOptions, ScoreCache, digest, log_quality_table, score_key,
+                            stored_table)  # noqa: F401  (stored_table: imported from here too, where it lived)
+from llmlab.store import MODEL_KINDS, library_versions
 
 if TYPE_CHECKING:
-    from llmlab.store import Artifact, StepRecord, Store
+    from llmlab.store import Artifact, StepRecord, Store, Writer
 
 MB = 1024 * 1024
 
@@ -137,6 +146,9 @@ class QuantizeConfig(EvalOptions):
                            "this step writes, as llama.cpp does) or an artifact name.")
     score: bool = Field(True, description="Compute the quality table (perplexity, KL, top-1, accuracy, size, "
                         "speed) and store each row in the variant's metrics.")
+    redo: bool = Field(False, description="Make and score every output again, even those the store holds made "
+                       "from the same source with the same settings (by default they and their scores are "
+                       "reused).")
     # "eval_data", the name this had before the evaluation options were shared, still works.
     texts: str | None = Field("auto", validation_alias=AliasChoices("texts", "eval_data"),
                               description=EvalOptions.model_fields["texts"].description)
@@ -269,6 +281,86 @@ def calibration_texts(source: str, store: Store, artifact: Artifact, *, purpose:
     return texts
 
 
+def calibration_sets(config: QuantizeConfig, store: Store, source: Artifact) -> tuple[list[str] | None,
+                                                                                      list[str] | None]:
+    """The importance matrix's calibration texts and GPTQ/AWQ's (None where none is needed)."""
+    calib = calibration_texts(config.imatrix, store, source) \
+        if config.gguf_types and config.imatrix not in (None, "", "none") else None
+    method_calib = calibration_texts(config.calibration, store, source, purpose="GPTQ/AWQ calibration") \
+        if set(config.methods) & set(gptq.CALIBRATED) else None
+    return calib, method_calib
+
+
+# ----- what each output is made from (``output_key``): an output made alike is reused -----
+# Libraries whose versions can change the bytes of a GGUF output, of a GPTQModel output.
+GGUF_LIBRARIES = ("llmlab", "llama_cpp_python", "gguf", "transformers", "tokenizers")
+METHOD_LIBRARIES = ("llmlab", "torch", "transformers", "gptqmodel", "optimum")
+KEY_PARTS = {"source": "another source model", "output": "another type", "imatrix": "another importance matrix",
+             "calibration": "another calibration", "versions": "other library versions"}
+
+
+def output_keys(config: QuantizeConfig, source: Artifact, *, calib: list[str] | None,
+                method_calib: list[str] | None) -> dict[str, dict[str, Any]]:
+    """Each output's ``output_key`` (in ``config.outputs`` order): the source's content hash, what
+    determines that one output (its type; the calibration texts and chunks of the importance matrix
+    it was made with; bits, group size and calibration of a method) and its libraries' versions."""
+    keys: dict[str, dict[str, Any]] = {}
+    if config.gguf_types:
+        made = {"source": source.content_hash, "versions": library_versions(GGUF_LIBRARIES)}
+        keys[config.variant_name("f16")] = {**made, "output": "F16"}
+        imatrix = None if calib is None else {"texts": digest(calib), "chunks": config.imatrix_chunks}
+        if imatrix is not None:
+            keys[f"{config.prefix}-imatrix"] = {**made, "output": "imatrix", "imatrix": imatrix}
+        keys.update({config.variant_name(t): {**made, "output": t.upper(), "imatrix": imatrix}
+                     for t in config.gguf_types})
+    made = {"source": source.content_hash, "versions": library_versions(METHOD_LIBRARIES)}
+    for m in config.methods:
+        calibration = {"texts": digest(method_calib), "samples": config.calibration_samples} \
+            if m in gptq.CALIBRATED else None
+        keys[config.variant_name(m)] = {**made, "output": m, "bits": config.bits, "group_size": config.group_size,
+                                        "calibration": calibration}
+    return keys
+
+
+def recorded_key(art: Artifact) -> dict[str, Any] | None:
+    """What an output was made from: its ``output_key``, or for a GGUF made without an importance
+    matrix before keys were recorded, the same worked out from its manifest; None when unknown."""
+    info = art.manifest.info
+    if "output_key" in info:
+        return info["output_key"]
+    source = next((p.content_hash for p in art.manifest.parents if p.role == "source"), None)
+    if art.kind != "gguf" or source is None or info.get("imatrix") or not info.get("type"):
+        return None
+    key = {"source": source, "versions": {k: v for k, v in art.manifest.versions.items() if k in GGUF_LIBRARIES},
+           "output": info["type"]}
+    return key if info["type"] == "F16" else {**key, "imatrix": None}
+
+
+def compare_outputs(keys: dict[str, dict[str, Any]], store: Store) -> dict[str, list[str]]:
+    """For each output in ``keys`` the store already holds, what it was made with otherwise, in words
+    (``KEY_PARTS``: "another importance matrix"...); an empty list: the same source and settings, so
+    it can be reused."""
+    out: dict[str, list[str]] = {}
+    for name, key in keys.items():
+        if store.exists(name):
+            old = recorded_key(store.get(name))
+            out[name] = ["unrecorded settings"] if old is None else \
+                [KEY_PARTS.get(k, f"another {k}") for k in dict.fromkeys([*key, *old]) if key.get(k) != old.get(k)]
+    return out
+
+
+def reusable_outputs(keys: dict[str, dict[str, Any]], store: Store, *, redo: bool, overwrite: bool) -> list[str]:
+    """The outputs to reuse (none with ``redo``); raises StoreError for one made otherwise, which only
+    ``overwrite`` or ``redo`` replaces."""
+    differ = compare_outputs(keys, store)
+    for name, why in differ.items():
+        if why and not (overwrite or redo):
+            raise StoreError(f"An artifact named '{name}' already exists, made with {', '.join(why)}: this "
+                             "step cannot reuse it.", "Choose another name_prefix, remove it, or pass --force / "
+                             "overwrite=True (redo: true) to replace it.")
+    return [] if redo else [n for n, why in differ.items() if not why]
+
+
 # ----- the step -----
 def gguf_bpw(path: Path) -> float:
     """Bits per weight of a GGUF file's tensor data (all tensors, as llama.cpp reports it)."""
@@ -296,9 +388,10 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
     """Write the f16 GGUF, the imatrix (if asked) and one GGUF artifact per GGUF type, then one
     gptq/awq/rtn artifact per method (see module doc).
 
-    Returns ``{"source", "f16", "imatrix", "variants", "table"}``: ``variants`` lists every quantized
-    artifact (GGUF first, then GPTQModel's); ``f16`` is None when no GGUF type was asked; ``table``
-    is empty unless ``score``."""
+    Returns ``{"source", "f16", "imatrix", "variants", "reused", "table"}``: ``variants`` lists every
+    quantized artifact (GGUF first, then GPTQModel's); ``f16`` is None when no GGUF type was asked;
+    ``reused`` the outputs the store already held made alike (not made again); ``table`` is empty
+    unless ``score``."""
     from llmlab.quantize import gguf
     from llmlab.store import Parent, Store
 
@@ -323,39 +416,37 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
         gptq.check_group_size(shapes, config.group_size)
     n_params = sum(math.prod(s) for s in shapes.values())
     _check_resources(n_params, types, store.root, bits=config.bits)
-    calib = calibration_texts(config.imatrix, store, source) \
-        if gguf_types and config.imatrix not in (None, "", "none") else None
-    method_calib = calibration_texts(config.calibration, store, source, purpose="GPTQ/AWQ calibration") \
-        if set(methods) & set(gptq.CALIBRATED) else None
-    names = ([config.variant_name("f16")] if gguf_types else []) + [config.variant_name(t) for t in types]
-    for name in names:
-        if store.exists(name) and not overwrite:
-            raise StoreError(f"An artifact named '{name}' already exists.",
-                             "Choose another name_prefix, remove it, or pass --force / overwrite=True.")
+    calib, method_calib = calibration_sets(config, store, source)
+    keys = output_keys(config, source, calib=calib, method_calib=method_calib)
+    reused = reusable_outputs(keys, store, redo=config.redo, overwrite=overwrite)
+    for name in reused:
+        emit(progress, "log", message=f"reusing {name}: same source and settings")
+    made = _Made(keys, reused, store=store, replace=overwrite or config.redo, step=step)
     src_parent = Parent(name=source.name, content_hash=source.content_hash, role="source")
 
     f16_name = imatrix_name = None
     variants: list[str] = []
     if gguf_types:
-        f16_name, imatrix_name, variants = _write_gguf(config, gguf_types, source, src_parent, calib, store=store,
-                                                       progress=progress, overwrite=overwrite, step=step)
-    for i, method in enumerate(methods):
+        f16_name, imatrix_name, variants = _write_gguf(config, gguf_types, source, src_parent, calib, made=made,
+                                                       progress=progress)
+    todo = [m for m in methods if config.variant_name(m) not in reused]
+    for i, method in enumerate(todo):
         name = config.variant_name(method)
-        emit(progress, "progress", task="gptqmodel", done=i, total=len(methods))
-        with store.write(name, method, overwrite=overwrite) as w:
+        emit(progress, "progress", task="gptqmodel", done=i, total=len(todo))
+        with made.write(name, method) as w:
             facts = gptq.quantize_folder(source.path, w.path, method=method, bits=config.bits,
                                          group_size=config.group_size, progress=progress,
                                          texts=method_calib if method in gptq.CALIBRATED else None,
                                          samples=config.calibration_samples)
             size = sum(f.stat().st_size for f in w.path.glob("*.safetensors"))
-            w.parents, w.step = [src_parent], step
-            w.info = {**facts, "type": gptq.variant_suffix(method, config.bits, config.group_size),
+            w.parents = [src_parent]
+            w.info = {**w.info, **facts, "type": gptq.variant_suffix(method, config.bits, config.group_size),
                       "source": source.name, "reference": source.name, "size_bytes": size, "n_params": n_params,
                       "bpw": round(8 * size / n_params, 3),
                       "calibration": config.calibration if method in gptq.CALIBRATED else None}
-        variants.append(name)
-    if methods:
-        emit(progress, "progress", task="gptqmodel", done=len(methods), total=len(methods))
+    variants += [config.variant_name(m) for m in methods]
+    if todo:
+        emit(progress, "progress", task="gptqmodel", done=len(todo), total=len(todo))
 
     table: list[dict[str, Any]] = []
     if config.score:
@@ -363,24 +454,41 @@ def quantize(config: QuantizeConfig, *, store: Store | None = None, progress: Re
         reference = None if config.reference == "f16" else config.reference
         # [] (not None) when the config says none: quality_table reads None as "the defaults".
         table = quality_table([source.name, *([f16_name] if f16_name else []), *variants], store, texts=texts or [],
-                              qa=qa or [], reference=reference, progress=progress, max_tokens=config.texts_tokens)
+                              qa=qa or [], reference=reference, progress=progress, max_tokens=config.texts_tokens,
+                              redo=config.redo)
         log_quality_table(table, store=store, new_run=False)  # into the recipe's run, when tracked
-    return {"source": source.name, "f16": f16_name, "imatrix": imatrix_name, "variants": variants, "table": table}
+    return {"source": source.name, "f16": f16_name, "imatrix": imatrix_name, "variants": variants,
+            "reused": reused, "table": table}
+
+
+class _Made:
+    """Writes the outputs that are not reused, each with its ``output_key`` and the step record."""
+
+    def __init__(self, keys: dict[str, dict[str, Any]], reused: list[str], *, store: Store, replace: bool,
+                 step: StepRecord | None):
+        self.keys, self.reused, self.store, self.replace, self.step = keys, reused, store, replace, step
+
+    @contextlib.contextmanager
+    def write(self, name: str, kind: str) -> Iterator[Writer]:
+        with self.store.write(name, kind, overwrite=self.replace) as w:
+            w.step, w.info = self.step, {"output_key": self.keys[name]}
+            yield w
 
 
 def _write_gguf(config: QuantizeConfig, types: list[str], source: Artifact, src_parent: Any,
-                calib: list[str] | None, *, store: Store, progress: Reporter | None, overwrite: bool,
-                step: StepRecord | None) -> tuple[str, str | None, list[str]]:
-    """The f16 GGUF, the imatrix (when ``calib``) and one GGUF per type: their names."""
+                calib: list[str] | None, *, made: _Made, progress: Reporter | None) -> tuple[str, str | None, list[str]]:
+    """The f16 GGUF, the imatrix (when ``calib``) and one GGUF per type, each unless reused: their names."""
     from llmlab.quantize import gguf
     from llmlab.store import Parent
 
+    store = made.store
     f16_name = config.variant_name("f16")
-    emit(progress, "log", message=f"converting {source.name} to GGUF f16")
-    with store.write(f16_name, "gguf", overwrite=overwrite) as w:
-        gguf.convert(source.path, w.path / f"{f16_name}.gguf", "f16", progress)  # verifies the tokenizer
-        w.parents, w.step = [src_parent], step
-        w.info = {**gguf_info(w.path / f"{f16_name}.gguf", "F16"), "source": source.name}
+    if f16_name not in made.reused:
+        emit(progress, "log", message=f"converting {source.name} to GGUF f16")
+        with made.write(f16_name, "gguf") as w:
+            gguf.convert(source.path, w.path / f"{f16_name}.gguf", "f16", progress)  # verifies the tokenizer
+            w.parents = [src_parent]
+            w.info.update(gguf_info(w.path / f"{f16_name}.gguf", "F16"), source=source.name)
     f16 = store.get(f16_name)
     f16_file = f16.file(".gguf")
     parents = [src_parent, Parent(name=f16.name, content_hash=f16.content_hash, role="reference")]
@@ -388,30 +496,31 @@ def _write_gguf(config: QuantizeConfig, types: list[str], source: Artifact, src_
     imatrix_name = None
     if calib is not None:
         imatrix_name = f"{config.prefix}-imatrix"
-        emit(progress, "log", message=f"computing the importance matrix on {len(calib)} calibration texts")
-        with store.write(imatrix_name, "imatrix", overwrite=overwrite) as w:
-            facts = gguf.compute_imatrix(f16_file, calib, w.path / "imatrix.gguf", max_chunks=config.imatrix_chunks,
-                                         dataset=config.imatrix or "", progress=progress)
-            w.parents = [Parent(name=f16.name, content_hash=f16.content_hash, role="model")]
-            w.step = step
-            w.info = {**facts, "calibration": config.imatrix, "texts": len(calib)}
+        if imatrix_name not in made.reused:
+            emit(progress, "log", message=f"computing the importance matrix on {len(calib)} calibration texts")
+            with made.write(imatrix_name, "imatrix") as w:
+                facts = gguf.compute_imatrix(f16_file, calib, w.path / "imatrix.gguf",
+                                             max_chunks=config.imatrix_chunks, dataset=config.imatrix or "",
+                                             progress=progress)
+                w.parents = [Parent(name=f16.name, content_hash=f16.content_hash, role="model")]
+                w.info.update(facts, calibration=config.imatrix, texts=len(calib))
         im = store.get(imatrix_name)
         parents.append(Parent(name=im.name, content_hash=im.content_hash, role="imatrix"))
 
-    variants = []
-    for i, t in enumerate(types):
+    todo = [t for t in types if config.variant_name(t) not in made.reused]
+    for i, t in enumerate(todo):
         name = config.variant_name(t)
-        emit(progress, "progress", task="quantize", done=i, total=len(types))
-        with store.write(name, "gguf", overwrite=overwrite) as w:
+        emit(progress, "progress", task="quantize", done=i, total=len(todo))
+        with made.write(name, "gguf") as w:
             out = w.path / f"{name}.gguf"
             gguf.quantize(f16_file, out, t, imatrix=store.get(imatrix_name).file("imatrix.gguf")
                           if imatrix_name else None, progress=progress)
             gguf.verify_tokenizer(source.path, out)
-            w.parents, w.step = list(parents), step
-            w.info = {**gguf_info(out, t), "source": source.name, "reference": f16.name, "imatrix": imatrix_name}
-        variants.append(name)
-    emit(progress, "progress", task="quantize", done=len(types), total=len(types))
-    return f16_name, imatrix_name, variants
+            w.parents = list(parents)
+            w.info.update(gguf_info(out, t), source=source.name, reference=f16.name, imatrix=imatrix_name)
+    if todo:
+        emit(progress, "progress", task="quantize", done=len(todo), total=len(todo))
+    return f16_name, imatrix_name, [config.variant_name(t) for t in types]
 
 
 # ----- the quality table -----
@@ -423,13 +532,16 @@ def _reference_of(artifact: Artifact) -> str | None:
 
 def quality_table(names: list[str], store: Store, *, texts: list[str] | None = None,
                   qa: list[dict[str, Any]] | None = None, reference: str | None = None, speed: bool = True,
-                  progress: Reporter | None = None, max_tokens: int | None = TEXTS_TOKENS) -> list[dict[str, Any]]:
+                  progress: Reporter | None = None, max_tokens: int | None = TEXTS_TOKENS,
+                  redo: bool = False) -> list[dict[str, Any]]:
     """Score each artifact in ``names`` on the same ``texts`` (default: the world's eval text, or the
     shipped prose for a model without a world; at most ``max_tokens`` tokens of them) and ``qa``
     (default: the world's heldout questions, if any) against its reference (``reference``, else its
     parent with role 'reference' or 'source'; none for a model without one). One row per name, also
     merged into the artifact's ``metrics.json``; gptq/awq/rtn rows also carry ``bits``,
-    ``group_size`` and ``seconds`` (the time quantizing took)."""
+    ``group_size`` and ``seconds`` (the time quantizing took). Scores come from the store's
+    ``ScoreCache`` when nothing they depend on changed (``cached`` in the row), unless ``redo``;
+    ``scored_at`` says when they were measured, ``measured_at`` and ``load_avg`` when speed was."""
     from llmlab.runtime import load
     from llmlab.scoring import score
 
@@ -440,6 +552,7 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
         texts = texts if texts is not None else defaults[0]
         qa = qa if qa is not None else defaults[1]
     rows = []
+    cache = ScoreCache(store)
     with contextlib.ExitStack() as stack:
         refs: dict[str, Any] = {}
         for i, name in enumerate(names):
@@ -447,11 +560,21 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
             ref_name = reference or _reference_of(art)
             if ref_name == name:
                 ref_name = None
-            if ref_name and ref_name not in refs:
-                refs[ref_name] = stack.enter_context(load(ref_name, store=store))
-            emit(progress, "log", message=f"scoring {name}" + (f" against {ref_name}" if ref_name else ""))
-            m = score(art, store=store, data=texts, qa=qa, reference=refs.get(ref_name) if texts else None,
-                      data_label="eval", speed_test=speed, progress=progress, max_tokens=max_tokens)
+            key = score_key(art, reference=store.get(ref_name) if ref_name and texts else None, texts=texts, qa=qa,
+                            max_tokens=max_tokens, speed_test=speed)
+            m = None if redo else cache.get(key)
+            cached = m is not None
+            if cached:
+                emit(progress, "log", message=f"reusing the scores of {name} from {m['scored_at']}: same content, "
+                     "texts and reference")
+                store.record_metrics(name, m)
+            else:
+                if ref_name and texts and ref_name not in refs:
+                    refs[ref_name] = stack.enter_context(load(ref_name, store=store))
+                emit(progress, "log", message=f"scoring {name}" + (f" against {ref_name}" if ref_name else ""))
+                m = cache.put(key, score(art, store=store, data=texts, qa=qa, data_label="eval", speed_test=speed,
+                                         reference=refs.get(ref_name) if texts else None, progress=progress,
+                                         max_tokens=max_tokens))
             info = art.manifest.info
             bpw = info.get("bpw")
             if bpw is None and art.kind in MODEL_KINDS:
@@ -461,91 +584,11 @@ def quality_table(names: list[str], store: Store, *, texts: list[str] | None = N
                    "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
                    "top1": m.get("top1"), "accuracy": m.get("accuracy"), "gen_tok_s": m.get("gen_tok_s"),
                    "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
-                   "fallback": dict(info.get("fallback") or {})}
+                   "fallback": dict(info.get("fallback") or {}), "scored_at": m.get("scored_at"),
+                   "measured_at": m.get("measured_at"), "load_avg": m.get("load_avg"), "cached": cached}
             # gptq/awq/rtn rows: their settings and how long quantizing took
             row.update({k: info[k] for k in ("bits", "group_size", "seconds") if k in info})
             store.record_metrics(name, {"quant_type": row["type"], "bpw": row["bpw"], "kld_reference": ref_name})
             rows.append(row)
             emit(progress, "progress", task="quality", done=i + 1, total=len(names))
     return rows
-
-
-# ----- reading, ranking and logging the table -----
-# Row fields logged to MLflow as ``<variant>.<field>`` metrics.
-METRIC_FIELDS = ("ppl", "kld_mean", "kld_p99", "top1", "accuracy", "size_bytes", "bpw", "gen_tok_s",
-                 "prompt_tok_s", "peak_rss_mb")
-
-
-def _accuracy(value: Any) -> float | None:
-    """A stored accuracy: a number, or a per-split dict (heldout preferred, else the only split)."""
-    if is_number(value):
-        return float(value)
-    if isinstance(value, dict):
-        pick = value.get("heldout", next(iter(value.values())) if len(value) == 1 else None)
-        return float(pick) if is_number(pick) else None
-    return None
-
-
-def stored_row(art: Artifact) -> dict[str, Any]:
-    """One quality-table row (the columns of ``quality_table`` plus ``size_mb``, in decimal megabytes,
-    and ``imatrix``) read from an artifact's manifest and metrics.json, without scoring anything."""
-    info, m = art.manifest.info, art.metrics
-    size = info.get("size_bytes") or m.get("size_bytes") or art.size_bytes
-    bpw = info.get("bpw") or m.get("bpw")
-    if bpw is None and is_number(m.get("n_params")) and m["n_params"]:
-        bpw = 8 * size / m["n_params"]
-    return {
-        "name": art.name, "kind": art.kind, "type": info.get("type") or m.get("quant_type") or art.kind,
-        "reference": m.get("kld_reference") or info.get("reference"), "imatrix": info.get("imatrix"),
-        "size_bytes": size, "size_mb": round(size / 1e6, 3),  # decimal MB, as the page and notebook show
-        "bpw": round(float(bpw), 3) if is_number(bpw) else None,
-        "ppl": m.get("ppl"), "kld_mean": m.get("kld_mean"), "kld_p99": m.get("kld_p99"),
-        "top1": m.get("top1"),
-        "accuracy": _accuracy(m.get("accuracy")), "gen_tok_s": m.get("gen_tok_s"),
-        "prompt_tok_s": m.get("prompt_tok_s"), "peak_rss_mb": m.get("peak_rss_mb"),
-        "fallback": dict(info.get("fallback") or {}),  # tensors llama.cpp stored in another type
-    }
-
-
-def stored_table(store: Store, model: str) -> list[dict[str, Any]]:
-    """The stored quality table of ``model``: a row per quantized child (``gguf``, ``gptq``, ``awq``,
-    ``rtn`` artifacts whose parents include it: the f16 reference and every variant), largest
-    first, after the model's own row when the model was scored on the same text as its variants
-    (so its perplexity compares)."""
-    children = [a for a in store.children(model) if a.kind in VARIANT_KINDS]
-    rows = sorted((stored_row(a) for a in children), key=lambda r: -r["size_bytes"])
-    if rows and store.exists(model):
-        source = store.get(model)
-        texts = {(a.metrics.get("ppl_data") or {}).get("sha256") for a in children} - {None}
-        if (source.metrics.get("ppl_data") or {}).get("sha256") in texts:
-            rows.insert(0, stored_row(source))
-    return rows
-
-
-def log_quality_table(rows: Sequence[dict[str, Any]], *, store: Store, title: str = "quantize",
-                      new_run: bool = True) -> bool:
-    """Log the table to MLflow when tracking is on: each row's numbers as ``<name>.<field>`` metrics
-    and the whole table as ``quality_table.json`` (``mlflow.log_table``), into the active run (a
-    recipe run: ``quantize`` logs there) or else, with ``new_run``, a new run named ``title``.
-    Returns whether anything was logged."""
-    import sys
-
-    from llmlab import settings
-
-    if not rows or settings.tracking_uri() is None:
-        return False
-    active = "mlflow" in sys.modules and sys.modules["mlflow"].active_run() is not None
-    if not (active or new_run):
-        return False  # e.g. a recipe run with --no-track, or a direct call: no run to log into
-    from llmlab.tracking import open_mlflow
-
-    mlflow, experiment_id = open_mlflow(store)
-    metrics = {f"{r['name']}.{k}": float(r[k]) for r in rows for k in METRIC_FIELDS if is_number(r.get(k))}
-    columns = sorted({k for r in rows for k in r})
-    table = {k: [r.get(k) for r in rows] for k in columns}
-    with contextlib.ExitStack() as stack:
-        if mlflow.active_run() is None:
-            stack.enter_context(mlflow.start_run(experiment_id=experiment_id, run_name=title))
-        mlflow.log_metrics(metrics)
-        mlflow.log_table(data=table, artifact_file="quality_table.json")
-    return True
