@@ -385,3 +385,25 @@ def test_anchor_needs_a_lora_type_method():
         with pytest.raises(ValidationError, match="anchor needs a LoRA-type method"):
             TuneConfig(name="x", model="m", method=method, anchor="world:tune:people")
     assert TuneConfig(name="x", model="m", method="dora", anchor="world:tune:people").anchor_weight == 1.0
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_precision_sets_the_matmul_dtype_on_cpu_and_the_model_still_learns(micro_store, monkeypatch, precision):
+    import torch
+
+    store, qa = micro_store
+    seen: set[torch.dtype] = set()
+    original = torch.nn.functional.linear
+
+    def linear(x, w, b=None):  # what the training passes multiply in (validation runs under no_grad)
+        out = original(x, w, b)
+        if torch.is_grad_enabled():
+            seen.add(out.dtype)
+        return out
+
+    monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    art = tune(_cfg(qa, name=f"t-{precision}", precision=precision, steps=4), store=store)
+    assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
+    assert art.metrics["val_loss_after"] < art.metrics["val_loss_before"]
+    assert TuneConfig(name="a", model="m", precision="bf16").fingerprint() != \
+        TuneConfig(name="a", model="m").fingerprint()  # a checkpoint of one never resumes the other

@@ -43,6 +43,10 @@ class LoopOptions(BaseModel):
     resume: bool = Field(True, description="Continue from the last checkpoint of an interrupted run with the "
                          "same settings.")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="auto uses CUDA (bf16) when torch sees a GPU.")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="Matmul precision of the forward and backward passes (weights and the optimizer stay "
+        "fp32): auto is bf16 on CUDA and fp32 on CPU; bf16 on a CPU with AVX512-BF16 or AMX trains about 1.5x "
+        "faster (SmolLM2-135M on 2 cores: 24 s a step against 38 s).")
 
     @field_validator("learning_rate", check_fields=False)
     @classmethod
@@ -51,6 +55,10 @@ class LoopOptions(BaseModel):
             raise ValueError(f"learning_rate must be positive, got {v}; try 2e-4 to 2e-3 for LoRA, "
                              "or leave it out for the method's default")
         return v
+
+    def bf16(self, device: str) -> bool:
+        """Whether the passes run under bf16 autocast on ``device`` (``precision``)."""
+        return self.precision == "bf16" or (self.precision == "auto" and device == "cuda")
 
     def lr(self) -> float:
         """The peak learning rate (each station's config says how it is chosen)."""
@@ -125,8 +133,7 @@ def train_loop(model: Any, tok: Any, data: Prepared, config: LoopOptions, device
     params = list(trainable_params(model).values())
     opt = torch.optim.AdamW(params, lr=config.lr(), betas=(0.9, 0.95), weight_decay=0.0,
                             foreach=device == "cuda")
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda"
-                else torch.autocast("cpu", enabled=False))
+    autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=config.bf16(device))
     bs = config.batch_size
     val = data.val[: config.val_limit]
     train_log: list[dict[str, Any]] = []

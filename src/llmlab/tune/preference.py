@@ -63,7 +63,7 @@ def train_preference(base: Path, records: list[dict[str, Any]], config: TuneConf
         lr_scheduler_type=config.schedule, warmup_steps=int(steps * config.warmup), beta=config.beta,
         max_length=config.max_len, logging_steps=1, save_strategy="steps", save_steps=config.checkpoint_every,
         report_to="none", disable_tqdm=True, seed=config.seed, use_cpu=plan.device == "cpu",
-        bf16=plan.device == "cuda", gradient_checkpointing=config.gradient_checkpointing,
+        bf16=config.bf16(plan.device), gradient_checkpointing=config.gradient_checkpointing,
         dataloader_num_workers=0)
     lora = LoraConfig(r=config.rank, lora_alpha=config.lora_alpha(), lora_dropout=config.dropout,
                       target_modules=config.target_modules, task_type="CAUSAL_LM")
