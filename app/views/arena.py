@@ -34,7 +34,7 @@ import streamlit as st
 from llmlab.errors import LlmlabError
 from llmlab.evaluate.agreement import judge_note
 from llmlab.evaluate.arena import Arena, Round
-from llmlab.evaluate.choices import ratings_with_scores
+from llmlab.evaluate.choices import MISSING, number_formats, ratings_with_scores
 from llmlab.evaluate.judge import ModelJudge, pairwise
 from llmlab.store import RUNNABLE_KINDS, Store
 from widgets import load_model, sampling_controls
@@ -168,7 +168,11 @@ def main() -> None:
     if not ratings:
         st.caption("No votes yet.")
         return
-    st.dataframe(pd.DataFrame(ratings_with_scores(store, ratings)), hide_index=True, width="stretch")
+    rows = ratings_with_scores(store, ratings)
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", placeholder=MISSING,
+                 column_config={"name": st.column_config.Column(pinned=True),
+                                **{c: st.column_config.NumberColumn(format=f)
+                                   for c, f in number_formats(list(rows[0])).items()}})
     st.caption(f"{len(arena.votes())} pairwise votes. Elo replays the votes in order (K=32); Bradley-Terry "
                "(bt, and on the Elo scale bt_elo) fits all of them at once. Automatic scores come from the "
                "leaderboard's cache (default suite).")

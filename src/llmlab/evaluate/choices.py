@@ -30,7 +30,6 @@ from llmlab.scoring import is_number
 from llmlab.store import Store
 
 # Automatic scores shown next to the Arena's ratings (from the default suite's cache).
-AUTO_COLUMNS = ("ppl", "heldout.accuracy", "kld_mean", "size_mb")
 NOT_SCORED = "not scored"
 MISSING = "—"  # how every page shows a value that is missing
 
@@ -181,11 +180,9 @@ def pareto_rows(board: Leaderboard, x: str, y: str) -> list[dict[str, Any]]:
 
 
 def ratings_with_scores(store: Store, ratings: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Each rated variant's row with its cached automatic scores (``AUTO_COLUMNS``) on the default suite
-    (None where nothing is cached, or the variant is gone from the store)."""
+    """Each rated variant's row with its scores as every page shows them (``scores``: the leaderboard's
+    cache on the default suite, human column names; None where nothing is cached or the variant is gone)."""
     names = [r["name"] for r in ratings if store.exists(r["name"])]
-    auto: dict[str, dict[str, Any]] = {}
-    if names:
-        board = evaluate(EvaluateConfig(models=names, only_cached=True, track=False), store=store)
-        auto = {r["name"]: r for r in board.rows}
-    return [{**r, **{c: auto.get(r["name"], {}).get(c) for c in AUTO_COLUMNS}} for r in ratings]
+    auto = scores(store, names) if names else {}
+    columns = next(iter(auto.values()), {}).keys()
+    return [{**r, **{c: auto.get(r["name"], {}).get(c) for c in columns}} for r in ratings]
