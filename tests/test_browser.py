@@ -66,6 +66,11 @@ def home(timed_module: None, chromium: str, tmp_path_factory: pytest.TempPathFac
     store.add(micro_model_dir, "micro-hf")
     store.add(micro_gguf("f16"), "micro-f16")
     yield store
+    stop_what_the_app_started(store)
+
+
+def stop_what_the_app_started(store: Store) -> None:
+    """Stop the servers and cancel the jobs the app started from ``store`` (a ``home`` fixture's end)."""
     from llmlab.jobs import FINAL, JobQueue
     from llmlab.serve import process
 
@@ -76,14 +81,9 @@ def home(timed_module: None, chromium: str, tmp_path_factory: pytest.TempPathFac
             queue.cancel(job.id)
 
 
-@pytest.fixture(scope="module")
-def app(home: Store) -> Iterator[AppServer]:
-    with AppServer(home.root, ARTIFACTS / "streamlit.log") as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def page(app: AppServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+@contextlib.contextmanager
+def chromium_page(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    """A page of a headless chromium with a fresh profile and waits that suit a loaded CI machine."""
     with sync_playwright() as p:
         context = launch_chromium(p, tmp_path_factory.mktemp("chromium-profile"))
         context.set_default_timeout(60_000)  # actions; `expect` has its own 5 s default, raised below
@@ -92,6 +92,18 @@ def page(app: AppServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[P
             yield context.new_page()
         finally:
             context.close()
+
+
+@pytest.fixture(scope="module")
+def app(home: Store) -> Iterator[AppServer]:
+    with AppServer(home.root, ARTIFACTS / "streamlit.log") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def page(app: AppServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
+    with chromium_page(tmp_path_factory) as page:
+        yield page
 
 
 def test_every_view_is_visited() -> None:

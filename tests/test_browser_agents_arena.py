@@ -22,10 +22,10 @@ if os.environ.get("LLMLAB_NO_BROWSER") == "1":
 pytest.importorskip("llama_cpp")  # the GGUF variant
 pytest.importorskip("llmlab.rag.search")  # the index
 
-from browser import (ASSISTANT, AppServer, chat, check_page, launch_chromium, open_view,  # noqa: E402
+from browser import (ASSISTANT, AppServer, chat, check_page, open_view,  # noqa: E402
                      screenshot, settle)
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-from test_browser import ARTIFACTS, JOB_TIMEOUT, SHOTS, chromium, timed_module  # noqa: E402, F401
+from playwright.sync_api import Page, expect  # noqa: E402
+from test_browser import ARTIFACTS, JOB_TIMEOUT, SHOTS, chromium, chromium_page, timed_module  # noqa: E402, F401
 
 from llmlab.store import Store  # noqa: E402
 
@@ -59,14 +59,8 @@ def app(home: Store) -> Iterator[AppServer]:
 
 @pytest.fixture(scope="module")
 def page(app: AppServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    with sync_playwright() as p:
-        context = launch_chromium(p, tmp_path_factory.mktemp("chromium-profile"))
-        context.set_default_timeout(60_000)
-        expect.set_options(timeout=60_000)
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
+    with chromium_page(tmp_path_factory) as page:
+        yield page
 
 
 def test_agents_titled_sources_and_drawn_graph(page: Page, app: AppServer) -> None:

@@ -12,9 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from browser import AppServer, check_page, launch_chromium, open_view, pick, screenshot, settle  # noqa: E402
-from playwright.sync_api import Page, expect, sync_playwright  # noqa: E402
-from test_browser import ARTIFACTS, JOB_TIMEOUT, SHOTS, chromium, timed_module  # noqa: F401  (fixtures)
+from browser import AppServer, check_page, open_view, pick, screenshot, settle  # noqa: E402
+from playwright.sync_api import Page, expect  # noqa: E402
+from test_browser import (ARTIFACTS, JOB_TIMEOUT, SHOTS, chromium, chromium_page,  # noqa: F401  (fixtures)
+                          stop_what_the_app_started, timed_module)
 
 from llmlab.store import Store  # noqa: E402
 
@@ -33,12 +34,7 @@ def home(timed_module: None, chromium: str, tmp_path_factory: pytest.TempPathFac
     store = Store(tmp_path_factory.mktemp("browser-jobs") / "models")
     store.add(micro_model_dir, "micro")
     yield store
-    from llmlab.jobs import FINAL, JobQueue
-
-    queue = JobQueue(store)
-    for job in queue.list():
-        if job.status not in FINAL:
-            queue.cancel(job.id)
+    stop_what_the_app_started(store)
 
 
 @pytest.fixture(scope="module")
@@ -49,14 +45,8 @@ def app(home: Store) -> Iterator[AppServer]:
 
 @pytest.fixture(scope="module")
 def page(app: AppServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Page]:
-    with sync_playwright() as p:
-        context = launch_chromium(p, tmp_path_factory.mktemp("chromium-profile"))
-        context.set_default_timeout(60_000)
-        expect.set_options(timeout=60_000)
-        try:
-            yield context.new_page()
-        finally:
-            context.close()
+    with chromium_page(tmp_path_factory) as page:
+        yield page
 
 
 def session_shown(page: Page) -> str:
