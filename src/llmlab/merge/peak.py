@@ -8,9 +8,9 @@ peak.mb   # the process's highest resident set size while the block ran
 ```
 
 On Linux the process's high-water mark (``VmHWM``) is reset on entry (``/proc/self/clear_refs``,
-value 5) and read on exit: no sampler thread competes with the merge for the GIL, and a peak
+value 5, checked against ``VmRSS``) and read on exit: no sampler thread competes with the merge for the GIL, and a peak
 shorter than a sampling interval is not missed. Elsewhere it falls back to the scoring core's
-sampling ``peak_memory``. The reset is process-wide: a ``VmHWM`` or ``ru_maxrss`` read by other
+sampling ``peak_memory``, as it does where the kernel keeps the old mark. The reset is process-wide: a ``VmHWM`` or ``ru_maxrss`` read by other
 code in the same process afterwards starts from this block.
 """
 
@@ -31,11 +31,19 @@ class Peak:
     mb: float = 0.0
 
 
-def _hwm_mb() -> float:
-    m = re.search(r"^VmHWM:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
+def _status_mb(field: str) -> float:
+    m = re.search(rf"^{field}:\s+(\d+) kB", _STATUS.read_text(), re.MULTILINE)
     if m is None:
-        raise OSError("no VmHWM in /proc/self/status")
+        raise OSError(f"no {field} in /proc/self/status")
     return int(m.group(1)) / 1024
+
+
+def _reset_hwm() -> None:
+    """Reset the high-water mark to the current RSS; OSError where the kernel does not (some
+    sandboxes accept the write and keep the old mark)."""
+    _CLEAR_REFS.write_text("5")
+    if _status_mb("VmHWM") > _status_mb("VmRSS") + 16:
+        raise OSError("the kernel kept VmHWM after clear_refs")
 
 
 @contextlib.contextmanager
@@ -43,8 +51,7 @@ def peak_rss() -> Iterator[Peak]:
     """``with peak_rss() as peak: ...`` then ``peak.mb``."""
     peak = Peak()
     try:
-        _CLEAR_REFS.write_text("5")
-        _hwm_mb()
+        _reset_hwm()
     except OSError:
         from llmlab.scoring import peak_memory
 
@@ -53,4 +60,4 @@ def peak_rss() -> Iterator[Peak]:
         peak.mb = pm.peak_mb
         return
     yield peak
-    peak.mb = _hwm_mb()
+    peak.mb = _status_mb("VmHWM")
