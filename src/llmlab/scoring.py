@@ -172,20 +172,24 @@ def accuracy(model: Model, qa_records: Sequence[Mapping[str, Any]], params: Samp
     answers are greedy, 8 tokens, unless ``params`` (SamplingParams) says otherwise."""
     from llmlab import world
     from llmlab.runtime import SamplingParams
+    from llmlab.runtime.batched import chat_many
 
     if not qa_records:
         raise ConfigError("No questions to score.")
     params = params or SamplingParams.greedy(max_tokens=8)
-    right, examples = 0, []
     for i, rec in enumerate(qa_records):
         if "question" not in rec or "answer" not in rec:
             raise ConfigError(f"QA record {i} needs 'question' and 'answer' fields, has {sorted(rec)}.")
-        got = model.chat(world.chat_messages(rec["question"], context=rec.get("context")), params)
+    # decoded several at a time on llama.cpp (runtime.batched), one by one elsewhere: the same answers
+    answers = chat_many(model, [world.chat_messages(r["question"], context=r.get("context")) for r in qa_records],
+                        params, progress=lambda n: emit(progress, "progress", task="accuracy", done=n,
+                                                        total=len(qa_records)))
+    right, examples = 0, []
+    for rec, got in zip(qa_records, answers):
         ok = answer_matches(got, str(rec["answer"]))
         right += ok
         if len(examples) < show:
             examples.append({"question": rec["question"], "gold": rec["answer"], "got": got, "ok": ok})
-        emit(progress, "progress", task="accuracy", done=i + 1, total=len(qa_records))
     return {"accuracy": right / len(qa_records), "n": len(qa_records), "examples": examples}
 
 

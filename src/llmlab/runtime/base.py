@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -98,6 +98,32 @@ class _StopFilter:
     def flush(self) -> str:
         out, self.buf = self.buf, ""
         return out
+
+
+def text_pieces(model: Any, tokens: Iterable[int], stop: Sequence[str] = ()) -> Iterator[str]:
+    """The text of generated ``tokens`` in pieces as they come, cut before the first ``stop`` string
+    (``model`` needs only ``detokenize``)."""
+    stops = _StopFilter(stop)
+    out: list[int] = []
+    # Decode a short window (as text-generation-inference does): the text of out[prefix:]
+    # minus that of out[prefix:read] is the new piece, and tokenizers that drop a leading
+    # space at the start of a decode (SentencePiece) still get it right.
+    prefix = read = 0
+    for tok in tokens:
+        out.append(tok)
+        before = model.detokenize(out[prefix:read])
+        text = model.detokenize(out[prefix:])
+        if len(text) <= len(before) or text.endswith("\ufffd"):  # e.g. half a UTF-8 character
+            continue
+        piece = stops.feed(text[len(before):])
+        prefix, read = read, len(out)
+        if piece:
+            yield piece
+        if stops.stopped:
+            return
+    tail = stops.feed(model.detokenize(out[prefix:])[len(model.detokenize(out[prefix:read])):])
+    if rest := tail + stops.flush():
+        yield rest
 
 
 class Decoder:
@@ -224,28 +250,11 @@ class Model(abc.ABC):
     def stream(self, prompt: str, params: SamplingParams | None = None, *, add_special: bool = True) -> Iterator[str]:
         """Continue ``prompt``, yielding text pieces as they are decoded."""
         params = params or SamplingParams()
-        ids = self.tokenize(prompt, add_special=add_special)
-        stop = _StopFilter(params.stop)
-        out: list[int] = []
-        # Decode a short window (as text-generation-inference does): the text of out[prefix:]
-        # minus that of out[prefix:read] is the new piece, and tokenizers that drop a leading
-        # space at the start of a decode (SentencePiece) still get it right.
-        prefix = read = 0
-        for tok in self.generate_ids(ids, params):
-            out.append(tok)
-            before = self.detokenize(out[prefix:read])
-            text = self.detokenize(out[prefix:])
-            if len(text) <= len(before) or text.endswith("\ufffd"):  # e.g. half a UTF-8 character
-                continue
-            piece = stop.feed(text[len(before):])
-            prefix, read = read, len(out)
-            if piece:
-                yield piece
-            if stop.stopped:
-                return
-        tail = stop.feed(self.detokenize(out[prefix:])[len(self.detokenize(out[prefix:read])):])
-        if rest := tail + stop.flush():
-            yield rest
+        yield from text_pieces(self, self.generate_ids(self.tokenize(prompt, add_special=add_special), params), params.stop)
+
+    def text_of(self, tokens: Iterable[int], params: SamplingParams | None = None) -> str:
+        """Generated ``tokens`` as the text ``stream`` would have given (cut at ``params.stop``)."""
+        return "".join(text_pieces(self, tokens, params.stop if params else ()))
 
     def complete(self, prompt: str, params: SamplingParams | None = None, *, add_special: bool = True) -> str:
         """The continuation of ``prompt`` as one string."""

