@@ -80,7 +80,7 @@ def test_a_quantize_job_shows_its_phases_then_its_outputs_and_metrics(page: Page
     link = page.get_by_role("link", name="micro-q8_0")
     expect(link).to_be_visible()
     kld = home.get("micro-q8_0").metrics["kld_mean"]
-    expect(page.get_by_text(re.compile(r"gguf · ppl [\d.]+ · kld_mean " + re.escape(f"{kld:.4g}")))).to_be_visible()
+    expect(page.get_by_text(re.compile(r"gguf · perplexity [\d.]+ · KLD vs reference " + re.escape(f"{kld:.4g}")))).to_be_visible()
     expect(page.get_by_role("link", name="micro-f16")).to_be_visible()
     page.get_by_role("tab", name="Log").click()
     expect(page.get_by_text(re.compile(r"scoring micro-q8_0 against micro-f16"))).to_be_visible()

@@ -79,8 +79,8 @@ def test_a_finished_jobs_card_lists_its_outputs_with_links_and_their_own_metrics
     assert "**step 1/1 · quantize · m** · done in 55 s" in shown
     session = at.query_params["session"]
     assert links(at) == {"m-f16": f"artifact=m-f16&session={session}", "m-q8_0": f"artifact=m-q8_0&session={session}"}
-    assert "gguf · ppl 20.5 · kld_mean 0.0123 · top1 0.98" in shown  # m-q8_0's own, from the store
-    assert "gguf · ppl 20.25 · kld_mean 0.0001 · top1 0.999" in shown
+    assert "gguf · perplexity 20.5 · KLD vs reference 0.0123 · top-1 vs reference 0.98" in shown  # m-q8_0's own, from the store
+    assert "gguf · perplexity 20.25 · KLD vs reference 0.0001 · top-1 vs reference 0.999" in shown
     assert "loss" not in shown and not bars(at)  # nothing of the training metric, no live bar once done
     log = next(c.value for c in at.code if "converting m to GGUF f16" in c.value)
     assert "scoring m-q8_0" in log and log.endswith("── stderr\nUserWarning: a warning on stderr")

@@ -25,6 +25,7 @@ from widgets import job_queue, job_status, phase_bar, session_id
 
 from llmlab import recipes, session_code
 from llmlab.errors import LlmlabError
+from llmlab.evaluate.choices import column_name
 from llmlab.events import duration_text
 from llmlab.jobs import FINAL, JobInfo, JobQueue, OutputInfo, StepReport, current_job, job_log, job_report
 from llmlab.store import Store
@@ -75,8 +76,9 @@ def event_row(event: dict[str, Any]) -> dict[str, str]:
 
 
 def numbers_text(metrics: dict[str, Any]) -> list[str]:
-    return [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    """Numbers named as every page names them ("perplexity", "accuracy (heldout)")."""
+    return [f"{column_name(k)} {v:.4g}" if isinstance(v, float) else f"{column_name(k)} {v}"
+            for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
 
 
 def output_line(out: OutputInfo) -> None:
