@@ -67,7 +67,8 @@ class _Seq:
 
 def batchable(model: Model) -> bool:
     """True when ``model`` can decode several sequences in one pass (a GGUF without a LoRA applied)."""
-    return model.engine == "llama.cpp" and getattr(model, "lora_path", None) is None
+    return (model.engine == "llama.cpp" and getattr(model, "lora_path", None) is None
+            and getattr(model, "active_adapter", None) is None)
 
 
 class BatchEngine:
