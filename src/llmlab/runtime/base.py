@@ -262,7 +262,7 @@ class Model(abc.ABC):
 
     def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:
         """The assistant's reply to ``messages``, streamed; the template supplies BOS and roles."""
-        _check_messages(messages)
+        check_messages(messages)
         yield from self.stream(self.apply_chat_template(messages), params, add_special=False)
 
     def chat(self, messages: Sequence[Message], params: SamplingParams | None = None) -> str:
@@ -279,7 +279,8 @@ class Model(abc.ABC):
         return f"{type(self).__name__}({str(self.path)!r})"
 
 
-def _check_messages(messages: Sequence[Message]) -> None:
+def check_messages(messages: Sequence[Message]) -> None:
+    """ConfigError unless ``messages`` is a non-empty list of {role, content} strings."""
     if not messages:
         raise ConfigError("No messages to answer.")
     for i, m in enumerate(messages):

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from llmlab.errors import ConfigError
-from llmlab.runtime.base import Message, Model, SamplingParams, _check_messages, sample_token
+from llmlab.runtime.base import Message, Model, SamplingParams, check_messages, sample_token
 
 DEFAULT_SLOTS = 4
 SLOT_CTX = 1024  # KV tokens per slot by default
@@ -197,7 +197,7 @@ def chat_many(model: Model, conversations: Sequence[Sequence[Message]], params: 
     """The assistant's reply to each conversation, as ``model.chat`` gives it, decoded together."""
     params = params or SamplingParams()
     for messages in conversations:
-        _check_messages(messages)
+        check_messages(messages)
 
     def stop_seen(out: list[int]) -> bool:  # the text-level stop strings end a sequence early
         return not any(s in model.detokenize(out) for s in params.stop if s)
