@@ -6,6 +6,11 @@ question, and the variants' names appear only after the vote, which is recorded 
 variants behind the labels (``llmlab.evaluate.arena.Round``). The question and its answers stay
 after the vote; "Ask again" asks the same question afresh (a new blind order, a new vote).
 
+The variants are the store's runnable models and, while a bundle with several adapters is served
+(started on the Export page), that bundle's base and each of its adapters (``bundle:adapter``): those
+answer over HTTP from the one server, which switches adapters per request
+(``llmlab.serve.process.served_adapters``).
+
 Answers stream one column at a time through each model's own chat template with the same system
 prompt (empty by default: each template's own default applies) and sampling settings
 (``widgets.sampling_controls``). A vote names the better answer, or a tie; it is stored with every
@@ -36,6 +41,7 @@ from llmlab.evaluate.agreement import judge_note
 from llmlab.evaluate.arena import Arena, Round
 from llmlab.evaluate.choices import MISSING, number_formats, ratings_with_scores
 from llmlab.evaluate.judge import ModelJudge, pairwise
+from llmlab.serve.process import served_adapters
 from llmlab.store import RUNNABLE_KINDS, Store
 from widgets import load_model, sampling_controls
 
@@ -73,8 +79,9 @@ def judge_block(store: Store, judge_name: str, last: Round | None) -> None:
 
 
 def ask(store: Store, chosen: list[str], prompt: str, system: str, params: SamplingParams,
-        blind: bool) -> Round:
-    """Stream every chosen variant's answer into its column; the new round."""
+        blind: bool, served: dict[str, str]) -> Round:
+    """Stream every chosen variant's answer into its column (``served``: names answered by a running
+    server, with its URL); the new round."""
     current = Round.start(prompt, chosen, blind=blind)
     st.chat_message("user").markdown(prompt)
     messages = [{"role": "system", "content": system}] if system else []
@@ -83,9 +90,15 @@ def ask(store: Store, chosen: list[str], prompt: str, system: str, params: Sampl
         with col:
             st.markdown(f"**{current.heading(label)}**")
             try:
-                art = store.get(name)
-                model = load_model(str(store.root), name, art.content_hash)
-                reply = st.write_stream(model.stream_chat(messages, params))
+                if name in served:
+                    from llmlab.serve.client import stream_chat
+
+                    reply = st.write_stream(stream_chat(served[name], name, messages,
+                                                        **params.model_dump(exclude_none=True)))
+                else:
+                    art = store.get(name)
+                    model = load_model(str(store.root), name, art.content_hash)
+                    reply = st.write_stream(model.stream_chat(messages, params))
                 current.answers[name] = reply if isinstance(reply, str) else str(reply)
             except LlmlabError as e:
                 st.error(f"{current.heading(label)}: {e}")
@@ -132,7 +145,9 @@ def main() -> None:
     st.title("Arena")
     st.markdown("Ask two or more variants the same thing, read their answers side by side and vote for the "
                 "better one. Votes become Elo and Bradley-Terry ratings.")
+    served = served_adapters(store)
     variants = [a.name for a in store.list() if a.kind in RUNNABLE_KINDS]
+    variants += [n for n in served if n not in variants]
     if len(variants) < 2:
         st.info("The Arena needs at least two models in the store. Run the quickstart "
                 "(`llmlab run recipes/quickstart.yaml`) to get a base model, an adapter and GGUF quants.")
@@ -151,7 +166,7 @@ def main() -> None:
         if not prompt and st.session_state.pop("arena:reask", False) and last:
             prompt = last.prompt
         if prompt and len(chosen) >= 2:
-            st.session_state[ROUND] = last = ask(store, chosen, prompt, system, params, blind)
+            st.session_state[ROUND] = last = ask(store, chosen, prompt, system, params, blind, served)
         elif prompt:
             st.warning("Pick at least two variants.")
         elif last:

@@ -2,7 +2,8 @@
 
 Pick a model (GGUF and gguf-adapter artifacts for llmlab serve / Ollama, Hugging Face ones for
 vLLM; best accuracy first; the picker opens on the model sent from the Leaderboard or Home, else on
-the Leaderboard's winner), see what goes into its bundle (``llmlab.export.plan``), and start a
+the Leaderboard's winner), for a GGUF base any number of LoRA adapters served beside it (each asked for
+as ``<bundle>:<adapter>``), see what goes into its bundle (``llmlab.export.plan``), and start a
 one-step ``export`` recipe as a job (it checks parity before the bundle is written). For a bundle:
 its files and hashes, the parity report (and a button to run it again), Start / Stop of a server
 process (``llmlab.serve.process``), a chat against it over HTTP, copyable curl and OpenAI-client
@@ -22,8 +23,8 @@ from llmlab.catalog import default_model_index
 from llmlab.errors import LlmlabError
 from llmlab.evaluate.choices import leaderboard_winner
 from llmlab.export import ExportConfig, plan
-from llmlab.export.choices import (bundle_files, exportable, parity_applies, parity_source, served_over_http,
-                                   server_metric_rows)
+from llmlab.export.choices import (adapters_for, bundle_files, exportable, parity_applies, parity_source,
+                                   served_names, served_over_http, server_metric_rows)
 from llmlab.jobs import FINAL, JobQueue
 from llmlab.store import Artifact, Store
 from widgets import job_panel, job_queue, start_button
@@ -49,7 +50,11 @@ def export_form(store: Store, queue: JobQueue) -> None:
         store, names, "export", winner=leaderboard_winner(store, names))
     name = st.selectbox("Model", names, index=index, key=PICKED, help=HELP["model"])
     art = store.get(name)
-    st.dataframe(plan(art), hide_index=True)
+    adapters = adapters_for(art, store)
+    picked = st.multiselect("Adapters", adapters, key=f"export:adapters:{name}", help=HELP["adapters"],
+                            disabled=not adapters,
+                            placeholder="Pick LoRA adapters of this base" if adapters else "No adapters of this base")
+    st.dataframe(plan(art, picked), hide_index=True)
     c1, c2, c3 = st.columns(3)
     # keyed by model: a keyed widget keeps its value when its default changes, so picking another model
     # would keep the first one's bundle name and parity setting
@@ -57,7 +62,8 @@ def export_form(store: Store, queue: JobQueue) -> None:
     parity = c2.checkbox("Parity check", parity_applies(art), key=f"export:parity:{name}", help=HELP["parity"],
                          disabled=not parity_applies(art))
     registry = c3.checkbox("Register in MLflow", False, key="export:registry", help=HELP["registry"])
-    config = {"model": name, "name": out, "parity": parity, "registry": registry}
+    config = {"model": name, "name": out, "parity": parity, "registry": registry,
+              **({"adapters": picked} if picked else {})}
     start_button(queue, "export", config, label="Export", title=f"export {name}", session_key="export:job")
 
 
@@ -90,7 +96,10 @@ def server_section(store: Store, bundle: Artifact) -> None:
     if st.button("Stop server", key="export:stop"):
         process.stop(bundle.name, store=store)
         st.rerun()
-    code = snippets(server["url"], bundle.name, question=example_question(store, bundle))
+    names = served_names(bundle)
+    model = st.selectbox("Model", names, key=f"export:model:{bundle.name}", disabled=len(names) == 1,
+                         help="The bundle's base, or one of its adapters (switched per request by the server).")
+    code = snippets(server["url"], model, question=example_question(store, bundle))
     c1, c2 = st.columns(2)
     c1.code(code["curl"], language="bash")
     c2.code(code["python"], language="python")
@@ -98,13 +107,13 @@ def server_section(store: Store, bundle: Artifact) -> None:
     history: list[dict[str, str]] = st.session_state.setdefault(f"export:chat:{bundle.name}", [])
     for m in history:
         st.chat_message(m["role"]).markdown(m["content"])
-    prompt = st.chat_input(f"Ask {bundle.name} (over HTTP)", key="export:chat")
+    prompt = st.chat_input(f"Ask {model} (over HTTP)", key="export:chat")
     if prompt:
         history.append({"role": "user", "content": prompt})
         st.chat_message("user").markdown(prompt)
         try:
             with st.chat_message("assistant"):
-                reply = st.write_stream(stream_chat(server["url"], bundle.name, history, max_tokens=128))
+                reply = st.write_stream(stream_chat(server["url"], model, history, max_tokens=128))
             history.append({"role": "assistant", "content": str(reply)})
         except LlmlabError as e:
             history.pop()
@@ -127,14 +136,17 @@ def bundle_section(store: Store) -> None:
     if parity:
         st.markdown(f"**Parity** ({parity.get('mode')}): {'ok' if parity.get('ok') else 'DRIFT'} · "
                     f"largest log-probability difference {parity.get('max_logprob_diff', 0):.2e} over "
-                    f"{parity.get('prompts')} prompts")
+                    f"{parity.get('prompts')} prompts"
+                    + (f", {len(parity['adapters'])} adapters" if parity.get("adapters") else ""))
     source = parity_source(bundle, store)
     if source and st.button("Run the parity check again", key="export:parity_again"):
         from llmlab.export.parity import check
 
         with st.spinner("Replaying the prompts through the bundle's server and the artifact…"):
             try:
-                st.json(check(bundle.path, source, store=store))
+                spec = bundle.manifest.info.get("model") or {}
+                adapters = {a: e["artifact"] for a, e in (spec.get("adapters") or {}).items()}
+                st.json(check(bundle.path, source, store=store, adapters=adapters))
             except LlmlabError as e:
                 st.error(str(e))
     if served_over_http(bundle):

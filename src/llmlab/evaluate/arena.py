@@ -110,7 +110,9 @@ class Arena:
             raise ConfigError("A vote needs at least two variants' answers.", "Pick two or more variants.")
         if winner is not None and winner not in answers:
             raise ConfigError(f"'{winner}' did not answer this prompt.", f"Vote for one of: {', '.join(names)}.")
-        hashes = {n: self.store.get(n).content_hash if self.store.exists(n) else None for n in names}
+        # a served adapter ("bundle:adapter") is not an artifact name: no hash
+        hashes = {n: self.store.get(n).content_hash if ":" not in n and self.store.exists(n) else None
+                  for n in names}
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         rows = []
         for a, b in itertools.combinations(names, 2):

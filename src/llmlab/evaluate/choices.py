@@ -182,7 +182,8 @@ def pareto_rows(board: Leaderboard, x: str, y: str) -> list[dict[str, Any]]:
 def ratings_with_scores(store: Store, ratings: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each rated variant's row with its scores as every page shows them (``scores``: the leaderboard's
     cache on the default suite, human column names; None where nothing is cached or the variant is gone)."""
-    names = [r["name"] for r in ratings if store.exists(r["name"])]
+    # a served adapter ("bundle:adapter", rated in the Arena) is not an artifact: no cached scores
+    names = [r["name"] for r in ratings if ":" not in r["name"] and store.exists(r["name"])]
     auto = scores(store, names) if names else {}
     columns = next(iter(auto.values()), {}).keys()
     return [{**r, **{c: auto.get(r["name"], {}).get(c) for c in columns}} for r in ratings]

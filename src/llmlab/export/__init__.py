@@ -6,9 +6,10 @@ bundle = export(ExportConfig(model="demo-q4_k_m"), store=store)   # models/demo-
 verify_bundle(bundle.path)                                          # [] when every sha256 matches
 ```
 
-Modules: ``bundle`` (the step), ``agent`` (an index and agent inside a bundle), ``ollama`` (Jinja ->
-Go chat template, checked), ``lockfile`` (serving-only requirements), ``registry`` (bundles registered
-in MLflow), ``parity`` (the exported artifact answers as the original did). Reading and verifying a
+Modules: ``bundle`` (the step), ``adapters`` (several LoRA adapters on one base, chosen per request),
+``agent`` (an index and agent inside a bundle), ``ollama`` (Jinja -> Go chat template, checked),
+``lockfile`` (serving-only requirements), ``registry`` (bundles registered in MLflow), ``parity`` (the
+exported artifact, and each adapter, answers as the original did). Reading and verifying a
 bundle is the server's side, ``llmlab.serve.bundle``.
 """
 

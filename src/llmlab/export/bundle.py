@@ -4,7 +4,8 @@ Bundle layout (every file hashed in ``manifest.json``; ``metrics.json`` holds sc
 
 ```
 bundle.json        what is in it: name, model format and files, chat template, stop strings, vllm command
-model/             the model in its serving format: <name>.gguf (+ adapter.gguf), or the HF folder
+model/             the model in its serving format: <name>.gguf (+ adapter.gguf, or adapters/<name>.gguf
+                   for each of several adapters), or the HF folder
 server.json        `llmlab serve` defaults (limits, port)
 requirements.lock  only what serving needs (no torch for a GGUF bundle)
 Dockerfile         non-root, with a healthcheck; serves the bundle on port 8000 with an API key
@@ -18,6 +19,7 @@ agent.yaml         (agent) the agent spec, served as a model name beside the cha
 
 Exporting an ``agent`` artifact bundles its chat model (a GGUF artifact), its index and its spec;
 ``index`` adds an index to a plain model bundle (``/v1/embeddings`` and search, no agent).
+``adapters`` bundles several LoRA adapters with a GGUF base, chosen per request (``export.adapters``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,9 @@ class ExportConfig(BaseModel):
     registry: bool = Field(False, description="Log the bundle to MLflow and register it as a new model version.")
     index: str | None = Field(None, description="An index artifact to bundle with the model (with its embedder as "
                               "ONNX); an agent artifact brings its own.")
+    adapters: list[str] = Field(default_factory=list, description="LoRA adapters to serve on the model (a GGUF "
+                                "base) from one server, each asked for as model '<bundle>:<adapter>': gguf-adapter "
+                                "artifacts of that base, or peft adapters of its source model (converted first).")
 
     @property
     def registered(self) -> tuple[str, str] | None:
@@ -72,7 +77,7 @@ class ExportConfig(BaseModel):
     @property
     def store_inputs(self) -> list[str]:
         """The store artifacts this step reads (none for a registered version)."""
-        return [] if self.registered else [self.model] + ([self.index] if self.index else [])
+        return [] if self.registered else [self.model] + ([self.index] if self.index else []) + self.adapters
 
     @property
     def output(self) -> str:
@@ -83,11 +88,16 @@ class ExportConfig(BaseModel):
 
 
 # ----- writing -----
-def plan(art: Artifact) -> list[dict[str, str]]:
-    """What exporting ``art`` would put into its bundle: one {file, what} row per entry (reads nothing)."""
+def plan(art: Artifact, adapters: list[str] | None = None) -> list[dict[str, str]]:
+    """What exporting ``art`` (with ``adapters``) would put into its bundle: one {file, what} row per entry
+    (reads nothing)."""
     if art.kind == "agent":
         return [*plan_rows("gguf", "gguf"), *AGENT_ROWS]
-    return plan_rows(art.kind, art.name)
+    rows = plan_rows(art.kind, art.name)
+    if adapters:
+        rows.insert(1, {"file": "model/adapters/*.gguf", "what": f"{len(adapters)} LoRA adapters on the base, "
+                        "chosen per request as model '<bundle>:<adapter>'"})
+    return rows
 
 
 AGENT_ROWS = [{"file": "index/", "what": "the index: chunks, vectors, BM25 and the Chroma collection"},
@@ -139,8 +149,10 @@ def _model_files(art: Artifact, store: Store) -> tuple[str, Path, Path | None]:
                       "Give a gguf, gguf-adapter, base, full, merged or adapter artifact.")
 
 
-def rebuild_recipe(art: Artifact, store: Store, config: ExportConfig) -> dict[str, Any]:
-    """The recipe steps (from the manifests of the artifact's ancestors) that rebuild it, then the export."""
+def rebuild_recipe(art: Artifact, store: Store, config: ExportConfig,
+                   also: list[Artifact] | None = None) -> dict[str, Any]:
+    """The recipe steps (from the manifests of the artifact's ancestors, and of ``also``'s) that rebuild
+    it, then the export."""
     steps: list[dict[str, Any]] = []
     seen: set[str] = set()
 
@@ -154,6 +166,8 @@ def rebuild_recipe(art: Artifact, store: Store, config: ExportConfig) -> dict[st
             steps.append({step.kind: step.config})
 
     visit(art)
+    for extra in also or []:
+        visit(extra)
     steps.append({"export": config.model_dump(mode="json", exclude_defaults=True)})
     return {"name": f"rebuild-{config.output}", "description": f"Rebuild '{art.name}' and export it.",
             "steps": steps}
@@ -203,11 +217,16 @@ def model_card(spec: dict[str, Any], art: Artifact, store: Store, parity: dict[s
     table = "\n".join(f"| {k} | {v} |" for k, v in rows) or "| (no scores recorded) | |"
     parity_text = "not run" if parity is None else json.dumps(parity, indent=2)
     name = spec["name"]
+    adapters = spec["model"].get("adapters") or {}
+    adapter_text = ("\nAdapters on the base, each asked for by its model name: " + ", ".join(
+        f"`{name}:{a}` ({e['artifact']}, {e['artifact_hash'][:12]})" for a, e in adapters.items()) + ".\n"
+        if adapters else "")
     run = (f"llmlab serve . --port 8000\nollama create {name} -f Modelfile"
            if spec["model"]["format"] == "gguf" else spec.get("vllm", ""))
     return f"""# {name}
 
 Exported by llmlab from `{art.name}` ({art.kind}). Lineage: {' <- '.join(lineage)}.
+{adapter_text}
 
 ## Scores (from `{art.name}`'s metrics)
 
@@ -243,12 +262,20 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
     top = store.get(config.model)
     art, index, agent_spec = _resolve(top, config, store)
     fmt, source, adapter = _model_files(art, store)
+    if config.adapters and index is not None:
+        raise ConfigError("A bundle holds an index or an agent, or several adapters, not both.",
+                          "Export the agent and the adapters as two bundles.")
+    if store.exists(config.output) and not overwrite:  # before converting adapters into the store
+        raise StoreError(f"An artifact named '{config.output}' already exists.",
+                         "Choose another name, remove it, or pass --force / overwrite=True.")
+    adapters: list[Any] = []  # export.adapters.BundledAdapter
+    if config.adapters:
+        from llmlab.export.adapters import resolve_adapters
+
+        adapters = resolve_adapters(art, config.adapters, store, step=step, progress=progress)
     if index is not None and fmt != "gguf":
         raise ConfigError(f"An index or agent is bundled only with a GGUF model; '{art.name}' is a {art.kind} "
                           "artifact.", "Quantize or convert the model to GGUF first (`llmlab quantize`).")
-    if store.exists(config.output) and not overwrite:
-        raise StoreError(f"An artifact named '{config.output}' already exists.",
-                         "Choose another name, remove it, or pass --force / overwrite=True.")
     spec: dict[str, Any] = {"name": config.output, "source": top.name, "source_hash": top.content_hash,
                             "model": {"format": fmt}}
     parity = None
@@ -262,7 +289,11 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
             if adapter is not None:
                 shutil.copyfile(adapter, mdir / "adapter.gguf")
                 spec["model"]["adapter"] = "model/adapter.gguf"
-            text, reason = _modelfile(mdir / source.name, adapter)
+            if adapters:
+                from llmlab.export.adapters import write_adapters
+
+                spec["model"].update(write_adapters(w.path, art, adapters))
+            text, reason = _modelfile(mdir / source.name, adapter)  # Ollama: the base (one ADAPTER per model)
             (w.path / "Modelfile").write_text(text)
             spec["ollama"] = {"modelfile": "Modelfile", "template_translated": reason is None, "reason": reason}
         else:
@@ -282,19 +313,23 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
             spec["agent"] = {"name": top.name, "spec": AGENT_SPEC}
         (w.path / "requirements.lock").write_text(lock_text(fmt, rag=index is not None, agent=agent_spec is not None))
         (w.path / "Dockerfile").write_text(dockerfile(fmt))
-        (w.path / "recipe.yaml").write_text(yaml.safe_dump(rebuild_recipe(top, store, config), sort_keys=False))
+        (w.path / "recipe.yaml").write_text(yaml.safe_dump(
+            rebuild_recipe(top, store, config, [a.artifact for a in adapters]), sort_keys=False))
         (w.path / BUNDLE_SPEC).write_text(json.dumps(spec, indent=2) + "\n")
         if config.parity and fmt == "gguf":
             from llmlab.export.parity import check
 
             emit(progress, "log", message="parity check: bundle server vs artifact")
-            parity = check(w.path, art, store=store, progress=progress, verify=False)  # hashed right after
+            parity = check(w.path, art, store=store, progress=progress, verify=False,  # hashed right after
+                           adapters={a.name: a.artifact for a in adapters})
         (w.path / "README.md").write_text(model_card(spec, art, store, parity))
         w.parents = [Parent(name=art.name, content_hash=art.content_hash, role="model")]
         if index is not None:
             w.parents.append(Parent(name=index.name, content_hash=index.content_hash, role="index"))
         if agent_spec is not None:
             w.parents.append(Parent(name=top.name, content_hash=top.content_hash, role="agent"))
+        w.parents += [Parent(name=a.artifact.name, content_hash=a.artifact.content_hash, role="adapter")
+                      for a in adapters]
         w.step = step
         w.info = {"format": fmt, "source": top.name, "model": spec["model"],
                   **{k: spec[k] for k in ("index", "embedder", "agent") if k in spec}}

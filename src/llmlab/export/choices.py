@@ -1,6 +1,7 @@
 """What the Export station offers and reports, beside ``llmlab.export.plan`` (what goes into a bundle):
-which models can be exported (best held-out accuracy first), whether a parity check applies, a
-bundle's files with their hashes, and which of a running server's ``/metrics`` series to show.
+which models can be exported (best held-out accuracy first), which adapters can ride on a GGUF base,
+whether a parity check applies, a bundle's files with their hashes and the model names it serves, and
+which of a running server's ``/metrics`` series to show.
 
 ```python
 from llmlab.export.choices import exportable, server_metric_rows
@@ -49,6 +50,27 @@ def exportable(store: Store) -> list[Artifact]:
         return (-(acc if acc is not None else -1.0), a.name)
 
     return sorted(arts, key=rank)
+
+
+def adapters_for(base: Artifact, store: Store) -> list[str]:
+    """Adapters a bundle of the GGUF ``base`` can hold: gguf-adapters converted for it, and peft adapters
+    of the model it was made from (the export converts those)."""
+    if base.kind != "gguf":
+        return []
+    source = next((p.content_hash for p in base.manifest.parents if p.role == "source"), None)
+    out = []
+    for a in store.list():
+        want = next((p.content_hash for p in a.manifest.parents if p.role == "base"), None)
+        if (a.kind == "gguf-adapter" and want == base.content_hash) or \
+                (a.kind == "adapter" and source is not None and want == source):
+            out.append(a.name)
+    return sorted(out)
+
+
+def served_names(bundle: Artifact) -> list[str]:
+    """The model names a bundle's server answers to: the bundle, then ``bundle:adapter`` for each adapter."""
+    adapters = (bundle.manifest.info.get("model") or {}).get("adapters") or {}
+    return [bundle.name, *(f"{bundle.name}:{a}" for a in adapters)]
 
 
 def parity_applies(art: Artifact) -> bool:

@@ -8,14 +8,27 @@ transformers renders it (same Jinja sandbox and options), so a prompt is the sam
 engines. ``self.llm`` is the ``llama_cpp.Llama`` for callers that want llama-cpp-python's own API.
 ``lora_path`` (and ``lora_scale``) applies a GGUF LoRA adapter on top of the model without merging
 (a ``gguf-adapter`` artifact loads this way: ``llmlab.quantize.adapter``).
+
+One loaded base can hold several adapters and switch between them without reloading (a server
+choosing the adapter per request)::
+
+    m.add_adapter("reader", "reader.gguf"); m.add_adapter("poet", "poet.gguf")
+    with m.adapter("poet"):        # None: the base alone
+        m.chat(messages)
+
+Adapters are applied by llama.cpp at run time on top of the memory-mapped base, so N adapters
+cost their own (small) tensors, not N copies of the model. A switch clears the KV cache: keys and
+values computed under one adapter are never reused under another.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import weakref
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,11 +36,22 @@ import numpy as np
 
 from llmlab import settings
 from llmlab.errors import ConfigError, MissingExtraError
-from llmlab.formats.gguf import read_header
+from llmlab.formats.gguf import read_header, tensor_shapes
 from llmlab.noise import quiet_llama_cpp
 from llmlab.runtime.base import MB, Message, Model, check_memory
 
 DEFAULT_MAX_CTX = 4096  # cap on the context when the model's own is larger (KV memory grows with it)
+LORA = "lora"  # the name ``lora_path``'s adapter gets among the model's adapters
+
+
+@dataclass(frozen=True)
+class LoadedAdapter:
+    """A GGUF LoRA adapter loaded into llama.cpp beside its base (freed with the base model)."""
+
+    name: str
+    path: Path
+    scale: float
+    handle: Any  # llama_adapter_lora_p
 
 
 @functools.lru_cache(maxsize=8)
@@ -85,16 +109,7 @@ class LlamaCppModel(Model):
         if header.get("type") == "adapter":
             raise ConfigError(f"'{path.name}' is a LoRA adapter, not a model.",
                               "Load its base model with lora_path= this file, or load the gguf-adapter artifact.")
-        lora_bytes = 0
-        if lora_path is not None:
-            lora = read_header(lora_path)
-            if lora.get("type") != "adapter":
-                raise ConfigError(f"'{Path(lora_path).name}' is not a LoRA adapter (its general.type is "
-                                  f"'{lora.get('type')}').", "Give a GGUF adapter (llmlab gguf-adapter makes one).")
-            if lora["arch"] != header["arch"]:
-                raise ConfigError(f"The adapter '{Path(lora_path).name}' is for {lora['arch']} models, but "
-                                  f"'{path.name}' is {header['arch']}.", "Use the adapter's own base model.")
-            lora_bytes = lora["size_bytes"]
+        lora_bytes = 0 if lora_path is None else self._adapter_header(Path(lora_path), header)["size_bytes"]
         meta = header["metadata"]
         arch = header["arch"]
         train_ctx = int(meta.get(f"{arch}.context_length") or DEFAULT_MAX_CTX)
@@ -105,7 +120,7 @@ class LlamaCppModel(Model):
         kv_heads = int(meta.get(f"{arch}.attention.head_count_kv") or heads)
         width = int(meta.get(f"{arch}.embedding_length") or 0)
         kv = 2 * 2 * ctx * layers * kv_heads * (width // max(heads, 1))
-        # with an adapter llama-cpp-python reads the file into memory instead of mapping it
+        # the base file stays mapped (llama.cpp applies adapters at run time, see add_adapter)
         check_memory(header["size_bytes"] + lora_bytes + kv + 100 * MB, f"'{path.name}'")
 
         gpu = n_gpu_layers if n_gpu_layers is not None else (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
@@ -114,10 +129,10 @@ class LlamaCppModel(Model):
             model_path=str(path), n_ctx=ctx, n_batch=self._n_batch, n_ubatch=self._n_batch,
             n_threads=settings.threads(), n_threads_batch=settings.threads(), n_gpu_layers=gpu,
             logits_all=False, verbose=False,
-            lora_path=None if lora_path is None else str(lora_path), lora_scale=lora_scale,
         )
-        self.lora_path = None if lora_path is None else Path(lora_path)
-        self.lora_scale = lora_scale
+        self._adapters: dict[str, LoadedAdapter] = {}
+        self._active: str | None = None
+        self._base_shapes: dict[str, list[int]] | None = None
         self.device = "gpu" if gpu else "cpu"
         self._vocab = llama_cpp.llama_model_get_vocab(self.llm.model)
         self._n_ctx = self.llm.n_ctx()
@@ -135,6 +150,89 @@ class LlamaCppModel(Model):
         self._template = self.llm.metadata.get("tokenizer.chat_template")
         self._add_bos = bool(llama_cpp.llama_vocab_get_add_bos(self._vocab))
         self._header = header
+        # llama-cpp-python's own lora_path would read the whole base into memory (no mmap): the
+        # adapter is loaded as one of the model's adapters instead
+        self.lora_path = None if lora_path is None else Path(lora_path)
+        self.lora_scale = lora_scale
+        if self.lora_path is not None:
+            self.add_adapter(LORA, self.lora_path, lora_scale)
+            self.use_adapter(LORA)
+
+    # ----- adapters -----
+    def _adapter_header(self, path: Path, base: dict[str, Any]) -> dict[str, Any]:
+        """The header of a GGUF LoRA adapter for this base (ConfigError naming both when it is not)."""
+        lora = read_header(path)
+        if lora.get("type") != "adapter":
+            raise ConfigError(f"'{path.name}' is not a LoRA adapter (its general.type is "
+                              f"'{lora.get('type')}').", "Give a GGUF adapter (llmlab gguf-adapter makes one).")
+        if lora["arch"] != base["arch"]:
+            raise ConfigError(f"The adapter '{path.name}' is for {lora['arch']} models, but "
+                              f"'{self.path.name}' is {base['arch']}.", "Use the adapter's own base model.")
+        return lora
+
+    def add_adapter(self, name: str, path: str | Path, scale: float = 1.0) -> None:
+        """Load the GGUF LoRA adapter ``path`` as ``name`` beside the base (inactive until ``use_adapter``).
+        Refused before llama.cpp reads it when its architecture or a tensor shape does not fit the base."""
+        path = Path(path)
+        if name in self._adapters:
+            raise ConfigError(f"'{self.path.name}' already holds an adapter named '{name}'.",
+                              "Give each adapter its own name.")
+        lora = self._adapter_header(path, self._header)
+        if self._base_shapes is None:
+            self._base_shapes = tensor_shapes(self.path)
+        for tensor, shape in tensor_shapes(path).items():
+            target, _, part = tensor.rpartition(".")
+            dim = {"lora_a": 0, "lora_b": 1}.get(part)  # A: [in, r], B: [r, out] against the base's [in, out]
+            if dim is None:
+                continue
+            base_shape = self._base_shapes.get(target)
+            if base_shape is None or shape[dim] != base_shape[dim]:
+                raise ConfigError(f"The adapter '{path.name}' does not fit '{self.path.name}': its '{tensor}' "
+                                  f"{shape} has no matching base tensor ({target}: {base_shape}).",
+                                  "Serve each adapter with the base GGUF it was converted for.")
+        check_memory(lora["size_bytes"] + 16 * MB, f"the adapter '{path.name}'")
+        handle = self._ll.llama_adapter_lora_init(self.llm.model, str(path).encode("utf-8"))
+        if not handle:
+            raise ConfigError(f"llama.cpp could not load the adapter '{path.name}' on '{self.path.name}'.",
+                              "Convert the adapter again for this base (llmlab gguf-adapter --base ...).")
+        self._adapters[name] = LoadedAdapter(name, path, scale, handle)
+
+    @property
+    def adapters(self) -> list[str]:
+        """Names of the adapters loaded beside the base."""
+        return list(self._adapters)
+
+    @property
+    def active_adapter(self) -> str | None:
+        return self._active
+
+    def use_adapter(self, name: str | None) -> None:
+        """Make ``name`` the active adapter (None: the base alone) for what runs next."""
+        with self._lock:
+            if name == self._active:
+                return
+            ll = self._ll
+            if name is None:
+                rc = ll.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
+            else:
+                if name not in self._adapters:
+                    raise ConfigError(f"'{self.path.name}' holds no adapter named '{name}'.",
+                                      f"Use one of: {', '.join(self._adapters) or '(none loaded)'}.")
+                a = self._adapters[name]
+                rc = ll.llama_set_adapters_lora(self.llm.ctx, (ll.llama_adapter_lora_p_ctypes * 1)(a.handle), 1,
+                                                (ctypes.c_float * 1)(a.scale))
+            if rc != 0:
+                raise RuntimeError(f"llama.cpp could not switch '{self.path.name}' to the adapter {name!r}.")
+            self._reset()  # the KV cache was computed under the other adapter
+            self._active = name
+
+    @contextlib.contextmanager
+    def adapter(self, name: str | None) -> Iterator[LlamaCppModel]:
+        """The model with adapter ``name`` active (None: the base alone), held for the block so no other
+        thread switches it meanwhile."""
+        with self._lock:
+            self.use_adapter(name)
+            yield self
 
     # ----- tokens and templates -----
     def tokenize(self, text: str, add_special: bool = False) -> list[int]:
@@ -192,6 +290,8 @@ class LlamaCppModel(Model):
             "n_params": int(self._ll.llama_model_n_params(self.llm.model)), "device": self.device,
             "size_bytes": self._header["size_bytes"], "file_type": self._header["file_type"],
             **({"lora_path": str(self.lora_path), "lora_scale": self.lora_scale} if self.lora_path else {}),
+            **({"adapters": {n: str(a.path) for n, a in self._adapters.items()}, "active_adapter": self._active}
+               if self._adapters else {}),
         }
 
     # ----- decoding -----

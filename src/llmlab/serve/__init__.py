@@ -12,7 +12,8 @@ Endpoints: ``/v1/chat/completions`` and ``/v1/completions`` (streaming as server
 ``/v1/models``, ``/health``, ``/metrics`` (Prometheus text). It binds 127.0.0.1 unless told
 otherwise and refuses a wider bind without an API key; request size, ``max_tokens`` and the queue
 are bounded (429 when full); every request is one line in a JSONL log. A bundle is checked
-against its sha256s before anything in it is opened. Modules: ``config`` (options, host check),
+against its sha256s before anything in it is opened. A bundle holding several LoRA adapters loads
+its base once and answers ``<bundle>:<adapter>`` with that adapter, switched per request. Modules: ``config`` (options, host check),
 ``app`` (endpoints, queue), ``generation`` (grammar, logprobs, cancel), ``protocol`` (OpenAI
 format, tool calls), ``metrics``, ``requestlog``.
 """

@@ -6,6 +6,9 @@ One model has one KV cache, so one request generates at a time; up to ``max_queu
 or not) stops its generation at the next token (status 499). Every request first passes the checks of
 ``guards`` (Host and Origin headers, JSON nesting depth).
 
+A bundle with several GGUF adapters loads its base once: each request's ``model`` picks one
+(``bundle`` for the base, ``bundle:adapter`` for an adapter), switched per request without reloading.
+
 This module imports FastAPI at the top (route annotations must resolve): import it lazily.
 """
 
@@ -52,10 +55,15 @@ class Served:
     agent: Any = None  # an llmlab.agents.Agent answering as the model name ``agent_name``
     agent_name: str | None = None
     embedder: Any = None  # a bundle's ONNX embedder, answering /v1/embeddings as its own name
+    adapters: dict[str, str] = field(default_factory=dict)  # served name ("bundle:reader") -> adapter name
 
     @property
     def names(self) -> list[str]:
-        return [self.name] + ([self.agent_name] if self.agent_name else [])
+        return [self.name, *self.adapters] + ([self.agent_name] if self.agent_name else [])
+
+    def adapter_of(self, model: str) -> str | None:
+        """The adapter a request for ``model`` runs with (None: the base)."""
+        return self.adapters.get(model)
 
 
 def load_served(config: ServeConfig) -> Served:
@@ -79,8 +87,16 @@ def load_served(config: ServeConfig) -> Served:
                               "GGUF bundles.", f"Serve it with the bundle's vLLM command: {spec.get('vllm', '')}")
         if model_spec.get("adapter"):
             opts["lora_path"] = src / model_spec["adapter"]
+        adapters = _bundle_adapters(src, spec)  # checked against the base before anything is loaded
         model = load(src / model_spec["file"], **opts)
-        served = Served(model, config.model_name or spec["name"], src, spec)
+        name = config.model_name or spec["name"]
+        served = Served(model, name, src, spec, adapters={f"{name}:{a}": a for a in adapters})
+        try:
+            for a, file in adapters.items():
+                model.add_adapter(a, file)  # type: ignore[attr-defined]
+        except BaseException:
+            model.close()
+            raise
         if "index" in spec:
             from llmlab.serve.bundle import open_rag
 
@@ -92,6 +108,24 @@ def load_served(config: ServeConfig) -> Served:
     model = load(config.source, **opts)
     name = config.model_name or (model.artifact.name if model.artifact is not None else src.stem)
     return Served(model, name)
+
+
+def _bundle_adapters(bundle: Path, spec: dict[str, Any]) -> dict[str, Path]:
+    """{name: file} of a bundle's adapters; one made for another base than the bundle's is refused,
+    naming both."""
+    model_spec = spec["model"]
+    adapters = model_spec.get("adapters") or {}
+    if adapters and "index" in spec:
+        raise ConfigError(f"The bundle '{bundle.name}' holds an index and several adapters; llmlab serve runs "
+                          "one or the other.", "Export the agent's bundle and the adapters' bundle separately.")
+    base = model_spec.get("base") or {}
+    for name, a in adapters.items():
+        if a.get("base_hash") != base.get("content_hash"):
+            raise ConfigError(f"The adapter '{name}' of the bundle '{bundle.name}' was made for "
+                              f"'{a.get('base')}' ({str(a.get('base_hash'))[:12]}), but the bundle's base is "
+                              f"'{base.get('name')}' ({str(base.get('content_hash'))[:12]}).",
+                              "Export the bundle again with adapters converted for its base.")
+    return {name: bundle / a["file"] for name, a in adapters.items()}
 
 
 def _agent_served(name: str, store: Any) -> Served:
@@ -137,11 +171,13 @@ class _State:
 
     def record(self, endpoint: str, status: int, t0: float, gen: Generation | None = None, *,
                error: str | None = None, stream: bool = False, prompt: str | list | None = None,
-               completion: str | None = None) -> None:
+               completion: str | None = None, model: str | None = None) -> None:
+        """Count and log one request; ``model``: the served name it asked for (counted per model)."""
         seconds = time.perf_counter() - t0
         pt, ct = (gen.prompt_tokens, gen.completion_tokens) if gen else (0, 0)
-        self.metrics.observe(endpoint, status, seconds, pt, ct, error)
-        rec: dict[str, Any] = {"time": round(time.time(), 3), "endpoint": endpoint, "model": self.served.name,
+        self.metrics.observe(endpoint, status, seconds, pt, ct, error, model=model)
+        rec: dict[str, Any] = {"time": round(time.time(), 3), "endpoint": endpoint,
+                               "model": model or self.served.name,
                                "status": status, "latency_ms": round(seconds * 1000, 1), "stream": stream,
                                "prompt_tokens": pt, "completion_tokens": ct,
                                "finish_reason": gen.finish_reason if gen else None, "error": error}
@@ -208,6 +244,10 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             where = ".".join(str(x) for x in err["loc"])
             raise ApiError(400, f"'{where}': {err['msg']}.", code="invalid_value") from None
         names = served.names if names is None else names
+        if req.model not in names and req.model.startswith(f"{served.name}:") and served.adapters:
+            raise ApiError(404, f"The bundle '{served.name}' holds no adapter "
+                           f"'{req.model[len(served.name) + 1:]}'; it holds "
+                           f"{', '.join(repr(a) for a in served.adapters.values())}.", code="model_not_found")
         if req.model not in names:
             raise ApiError(404, f"The model '{req.model}' does not exist here; this server serves "
                            f"{', '.join(repr(n) for n in names) or 'no such model'} on this endpoint.",
@@ -226,7 +266,8 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         params = SamplingParams(temperature=req.temperature, top_p=req.top_p, top_k=req.top_k, seed=req.seed,
                                 repetition_penalty=req.repetition_penalty, stop=req.stops(),
                                 max_tokens=wanted or min(config.max_tokens, room))
-        return Generation(model, prompt, params, add_special=add_special, ignore_eos=req.ignore_eos, **gen_kw)
+        return Generation(model, prompt, params, add_special=add_special, ignore_eos=req.ignore_eos,
+                          selects_adapter=bool(served.adapters), adapter=served.adapter_of(req.model), **gen_kw)
 
     async def watch(request: Request, gen: Generation) -> None:
         """Cancel ``gen`` (at its next token) once the client of a plain request has gone away."""
@@ -235,9 +276,9 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         gen.cancel.set()
 
     async def run(request: Request, endpoint: str, t0: float, gen: Generation, stream: bool, chunk: Any,
-                  final: Any, include_usage: bool = False, logged: Any = None) -> Any:
+                  final: Any, include_usage: bool = False, logged: Any = None, name: str | None = None) -> Any:
         """Generate (queued) and answer in one body or as server-sent events; ``logged``: the prompt as logged
-        (a chat's messages; default the prompt text)."""
+        (a chat's messages; default the prompt text); ``name``: the model (or adapter) the request asked for."""
         logged = gen.prompt if logged is None else logged
         await state.acquire()
         if not stream:
@@ -245,16 +286,17 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             try:
                 text = await asyncio.to_thread(gen.text)
             except LlmlabError as e:
-                state.record(endpoint, 400, t0, gen, error="invalid_request")
+                state.record(endpoint, 400, t0, gen, error="invalid_request", model=name)
                 return JSONResponse(P.error_body(e.message, "invalid_request_error"), status_code=400)
             finally:
                 watcher.cancel()
                 state.release()
             if gen.finish_reason == "cancelled":  # nobody reads the answer: logged and counted as 499
-                state.record(endpoint, 499, t0, gen, error="client_disconnected", prompt=logged, completion=text)
+                state.record(endpoint, 499, t0, gen, error="client_disconnected", prompt=logged, completion=text,
+                             model=name)
                 return Response(status_code=499)
             body = final(gen, text)
-            state.record(endpoint, 200, t0, gen, prompt=logged, completion=text)  # logged before answered
+            state.record(endpoint, 200, t0, gen, prompt=logged, completion=text, model=name)  # before answered
             return JSONResponse(body)
 
         loop = asyncio.get_running_loop()
@@ -280,7 +322,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             if gen.finish_reason == "cancelled":
                 done.update(status=499, error="client_disconnected")
             state.record(endpoint, done["status"], t0, gen, error=done["error"], stream=True, prompt=logged,
-                         completion=done["text"])
+                         completion=done["text"], model=name)
 
         worker = loop.run_in_executor(None, work)
         # also when the response never starts or stops early (client gone): the slot is always freed
@@ -369,17 +411,17 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
                 message["tool_calls"] = calls
             choice = {"index": 0, "message": message, "finish_reason": "tool_calls" if calls else g.finish_reason,
                       "logprobs": P.chat_logprobs(g, g.tokens) if req.logprobs else None}
-            return P.envelope("chat.completion", rid, served.name, [choice], usage=P.usage(g))
+            return P.envelope("chat.completion", rid, req.model, [choice], usage=P.usage(g))
 
         def chunk(g: Generation, piece: str | None, tokens: list, finish: str | None) -> dict[str, Any]:
             delta: dict[str, Any] = {"role": "assistant", "content": ""} if piece is None and finish is None \
                 else ({"content": piece} if piece is not None else {})
             choice = {"index": 0, "delta": delta, "finish_reason": finish,
                       "logprobs": P.chat_logprobs(g, tokens) if req.logprobs and tokens else None}
-            return P.envelope("chat.completion.chunk", rid, served.name, [choice])
+            return P.envelope("chat.completion.chunk", rid, req.model, [choice])
 
         return await run(request, "chat", t0, gen, req.stream, chunk, final,
-                         bool((req.stream_options or {}).get("include_usage")), logged=messages)
+                         bool((req.stream_options or {}).get("include_usage")), logged=messages, name=req.model)
 
     async def completions_work(request: Request, t0: float) -> Any:
         req: P.CompletionRequest = await read(request, P.CompletionRequest)
@@ -395,14 +437,14 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             return {"index": 0, "text": text, "logprobs": lp, "finish_reason": finish}
 
         def final(g: Generation, text: str) -> dict[str, Any]:
-            return P.envelope("text_completion", rid, served.name, [choice(g, text, g.tokens, g.finish_reason)],
+            return P.envelope("text_completion", rid, req.model, [choice(g, text, g.tokens, g.finish_reason)],
                               usage=P.usage(g))
 
         def chunk(g: Generation, piece: str | None, tokens: list, finish: str | None) -> dict[str, Any]:
-            return P.envelope("text_completion", rid, served.name, [choice(g, piece or "", tokens, finish)])
+            return P.envelope("text_completion", rid, req.model, [choice(g, piece or "", tokens, finish)])
 
         return await run(request, "completions", t0, gen, req.stream, chunk, final,
-                         bool((req.stream_options or {}).get("include_usage")))
+                         bool((req.stream_options or {}).get("include_usage")), name=req.model)
 
     async def template_work(request: Request, t0: float) -> Any:
         req: P.ChatRequest = await read(request, P.ChatRequest)
@@ -452,7 +494,9 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         except ApiError as e:
             return fail("models", time.perf_counter(), e)
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "llmlab", "n_ctx": model.n_ctx,
-                 "agent": n == served.agent_name} for n in served.names]
+                 "agent": n == served.agent_name, **({"adapter": served.adapter_of(n), "parent": served.name}
+                                                     if served.adapters and n != served.agent_name else {})}
+                for n in served.names]
         if served.embedder is not None:
             data.append({"id": served.embedder.name, "object": "model", "created": 0, "owned_by": "llmlab",
                          "embedding": True, "dim": served.embedder.dim})
@@ -513,9 +557,10 @@ def _uvicorn(app: Any, config: ServeConfig) -> Any:
 def serve(config: ServeConfig) -> None:
     """Run the server in the foreground until interrupted (``llmlab serve``)."""
     app = create_app(config)
-    name = app.state.llmlab.served.name
-    print(f"serving '{name}' on http://{config.host}:{config.port}/v1 (log: {app.state.llmlab.log.path})",
-          flush=True)
+    served = app.state.llmlab.served
+    adapters = f" with the adapters {', '.join(repr(n) for n in served.adapters)}" if served.adapters else ""
+    print(f"serving '{served.name}'{adapters} on http://{config.host}:{config.port}/v1 "
+          f"(log: {app.state.llmlab.log.path})", flush=True)
     _uvicorn(app, config).run()
 
 

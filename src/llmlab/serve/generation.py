@@ -9,6 +9,7 @@ Sampling itself is the runtime's ``sample_token``, so greedy output equals ``Mod
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import threading
@@ -42,6 +43,9 @@ class Generation:
     ignore_eos: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    # a model holding several adapters runs with ``adapter`` (None: the base) for the whole generation
+    selects_adapter: bool = False
+    adapter: str | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     tokens: list[TokenInfo] = field(default_factory=list)  # filled when ``logprobs``
     prompt_tokens: int = 0
@@ -70,7 +74,8 @@ class Generation:
         rng = np.random.default_rng(params.seed)
         history = list(ids)
         try:
-            with m.decoding(ids) as decoder:
+            scope = m.adapter(self.adapter) if self.selects_adapter else contextlib.nullcontext()  # type: ignore
+            with scope, m.decoding(ids) as decoder:
                 for i in range(params.max_tokens):
                     logits = decoder.logits
                     if self.cancel.is_set():

@@ -1,7 +1,9 @@
 """Server metrics in the Prometheus text format (``GET /metrics``), without a client library.
 
 Counters: requests by endpoint and status, prompt/completion tokens, errors by type; a latency
-histogram per endpoint; gauges for the queue depth and requests generating now.
+histogram per endpoint; gauges for the queue depth and requests generating now. Generation requests
+are also counted per served model name (``model`` label: ``bundle`` or ``bundle:adapter``), so a server
+holding several adapters shows requests and tokens per adapter.
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ class Metrics:
         self.tokens: dict[str, int] = defaultdict(int)
         self.hist: dict[str, list[int]] = {}
         self.hist_sum: dict[str, float] = defaultdict(float)
+        self.model_requests: dict[tuple[str, int], int] = defaultdict(int)
+        self.model_tokens: dict[tuple[str, str], int] = defaultdict(int)
         self.queue_depth = 0
         self.active = 0
 
     def observe(self, endpoint: str, status: int, seconds: float, prompt_tokens: int = 0,
-                completion_tokens: int = 0, error: str | None = None) -> None:
+                completion_tokens: int = 0, error: str | None = None, model: str | None = None) -> None:
         with self._lock:
+            if model is not None:
+                self.model_requests[(model, status)] += 1
+                self.model_tokens[(model, "prompt")] += prompt_tokens
+                self.model_tokens[(model, "completion")] += completion_tokens
             self.requests[(endpoint, status)] += 1
             counts = self.hist.setdefault(endpoint, [0] * len(BUCKETS))
             for i, b in enumerate(BUCKETS):
@@ -62,6 +70,14 @@ class Metrics:
             out += ["# HELP llmlab_tokens_total Tokens processed, by type (prompt, completion).",
                     "# TYPE llmlab_tokens_total counter"]
             out += [f"llmlab_tokens_total{_labels(type=t)} {self.tokens[t]}" for t in ("prompt", "completion")]
+            out += [("# HELP llmlab_model_requests_total Generation requests, by served model (bundle or "
+                     "bundle:adapter) and HTTP status."), "# TYPE llmlab_model_requests_total counter"]
+            out += [f"llmlab_model_requests_total{_labels(model=m, status=str(s))} {n}"
+                    for (m, s), n in sorted(self.model_requests.items())]
+            out += ["# HELP llmlab_model_tokens_total Tokens processed, by served model and type.",
+                    "# TYPE llmlab_model_tokens_total counter"]
+            out += [f"llmlab_model_tokens_total{_labels(model=m, type=t)} {n}"
+                    for (m, t), n in sorted(self.model_tokens.items())]
             out += ["# HELP llmlab_errors_total Failed requests, by error type.", "# TYPE llmlab_errors_total counter"]
             out += [f"llmlab_errors_total{_labels(type=t)} {n}" for t, n in sorted(self.errors.items())]
             out += ["# HELP llmlab_queue_depth Requests waiting for the model.", "# TYPE llmlab_queue_depth gauge",

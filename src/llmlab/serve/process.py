@@ -97,6 +97,20 @@ def server_of(name: str, store: Store) -> dict[str, Any] | None:
     return next((s for s in running_servers(store) if s["name"] == name), None)
 
 
+def served_adapters(store: Store) -> dict[str, str]:
+    """{model name: server URL} of the running bundle servers that hold several adapters: the bundle
+    (its base) and ``bundle:adapter`` for each adapter, as their server answers to them."""
+    out = {}
+    for s in running_servers(store):
+        if not store.exists(s["name"]):
+            continue
+        art = store.get(s["name"])
+        adapters = (art.manifest.info.get("model") or {}).get("adapters") or {} if art.kind == "bundle" else {}
+        if adapters:
+            out.update({n: s["url"] for n in [art.name, *(f"{art.name}:{a}" for a in adapters)]})
+    return out
+
+
 def start(name: str, *, store: Store, port: int | None = None, log_prompts: bool = True,
           timeout: float = 120) -> dict[str, Any]:
     """Start ``llmlab serve NAME`` (a bundle artifact is served from its folder) and wait until it answers."""

@@ -1,0 +1,270 @@
+"""One server for many adapters: a micro GGUF base and two LoRA adapters in one bundle, served over
+real HTTP, switched per request; each adapter answers as its merged model; bad adapters are refused.
+
+The module's store (micro, micro-f16, two random LoRA adapters, one converted, the exported bundle)
+is built once.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+pytest.importorskip("peft")
+pytest.importorskip("llama_cpp")
+
+from llmlab.errors import ConfigError  # noqa: E402
+from llmlab.export import ExportConfig, export  # noqa: E402
+from llmlab.quantize.adapter import GGUFAdapterConfig, convert_adapter  # noqa: E402
+from llmlab.runtime import SamplingParams, load  # noqa: E402
+from llmlab.serve import ServeConfig, running  # noqa: E402
+from llmlab.serve.metrics import parse  # noqa: E402
+from llmlab.store import Parent, Store  # noqa: E402
+
+BUNDLE = "multi"
+ASK = [{"role": "user", "content": "Where does Ada live?"}]
+PROMPT = "In the town of"  # micro's base and both adapters continue it three different ways
+GREEDY = SamplingParams.greedy(12)
+
+
+def _lora(store: Store, name: str, micro_model_dir: Path, folder: Path, seed: int) -> None:
+    """A random rank-8 LoRA on every linear layer of micro, as the Tune station would store it."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(micro_model_dir, dtype=torch.float32)
+    cfg = LoraConfig(r=8, lora_alpha=16, init_lora_weights=False, task_type="CAUSAL_LM",
+                     target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    peft_model = get_peft_model(model, cfg)
+    with torch.no_grad():  # moderate: the adapter changes answers without wrecking them
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.mul_(0.05)
+    peft_model.save_pretrained(folder)
+    AutoTokenizer.from_pretrained(micro_model_dir).save_pretrained(folder)
+    with store.write(name, "adapter") as w:
+        for f in folder.iterdir():
+            shutil.copy(f, w.path / f.name)
+        base = store.get("micro")
+        w.parents = [Parent(name="micro", content_hash=base.content_hash, role="base")]
+
+
+def _gguf(store: Store, name: str, file: Path, source: str) -> None:
+    with store.write(name, "gguf") as w:
+        shutil.copy(file, w.path / f"{name}.gguf")
+        src = store.get(source)
+        w.parents = [Parent(name=source, content_hash=src.content_hash, role="source")]
+
+
+@pytest.fixture(scope="module")
+def multi(tmp_path_factory: pytest.TempPathFactory, micro_model_dir: Path, micro_gguf) -> Store:
+    """micro, micro-f16 (with lineage), lora-a (peft) and lora-b (peft, converted to lora-b-gguf), and the
+    bundle ``multi``: micro-f16 with the adapters lora-a (converted by the export) and lora-b-gguf."""
+    tmp = tmp_path_factory.mktemp("multi-adapter")
+    store = Store(tmp / "models")
+    store.add(micro_model_dir, "micro")
+    _gguf(store, "micro-f16", micro_gguf("f16"), "micro")
+    _lora(store, "lora-a", micro_model_dir, tmp / "a", seed=1)
+    _lora(store, "lora-b", micro_model_dir, tmp / "b", seed=2)
+    convert_adapter(GGUFAdapterConfig(adapter="lora-b", base="micro-f16"), store=store)
+    export(ExportConfig(model="micro-f16", adapters=["lora-a", "lora-b-gguf"], name=BUNDLE, tarball=False),
+           store=store)
+    return store
+
+
+@pytest.fixture(scope="module")
+def server(multi: Store, tmp_path_factory: pytest.TempPathFactory):
+    log = tmp_path_factory.mktemp("multi-serve") / "requests.jsonl"
+    config = ServeConfig(source=str(multi.get(BUNDLE).path), port=0, log_path=str(log), log_fsync=False)
+    with running(config) as url, httpx.Client(base_url=url, timeout=60) as client:
+        yield client
+
+
+def _chat(client, model: str) -> httpx.Response:
+    return client.post("/v1/chat/completions", json={"model": model, "messages": ASK, "temperature": 0,
+                                                      "max_tokens": GREEDY.max_tokens})
+
+
+def _complete(client, model: str, **kw: object) -> httpx.Response:
+    return client.post("/v1/completions", json={"model": model, "prompt": PROMPT, "temperature": 0,
+                                                 "max_tokens": GREEDY.max_tokens, **kw})
+
+
+def test_export_holds_every_adapter_with_parity(multi: Store) -> None:
+    bundle = multi.get(BUNDLE)
+    spec = json.loads((bundle.path / "bundle.json").read_text())
+    adapters = spec["model"]["adapters"]
+    assert set(adapters) == {"lora-a", "lora-b-gguf"}
+    assert adapters["lora-a"]["artifact"] == "lora-a-gguf"  # the peft adapter, converted for the base
+    base = multi.get("micro-f16")
+    assert spec["model"]["base"] == {"name": "micro-f16", "content_hash": base.content_hash}
+    assert {a["base_hash"] for a in adapters.values()} == {base.content_hash}
+    assert {f"model/adapters/{a}.gguf" for a in adapters} <= set(bundle.manifest.files)
+    roles = [(p.role, p.name) for p in bundle.manifest.parents]
+    assert ("adapter", "lora-a-gguf") in roles and ("adapter", "lora-b-gguf") in roles
+    parity = bundle.metrics["parity"]
+    assert parity["ok"] and parity["mode"] == "exact" and set(parity["adapters"]) == {"lora-a", "lora-b-gguf"}
+    assert all(a["max_logprob_diff"] <= parity["tolerance"] for a in parity["adapters"].values())
+    assert "multi:lora-a" in (bundle.path / "README.md").read_text()
+
+
+def test_per_request_switching_answers_as_each_merged_model(server, multi: Store) -> None:
+    with load("micro", store=multi) as base, load("lora-a", store=multi) as merged_a, \
+            load("lora-b", store=multi) as merged_b:
+        want = {BUNDLE: base.complete(PROMPT, GREEDY), f"{BUNDLE}:lora-a": merged_a.complete(PROMPT, GREEDY),
+                f"{BUNDLE}:lora-b-gguf": merged_b.complete(PROMPT, GREEDY)}
+    assert len(set(want.values())) == 3  # the adapters really change the answer
+    order = [f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-b-gguf", BUNDLE, f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-a",
+             BUNDLE, f"{BUNDLE}:lora-b-gguf"]
+    for model in order:  # every switch clears the KV cache: no answer depends on the one before
+        r = _complete(server, model)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == model
+        assert r.json()["choices"][0]["text"] == want[model], model
+    stream = _complete(server, f"{BUNDLE}:lora-b-gguf", stream=True)
+    pieces = [json.loads(line[6:]) for line in stream.text.splitlines()
+              if line.startswith("data: {")]
+    assert {p["model"] for p in pieces} == {f"{BUNDLE}:lora-b-gguf"}
+    assert "".join(p["choices"][0]["text"] for p in pieces) == want[f"{BUNDLE}:lora-b-gguf"]
+
+
+def test_models_lists_base_and_adapters(server) -> None:
+    data = server.get("/v1/models").json()["data"]
+    assert [d["id"] for d in data] == [BUNDLE, f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-b-gguf"]
+    assert [d.get("adapter") for d in data] == [None, "lora-a", "lora-b-gguf"]
+
+
+def test_unknown_adapter_is_404_in_openai_shape(server) -> None:
+    r = _chat(server, f"{BUNDLE}:nope")
+    assert r.status_code == 404
+    err = r.json()["error"]
+    assert err["code"] == "model_not_found" and err["type"] == "invalid_request_error"
+    assert "holds no adapter 'nope'" in err["message"] and "'lora-a'" in err["message"]
+
+
+def test_metrics_count_per_adapter(server) -> None:
+    before = parse(server.get("/metrics").text)
+    for model in (f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-a", BUNDLE):
+        assert _chat(server, model).status_code == 200
+    after = parse(server.get("/metrics").text)
+
+    def delta(key: str) -> float:
+        return after.get(key, 0) - before.get(key, 0)
+
+    assert delta(f'llmlab_model_requests_total{{model="{BUNDLE}:lora-a",status="200"}}') == 2
+    assert delta(f'llmlab_model_requests_total{{model="{BUNDLE}",status="200"}}') == 1
+    assert delta(f'llmlab_model_requests_total{{model="{BUNDLE}:lora-b-gguf",status="200"}}') == 0
+    assert delta(f'llmlab_model_tokens_total{{model="{BUNDLE}:lora-a",type="completion"}}') > 0
+
+
+def test_adapter_of_another_base_is_refused_naming_both(multi: Store, micro_gguf, tmp_path: Path) -> None:
+    from llmlab.runtime.adapters import load_with_adapters
+
+    if not multi.exists("other-f16"):  # the same file, made from another model: lineage differs
+        other = tmp_path / "other"
+        shutil.copytree(multi.get("micro").path, other, ignore=shutil.ignore_patterns("manifest.json"))
+        (other / "generation_config.json").write_text('{"max_length": 99}')
+        multi.add(other, "other")
+        _gguf(multi, "other-f16", micro_gguf("f16"), "other")
+    other_hash = multi.get("other-f16").content_hash[:12]
+    with pytest.raises(ConfigError, match=rf"'lora-b-gguf' was made for 'micro-f16' .*not for 'other-f16' "
+                                          rf"\({other_hash}\)"):
+        load_with_adapters("other-f16", {"b": "lora-b-gguf"}, store=multi)
+    before = sorted(a.name for a in multi.list())
+    with pytest.raises(ConfigError, match="made for 'micro-f16'.*not for 'other-f16'"):
+        export(ExportConfig(model="other-f16", adapters=["lora-b-gguf"], name="bad", parity=False), store=multi)
+    assert sorted(a.name for a in multi.list()) == before  # nothing written
+
+
+def test_bundle_adapter_for_another_base_is_refused(multi: Store, tmp_path: Path) -> None:
+    from llmlab.serve.app import load_served
+
+    bad = tmp_path / "bad"
+    shutil.copytree(multi.get(BUNDLE).path, bad)
+    spec = json.loads((bad / "bundle.json").read_text())
+    spec["model"]["adapters"]["lora-a"].update(base="other-f16", base_hash="f" * 64)
+    (bad / "bundle.json").write_text(json.dumps(spec))
+    with pytest.raises(ConfigError, match="'lora-a' of the bundle 'bad' was made for 'other-f16' \\(ffffffffffff\\), "
+                                          "but the bundle's base is 'micro-f16'"):
+        load_served(ServeConfig(source=str(bad), verify=False))
+
+
+def test_runtime_switches_and_refuses(multi: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    from llmlab.runtime import llamacpp
+    from llmlab.runtime.adapters import load_with_adapters
+
+    with load_with_adapters("micro-f16", {"b": "lora-b-gguf"}, store=multi) as m, \
+            load("lora-b-gguf", store=multi) as single:
+        assert m.adapters == ["b"] and m.active_adapter is None
+        plain = m.complete("Once upon a time", GREEDY)
+        with m.adapter("b"):
+            adapted = m.complete("Once upon a time", GREEDY)
+        assert adapted == single.complete("Once upon a time", GREEDY) != plain
+        with m.adapter(None):
+            assert m.complete("Once upon a time", GREEDY) == plain
+        with pytest.raises(ConfigError, match="holds no adapter named 'x'"):
+            m.use_adapter("x")
+        with pytest.raises(ConfigError, match="already holds an adapter named 'b'"):
+            m.add_adapter("b", multi.get("lora-b-gguf").file(".gguf"))
+        real = llamacpp.tensor_shapes
+        monkeypatch.setattr(llamacpp, "tensor_shapes", lambda p: {
+            k: ([v[0] * 2, v[1]] if k.endswith("lora_a") else v) for k, v in real(p).items()}
+            if Path(p).name == "adapter.gguf" else real(p))
+        with pytest.raises(ConfigError, match="does not fit 'micro-f16.gguf'"):
+            m.add_adapter("c", multi.get("lora-a-gguf").file(".gguf"))
+        assert m.adapters == ["b"]
+
+
+def test_export_page_picks_adapters(multi: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("streamlit")
+    from apptest import open_page, texts
+
+    from llmlab.export.choices import adapters_for, served_names
+
+    assert adapters_for(multi.get("micro-f16"), multi) == ["lora-a", "lora-a-gguf", "lora-b", "lora-b-gguf"]
+    assert adapters_for(multi.get("micro"), multi) == []  # adapters ride on a GGUF base only
+    assert served_names(multi.get(BUNDLE)) == [BUNDLE, f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-b-gguf"]
+    monkeypatch.setenv("LLMLAB_HOME", str(multi.root))
+    at = open_page("views/export.py")
+    at.selectbox(key="export:model").set_value("micro-f16").run()
+    at.multiselect(key="export:adapters:micro-f16").set_value(["lora-a", "lora-b-gguf"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    plan = at.dataframe[0].value
+    assert "model/adapters/*.gguf" in list(plan["file"]) and "2 LoRA adapters" in " ".join(plan["what"])
+    at.selectbox(key="export:bundle").set_value(BUNDLE).run()
+    assert "**Parity** (exact): ok" in texts(at) and "2 adapters" in texts(at)
+
+
+def test_arena_compares_adapters_of_a_served_bundle(multi: Store, server, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("streamlit")
+    from apptest import open_page
+
+    import llmlab.serve.process
+
+    url = str(server.base_url).rstrip("/")
+    served = {n: url for n in (BUNDLE, f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-b-gguf")}
+    monkeypatch.setattr(llmlab.serve.process, "served_adapters", lambda store: served)
+    monkeypatch.setenv("LLMLAB_HOME", str(multi.root))
+    before = parse(server.get("/metrics").text)
+    at = open_page("views/arena.py")
+    assert set(served) <= set(at.multiselect(key="arena:variants").options)
+    at.multiselect(key="arena:variants").set_value([f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-b-gguf"])
+    at.toggle(key="arena:blind").set_value(False)
+    at.number_input(key="arena:n").set_value(4)
+    at.chat_input(key="arena:prompt").set_value("Where does Ada live?").run()
+    assert not at.exception, [e.value for e in at.exception]
+    after = parse(server.get("/metrics").text)
+    for model in (f"{BUNDLE}:lora-a", f"{BUNDLE}:lora-b-gguf"):  # each answered by the one server
+        key = f'llmlab_model_requests_total{{model="{model}",status="200"}}'
+        assert after.get(key, 0) - before.get(key, 0) == 1
+    at.button(key=f"arena:vote:{BUNDLE}:lora-a").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [e.value for e in at.error] == [] and [w.value for w in at.warning] == []
+    assert [s.value for s in at.success] == [f"Your vote: {BUNDLE}:lora-a is better."]
