@@ -1,14 +1,17 @@
-"""Serve throughput: `llmlab serve` against `python -m llama_cpp.server` on the same Q4_K_M GGUF.
+"""Serve throughput: `llmlab serve` against `python -m llama_cpp.server` and llama.cpp's own `llama-server`.
 
-Usage: python benchmarks/serve.py --gguf PATH [--threads 1] [--tokens 32]
+Usage: python benchmarks/serve.py --gguf PATH [--threads 1] [--tokens 32] [--llama-server PATH] [--parallel 4]
        (make the GGUF with `llmlab quantize demo --types '[q4_k_m]'`; default: $LLMLAB_HOME/demo-q4_k_m)
 Writes benchmarks/results/serve.json: ``runs`` ({server, concurrency, req_s, tok_s, ttft_ms_p50,
 latency_ms_p95, errors}) at concurrency 1, 4 and 16 with distinct prompts (no prompt cache hits) and
-exactly ``--tokens`` generated tokens per request (EOS suppressed: ``ignore_eos`` for llmlab,
-``logit_bias`` for llama_cpp.server); ``ratio`` = llmlab tok/s / llama_cpp.server tok/s at
-concurrency 4; ``overload`` (llmlab with a queue of 4 hit by 32 requests at once: 429s, no 5xx, still
-healthy); ``settings`` (model, threads, versions, load average at start and end: the machine is
-shared). Both servers get the same thread count (llama_cpp.server's default is half the cores).
+exactly ``--tokens`` generated tokens per request (EOS suppressed: ``ignore_eos`` for llmlab and
+llama-server, ``logit_bias`` for llama_cpp.server). ``llama-server`` (continuous batching over
+``--parallel`` slots) runs when it is built: ``bash scripts/build_llama_server.sh`` builds it once
+from the llama.cpp sources llama-cpp-python vendors. ``ratios``: llmlab tok/s over each other server's
+at concurrency 4 and its own c4/c1 (``ratio``: the one over llama_cpp.server, as before);
+``overload`` (llmlab with a queue of 4 hit by 32 requests at once: 429s, no 5xx, still healthy);
+``settings`` (model, threads, parallel, versions, load average at start and end: the machine is
+shared). Every server gets the same thread count (llama_cpp.server's default is half the cores).
 
        python benchmarks/serve.py --multi-adapter --home /path/to/store-with-smollm2 [--threads 1]
               [--outtype f16|f32] [--adapter-outtype f32|f16] [--requests 24]
@@ -51,10 +54,11 @@ def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
         if proc.poll() is not None:
             raise RuntimeError(f"{cmd[:3]} exited: {proc.stderr.read().decode()[-2000:]}")
         try:
-            httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1)
-            return proc
+            if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:  # model loaded
+                return proc
         except httpx.TransportError:
-            time.sleep(0.2)
+            pass
+        time.sleep(0.2)
     proc.kill()
     raise RuntimeError(f"{cmd[:3]} did not start")
 
@@ -110,6 +114,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
+    parser.add_argument("--llama-server", help="llama.cpp's own llama-server (default: the one "
+                        "scripts/build_llama_server.sh built and cached, when it is there)")
+    parser.add_argument("--parallel", type=int, default=4, help="llama-server's parallel slots")
     parser.add_argument("--multi-adapter", action="store_true", help="run only the multi_adapter section")
     parser.add_argument("--home", help="multi_adapter: a store holding smollm2, smollm2-f16 and smollm2-reader "
                         "(read only: the work happens in a copy under --work)")
@@ -146,6 +153,12 @@ def main() -> None:
                               # its default cuts a running request off when the next arrives: queue instead
                               "--interrupt_requests", "false"], {"logit_bias": {str(eos): -100.0}}),
     }
+    llama_server = args.llama_server or cached_llama_server()
+    if llama_server:  # continuous batching over --parallel slots, each with n_ctx of its own
+        servers["llama-server"] = ([llama_server, "-m", str(gguf), "--alias", "m", "-t", str(args.threads),
+                                    "-tb", str(args.threads), "-np", str(args.parallel), "-c",
+                                    str(n_ctx * args.parallel), "--host", "127.0.0.1", "--no-webui"],
+                                   {"ignore_eos": True})
     runs, offset = [], 0
     for name, (cmd, extra) in servers.items():
         port = free_port()
@@ -189,16 +202,24 @@ def main() -> None:
         proc.terminate()
         proc.wait(30)
 
-    def tok_s(server: str) -> float:
-        return next(r["tok_s"] for r in runs if r["server"] == server and r["concurrency"] == 4)
+    def tok_s(server: str, concurrency: int = 4) -> float:
+        return next(r["tok_s"] for r in runs if r["server"] == server and r["concurrency"] == concurrency)
 
+    ratios = {"vs_llama_cpp_server_c4": round(tok_s("llmlab") / tok_s("llama_cpp.server"), 3),
+              "c4_over_c1": round(tok_s("llmlab") / tok_s("llmlab", 1), 3)}
+    if "llama-server" in servers:
+        ratios.update(vs_llama_server_c4=round(tok_s("llmlab") / tok_s("llama-server"), 3),
+                      llama_server_c4_over_c1=round(tok_s("llama-server") / tok_s("llama-server", 1), 3))
     out = {
+        **(json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}),  # keeps multi_adapter
         "runs": runs,
-        "ratio": round(tok_s("llmlab") / tok_s("llama_cpp.server"), 3),
+        "ratio": ratios["vs_llama_cpp_server_c4"],
+        "ratios": ratios,
         "overload": overload,
         "goals": {"ratio_at_least": 1.0, "errors_up_to_concurrency_4": 0},
         "settings": {
             "model": str(gguf.name), "size_bytes": gguf.stat().st_size, "threads": args.threads,
+            "llama_server_parallel": args.parallel if "llama-server" in servers else None,
             "generated_tokens_per_request": args.tokens, "requests_per_level": args.requests,
             "endpoint": "/v1/completions (streaming)", "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "python": platform.python_version(),
@@ -209,7 +230,16 @@ def main() -> None:
         },
     }
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps({"ratio": out["ratio"], "overload": overload}))
+    print(json.dumps({"ratios": ratios, "overload": overload}))
+
+
+def cached_llama_server() -> str | None:
+    """The llama-server scripts/build_llama_server.sh cached for the installed llama-cpp-python, if built."""
+    import importlib.metadata
+
+    cache = Path(os.environ.get("LLMLAB_CACHE", Path.home() / ".cache" / "llmlab"))
+    path = cache / f"llama-server-{importlib.metadata.version('llama_cpp_python')}" / "llama-server"
+    return str(path) if path.is_file() else None
 
 
 # ----- multi_adapter: one base with N adapters against N merged models -----

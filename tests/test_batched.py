@@ -107,3 +107,79 @@ def test_real_model_answers_in_a_batch_as_alone(smollm2_gguf) -> None:
         stopped = SamplingParams.greedy(max_tokens=24, stop=["."])
         got = chat_many(m, convs, stopped, slots=4)
         assert got == [m.chat(c, stopped) for c in convs] and not any("." in g for g in got)
+
+
+def test_batcher_serves_requests_arriving_from_threads(micro) -> None:
+    """Requests submitted over time from several threads join the running batch; each streams what it
+    would generate alone, and closing a stream early ends that sequence only."""
+    import threading
+
+    from llmlab.runtime.batched import Batcher
+
+    params = SamplingParams.greedy(max_tokens=20)
+    ids = [micro.tokenize(p, add_special=True) for p in PROMPTS]
+    got: dict[int, list[int]] = {}
+    with Batcher(micro, slots=3) as batcher:
+        def one(i: int) -> None:
+            got[i] = list(batcher.stream(Request(ids[i], params, ignore_eos=True)))
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(ids))]
+        for t in threads:
+            t.start()
+        early = batcher.stream(Request(ids[0], SamplingParams.greedy(max_tokens=200), ignore_eos=True))
+        first = [next(early) for _ in range(3)]
+        early.close()  # a client that went away: its sequence leaves, the others go on
+        for t in threads:
+            t.join(60)
+
+        def boom(logits, history) -> int:
+            raise ConfigError("No token fits the JSON schema here.")
+
+        with pytest.raises(ConfigError, match="No token fits"):
+            list(batcher.stream(Request(ids[1], params, choose=boom)))
+        assert list(batcher.stream(Request(ids[2], params, ignore_eos=True))) == alone(micro, ids[2], params)
+    assert [got[i] for i in range(len(ids))] == [alone(micro, i, params) for i in ids]
+    assert first == alone(micro, ids[0], params)[:3]
+    with pytest.raises(RuntimeError, match="closed"):
+        batcher.submit(Request(ids[0], params))
+
+
+def test_server_answers_concurrent_requests_as_each_alone(micro, tmp_path) -> None:
+    """llmlab serve with 4 slots: six clients at once, each answer equal to the model's own greedy one;
+    a JSON-schema request and logprobs work inside the batch."""
+    import json
+    import threading
+
+    import httpx
+
+    from llmlab.serve.app import Served, running
+    from llmlab.serve.config import ServeConfig
+
+    config = ServeConfig(source="unused", port=0, log_path=str(tmp_path / "log.jsonl"), log_fsync=False, parallel=4)
+    asks = [[{"role": "user", "content": p}] for p in PROMPTS]
+    got: dict[int, dict] = {}
+    with running(config, Served(micro, "m")) as url:
+        def one(i: int) -> None:
+            got[i] = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                "model": "m", "messages": asks[i], "temperature": 0, "max_tokens": 16, "logprobs": True}).json()
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(asks))]
+        for t in threads:
+            t.start()
+        schema = {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}
+        shaped = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+            "model": "m", "messages": asks[0], "temperature": 0, "max_tokens": 24,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "n", "schema": schema}}}).json()
+        for t in threads:
+            t.join(120)
+        health = httpx.get(f"{url}/health").json()
+    assert health["slots"] == 4 and health["active"] == 0
+    for i, ask in enumerate(asks):
+        choice = got[i]["choices"][0]
+        assert choice["message"]["content"] == micro.chat(ask, SamplingParams.greedy(16))
+        assert len(choice["logprobs"]["content"]) == got[i]["usage"]["completion_tokens"]
+    text = shaped["choices"][0]["message"]["content"]
+    if shaped["choices"][0]["finish_reason"] == "stop":
+        assert isinstance(json.loads(text)["n"], int)
+    else:  # cut at max_tokens: still the schema's prefix
+        assert text.startswith('{')

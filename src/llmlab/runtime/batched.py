@@ -26,8 +26,10 @@ other through the same functions: the batched context holds the base weights onl
 from __future__ import annotations
 
 import ctypes
+import queue
+import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,13 +46,27 @@ SLOT_CTX = 1024  # KV tokens per slot by default
 class Request:
     """One generation: prompt ``ids`` and how to sample. ``on_token(out)`` (optional) sees the tokens
     generated so far after each one and returns False to end the sequence there (a stop string, a
-    client gone); ``out`` holds the result when the engine is done with it."""
+    client gone); ``choose(logits, history)`` (optional) picks each token from the raw logits instead of
+    ``sample_token`` (a grammar mask, log-probabilities). ``out`` holds the result once ``done`` is set;
+    ``error`` what ``choose`` raised, if it did."""
 
     ids: Sequence[int]
     params: SamplingParams
     ignore_eos: bool = False
     on_token: Callable[[list[int]], bool] | None = None
+    choose: Callable[[np.ndarray, list[int]], int] | None = None
     out: list[int] = field(default_factory=list)
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+    cancelled: bool = False  # set by the caller: the engine drops the sequence before its next token
+    on_done: Callable[[], None] | None = None
+
+    def finish(self, error: BaseException | None = None) -> None:
+        """Called by the engine when it is done with the request (it never touches it again)."""
+        self.error = self.error or error
+        self.done.set()
+        if self.on_done is not None:
+            self.on_done()
 
 
 @dataclass
@@ -110,34 +126,47 @@ class BatchEngine:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
+    def check(self, r: Request) -> None:
+        """ConfigError for a request the engine cannot run."""
+        if not r.ids:
+            raise ConfigError("The prompt is empty: there is nothing to continue.")
+        if len(r.ids) >= self.slot_ctx:
+            raise ConfigError(f"The prompt has {len(r.ids)} tokens but a slot's context holds {self.slot_ctx}.",
+                              "Shorten the prompt, or make the engine with a larger slot_ctx.")
+
     def run(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> list[Request]:
         """Generate every request (each ``out`` filled), ``slots`` at a time, joining as others finish;
         ``progress(n)`` after each one that finishes, with how many have."""
         for r in requests:
-            if not r.ids:
-                raise ConfigError("The prompt is empty: there is nothing to continue.")
-            if len(r.ids) >= self.slot_ctx:
-                raise ConfigError(f"The prompt has {len(r.ids)} tokens but a slot's context holds {self.slot_ctx}.",
-                                  "Shorten the prompt, or make the engine with a larger slot_ctx.")
-        waiting, active, free_ids, done = deque(requests), [], list(range(self.slots)), 0
-        mem = self._ll.llama_get_memory(self._ctx)
+            self.check(r)
+        waiting, active, done = deque(requests), [], 0
         while waiting or active:
-            while waiting and free_ids:
-                r = waiting.popleft()
-                budget = min(r.params.max_tokens, self.slot_ctx - len(r.ids))
-                active.append(_Seq(r, free_ids.pop(0), list(r.ids), budget, np.random.default_rng(r.params.seed),
-                                   list(r.ids)))
-            self._step(active)
-            for s in [s for s in active if s.row >= 0]:
-                if self._sample(s):
-                    continue
-                active.remove(s)
-                self._ll.llama_memory_seq_rm(mem, s.seq_id, -1, -1)
-                free_ids.append(s.seq_id)
-                done += 1
-                if progress is not None:
-                    progress(done)
+            while waiting and len(active) < self.slots:
+                active.append(self._start(waiting.popleft(), active))
+            finished = len(self.tick(active))
+            done += finished
+            if progress is not None and finished:
+                progress(done)
         return list(requests)
+
+    def _start(self, r: Request, active: list[_Seq]) -> _Seq:
+        seq_id = min(set(range(self.slots)) - {s.seq_id for s in active})
+        budget = min(r.params.max_tokens, self.slot_ctx - len(r.ids))
+        return _Seq(r, seq_id, list(r.ids), budget, np.random.default_rng(r.params.seed), list(r.ids))
+
+    def tick(self, active: list[_Seq]) -> list[Request]:
+        """One decode step of every sequence in ``active``, then a token for each that has its logits;
+        the finished ones leave ``active`` (their cache dropped, ``done`` set) and are returned."""
+        self._step(active)
+        finished = []
+        for s in [s for s in active if s.row >= 0 or s.req.cancelled]:
+            if not s.req.cancelled and self._sample(s):
+                continue
+            active.remove(s)
+            self._ll.llama_memory_seq_rm(self._ll.llama_get_memory(self._ctx), s.seq_id, -1, -1)
+            s.req.finish()
+            finished.append(s.req)
+        return finished
 
     def _step(self, active: list[_Seq]) -> None:
         """One ``llama_decode`` of each sequence's next tokens (prompts chunked to fit ``n_batch``)."""
@@ -161,15 +190,108 @@ class BatchEngine:
         """Sample ``s``'s next token; False when the sequence is done (EOS, budget, ``on_token``)."""
         ptr = self._ll.llama_get_logits_ith(self._ctx, s.row)
         logits = np.ctypeslib.as_array(ctypes.cast(ptr, ctypes.POINTER(ctypes.c_float)), shape=(self._n_vocab,))
-        tok = sample_token(logits, s.req.params, s.rng, s.history)
+        try:
+            tok = (s.req.choose(logits, s.history) if s.req.choose is not None
+                   else sample_token(logits, s.req.params, s.rng, s.history))
+        except Exception as e:  # e.g. no token fits a grammar: that request fails, the others go on
+            s.req.error = e
+            return False
         if not s.req.ignore_eos and self.model.is_eog(tok):
             return False
         s.req.out.append(tok)
         s.history.append(tok)
-        if len(s.req.out) >= s.budget or (s.req.on_token is not None and not s.req.on_token(s.req.out)):
+        wanted = s.req.on_token(s.req.out) if s.req.on_token is not None else True  # it sees every token
+        if not wanted or len(s.req.out) >= s.budget:
             return False
         s.feed = [tok]
         return True
+
+
+class Batcher:
+    """A ``BatchEngine`` in a thread of its own, for requests that arrive over time (a server): each
+    joins the running batch at the next step and streams its tokens as they come.
+
+    ```python
+    with Batcher(model, slots=4) as b:
+        for tok in b.stream(Request(ids, params)): ...      # from any thread
+    ```
+    """
+
+    def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None):
+        self.engine = BatchEngine(model, slots=slots, slot_ctx=slot_ctx)
+        self._pending: deque[Request] = deque()
+        self._wake = threading.Condition()
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="llmlab-batcher", daemon=True)
+        self._thread.start()
+
+    @property
+    def slots(self) -> int:
+        return self.engine.slots
+
+    def submit(self, r: Request) -> Request:
+        """Queue ``r`` (ConfigError at once if the engine cannot run it); ``r.done`` is set when it ends."""
+        self.engine.check(r)
+        with self._wake:
+            if self._closed:
+                raise RuntimeError("The batcher is closed.")
+            self._pending.append(r)
+            self._wake.notify()
+        return r
+
+    def stream(self, r: Request) -> Iterator[int]:
+        """Submit ``r`` and yield its tokens as they are made; closing the iterator early ends the
+        sequence (and waits until the engine has let go of it, so its callbacks run no more)."""
+        tokens: queue.SimpleQueue[int | None] = queue.SimpleQueue()
+        inner = r.on_token
+
+        def on_token(out: list[int]) -> bool:
+            tokens.put(out[-1])
+            return inner(out) if inner is not None else True
+
+        r.on_token, r.on_done = on_token, lambda: tokens.put(None)
+        self.submit(r)
+        try:
+            while (tok := tokens.get()) is not None:
+                yield tok
+        finally:
+            r.cancelled = True
+            r.done.wait()
+        if r.error is not None:
+            raise r.error
+
+    def _loop(self) -> None:
+        active: list[_Seq] = []
+        while True:
+            with self._wake:
+                while not self._pending and not active and not self._closed:
+                    self._wake.wait()
+                if self._closed:
+                    break
+                while self._pending and len(active) < self.engine.slots:
+                    active.append(self.engine._start(self._pending.popleft(), active))
+            try:
+                self.engine.tick(active)
+            except Exception as e:  # a failed decode fails the requests in it, not the server
+                for s in active:
+                    s.req.finish(e)
+                active.clear()
+        closed = RuntimeError("The batcher was closed before the request finished.")
+        for r in [s.req for s in active] + list(self._pending):
+            r.finish(closed)
+
+    def close(self) -> None:
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+        self._thread.join()
+        self.engine.close()
+
+    def __enter__(self) -> Batcher:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def generate_many(model: Model, requests: Sequence[Request], *, slots: int | None = None,

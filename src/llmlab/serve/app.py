@@ -1,7 +1,9 @@
 """The FastAPI app: OpenAI-compatible endpoints over one loaded model.
 
-One model has one KV cache, so one request generates at a time; up to ``max_queue`` more wait
-(``llmlab_queue_depth``) and the rest get a 429 at once. Generation runs in a worker thread, so
+A GGUF model generates up to ``parallel`` requests together (``runtime.batched.Batcher``: one decode
+step serves them all, and a request joins or leaves between steps); other models, and a bundle with
+several adapters, one at a time. Up to ``max_queue`` more wait (``llmlab_queue_depth``) and the rest
+get a 429 at once. Generation runs in a worker thread, so
 ``/health`` and ``/metrics`` answer while a request generates, and a client that goes away (streaming
 or not) stops its generation at the next token (status 499). Every request first passes the checks of
 ``guards`` (Host and Origin headers, JSON nesting depth).
@@ -140,18 +142,33 @@ def _agent_served(name: str, store: Any) -> Served:
     return Served(model, agent.spec.model.artifact or model.path.stem, agent=agent, agent_name=name)
 
 
+def _batcher(config: ServeConfig, served: Served) -> Any:
+    """The ``Batcher`` that generates ``config.parallel`` requests together, or None where requests go one at
+    a time (``parallel`` 1, a model llama.cpp cannot batch, a bundle whose requests choose adapters)."""
+    import os
+
+    from llmlab.runtime.batched import Batcher, batchable
+
+    parallel = config.parallel or min(8, 2 * (os.cpu_count() or 1))
+    if parallel < 2 or served.adapters or not batchable(served.model):
+        return None
+    return Batcher(served.model, slots=parallel, slot_ctx=served.model.n_ctx)
+
+
 class _State:
     def __init__(self, config: ServeConfig, served: Served, key: str | None):
         self.config, self.served, self.key = config, served, key
         self.metrics = Metrics()
         path = config.log_path or settings.home() / ".serve" / f"{served.name}.requests.jsonl"
         self.log = RequestLog(path, fsync=config.log_fsync)
-        self.slot = asyncio.Semaphore(1)
+        self.batcher = _batcher(config, served)
+        self.slots = self.batcher.slots if self.batcher else 1
+        self.slot = asyncio.Semaphore(self.slots)
         self.waiting = 0
-        self.busy = False
+        self.active = 0
 
     async def acquire(self) -> None:
-        if self.busy and self.waiting >= self.config.max_queue:
+        if self.active >= self.slots and self.waiting >= self.config.max_queue:
             raise ApiError(429, f"The server is busy ({self.waiting} requests waiting, the most it queues).",
                            "rate_limit_error", "queue_full")
         self.waiting += 1
@@ -161,13 +178,18 @@ class _State:
         finally:
             self.waiting -= 1
             self.metrics.queue_depth = self.waiting
-        self.busy = True
-        self.metrics.active = 1
+        self.active += 1
+        self.metrics.active = self.active
 
     def release(self) -> None:
-        self.busy = False
-        self.metrics.active = 0
+        self.active -= 1
+        self.metrics.active = self.active
         self.slot.release()
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+        self.log.close()
 
     def record(self, endpoint: str, status: int, t0: float, gen: Generation | None = None, *,
                error: str | None = None, stream: bool = False, prompt: str | list | None = None,
@@ -267,7 +289,8 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
                                 repetition_penalty=req.repetition_penalty, stop=req.stops(),
                                 max_tokens=wanted or min(config.max_tokens, room))
         return Generation(model, prompt, params, add_special=add_special, ignore_eos=req.ignore_eos,
-                          selects_adapter=bool(served.adapters), adapter=served.adapter_of(req.model), **gen_kw)
+                          selects_adapter=bool(served.adapters), adapter=served.adapter_of(req.model),
+                          batcher=state.batcher, **gen_kw)
 
     async def watch(request: Request, gen: Generation) -> None:
         """Cancel ``gen`` (at its next token) once the client of a plain request has gone away."""
@@ -509,7 +532,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         except ApiError as e:
             return fail("health", time.perf_counter(), e)
         return with_cors({"status": "ok", "model": served.name, "queue_depth": state.waiting,
-                          "busy": state.busy}, cors)
+                          "busy": state.active >= state.slots, "active": state.active, "slots": state.slots}, cors)
 
     @app.get("/metrics")
     async def metrics(request: Request) -> Any:
@@ -559,9 +582,14 @@ def serve(config: ServeConfig) -> None:
     app = create_app(config)
     served = app.state.llmlab.served
     adapters = f" with the adapters {', '.join(repr(n) for n in served.adapters)}" if served.adapters else ""
-    print(f"serving '{served.name}'{adapters} on http://{config.host}:{config.port}/v1 "
+    batcher = app.state.llmlab.batcher
+    together = f", {batcher.slots} requests at a time" if batcher else ""
+    print(f"serving '{served.name}'{adapters} on http://{config.host}:{config.port}/v1{together} "
           f"(log: {app.state.llmlab.log.path})", flush=True)
-    _uvicorn(app, config).run()
+    try:
+        _uvicorn(app, config).run()
+    finally:
+        app.state.llmlab.close()
 
 
 @contextlib.contextmanager
@@ -585,4 +613,4 @@ def running(config: ServeConfig, served: Served | None = None) -> Iterator[str]:
         server.should_exit = True
         thread.join(10)
         sock.close()
-        app.state.llmlab.log.close()
+        app.state.llmlab.close()

@@ -24,7 +24,10 @@ class ServeConfig(BaseModel):
                                     "(required when host is not loopback).")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest request body accepted (413 beyond).")
     max_tokens: int = Field(1024, ge=1, description="Most tokens one request may generate (400 beyond).")
-    max_queue: int = Field(16, ge=0, description="Requests that may wait while one generates; more get 429.")
+    max_queue: int = Field(16, ge=0, description="Requests that may wait while every slot generates; more get 429.")
+    parallel: int | None = Field(None, ge=1, le=64, description="Requests generated together, in one batch per "
+                                 "step (continuous batching; GGUF models without adapters). Default: twice the "
+                                 "cores, at most 8; 1 generates one request at a time.")
     log_path: str | None = Field(None, description="JSONL file of requests (one line each); default: "
                                  "$LLMLAB_HOME/.serve/<model name>.requests.jsonl.")
     log_prompts: bool = Field(False, description="Also log prompt and completion text (off: sizes only).")

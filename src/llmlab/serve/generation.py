@@ -46,6 +46,7 @@ class Generation:
     # a model holding several adapters runs with ``adapter`` (None: the base) for the whole generation
     selects_adapter: bool = False
     adapter: str | None = None
+    batcher: Any = None  # a runtime.batched.Batcher: generate in its batch, beside other requests
     cancel: threading.Event = field(default_factory=threading.Event)
     tokens: list[TokenInfo] = field(default_factory=list)  # filled when ``logprobs``
     prompt_tokens: int = 0
@@ -73,6 +74,9 @@ class Generation:
         mask = _GrammarMask(m, self.grammar) if self.grammar else None
         rng = np.random.default_rng(params.seed)
         history = list(ids)
+        if self.batcher is not None:
+            yield from self._in_batch(ids, params, mask, rng)
+            return
         try:
             scope = m.adapter(self.adapter) if self.selects_adapter else contextlib.nullcontext()  # type: ignore
             with scope, m.decoding(ids) as decoder:
@@ -97,6 +101,38 @@ class Generation:
         finally:
             if mask:
                 mask.close()
+
+    def _in_batch(self, ids: Sequence[int], params: SamplingParams, mask: _GrammarMask | None,
+                  rng: np.random.Generator) -> Iterator[int]:
+        """``generate_ids`` through the server's batcher: the same token choice (grammar mask, the
+        runtime's sampling, log-probabilities), made in the batcher's thread for this request."""
+        from llmlab.runtime.batched import Request
+
+        infos: list[TokenInfo] = []
+
+        def choose(logits: np.ndarray, history: list[int]) -> int:
+            tok = sample_token(mask.apply(logits) if mask else logits, params, rng, history)
+            if self.logprobs:
+                infos.append(_token_info(logits, tok, self.top_logprobs))
+            if mask:
+                mask.accept(tok)
+            return tok
+
+        request = Request(ids, params, ignore_eos=self.ignore_eos, choose=choose,
+                          on_token=lambda out: not self.cancel.is_set())
+        tokens = self.batcher.stream(request)
+        try:
+            for tok in tokens:
+                if self.logprobs:
+                    self.tokens.append(infos[self.completion_tokens])
+                self.completion_tokens += 1
+                yield tok
+        finally:
+            tokens.close()  # waits until the batcher has let go of the request: no more calls to choose
+            if mask:
+                mask.close()
+        if self.cancel.is_set():
+            self.finish_reason = "cancelled"
 
     def text(self) -> str:
         return "".join(self.pieces())
