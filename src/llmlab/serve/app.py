@@ -24,8 +24,6 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -33,113 +31,18 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response, Streami
 from pydantic import BaseModel, ValidationError
 
 from llmlab import settings
-from llmlab.errors import ConfigError, LlmlabError
-from llmlab.runtime import Model, SamplingParams
+from llmlab.errors import LlmlabError
+from llmlab.runtime import SamplingParams
 from llmlab.serve import protocol as P
 from llmlab.serve.config import ServeConfig, api_key
 from llmlab.serve.generation import Generation, schema_grammar
 from llmlab.serve.guards import Access, ApiError, parse_body
 from llmlab.serve.metrics import Metrics
 from llmlab.serve.requestlog import RequestLog
+from llmlab.serve.served import Served, load_served
 
 MAX_EMBED_INPUTS = 256
 DISCONNECT_POLL_S = 0.1  # how often a plain (non-streaming) request checks that its client is still there
-
-
-@dataclass
-class Served:
-    """What the server serves: the model, the name clients use, the bundle it came from."""
-
-    model: Model
-    name: str
-    bundle: Path | None = None
-    info: dict[str, Any] = field(default_factory=dict)
-    agent: Any = None  # an llmlab.agents.Agent answering as the model name ``agent_name``
-    agent_name: str | None = None
-    embedder: Any = None  # a bundle's ONNX embedder, answering /v1/embeddings as its own name
-    adapters: dict[str, str] = field(default_factory=dict)  # served name ("bundle:reader") -> adapter name
-
-    @property
-    def names(self) -> list[str]:
-        return [self.name, *self.adapters] + ([self.agent_name] if self.agent_name else [])
-
-    def adapter_of(self, model: str) -> str | None:
-        """The adapter a request for ``model`` runs with (None: the base)."""
-        return self.adapters.get(model)
-
-
-def load_served(config: ServeConfig) -> Served:
-    """Load ``config.source``; a bundle is hash-verified first, before any of its files is opened."""
-    from llmlab.runtime import load
-
-    opts = {"n_ctx": config.n_ctx} if config.n_ctx else {}
-    src = Path(config.source).expanduser()
-    from llmlab.serve.bundle import BUNDLE_SPEC, open_bundle
-    from llmlab.store import Store
-
-    store = Store() if not src.exists() else None  # a name, not a path: maybe an artifact in the store
-    artifact = store.get(config.source) if store is not None and store.exists(config.source) else None
-    if artifact is not None and artifact.kind == "bundle":
-        src = artifact.path  # a bundle by its store name: its folder, hash-verified below like a path
-    if src.is_dir() and (src / BUNDLE_SPEC).is_file():
-        spec = open_bundle(src, verify=config.verify)  # raises naming a tampered file
-        model_spec = spec["model"]
-        if model_spec["format"] != "gguf":
-            raise ConfigError(f"The bundle '{src.name}' holds a {model_spec['format']} model; llmlab serve runs "
-                              "GGUF bundles.", f"Serve it with the bundle's vLLM command: {spec.get('vllm', '')}")
-        if model_spec.get("adapter"):
-            opts["lora_path"] = src / model_spec["adapter"]
-        adapters = _bundle_adapters(src, spec)  # checked against the base before anything is loaded
-        model = load(src / model_spec["file"], **opts)
-        name = config.model_name or spec["name"]
-        served = Served(model, name, src, spec, adapters={f"{name}:{a}": a for a in adapters})
-        try:
-            for a, file in adapters.items():
-                model.add_adapter(a, file)  # type: ignore[attr-defined]
-        except BaseException:
-            model.close()
-            raise
-        if "index" in spec:
-            from llmlab.serve.bundle import open_rag
-
-            rag = open_rag(src, spec, model)
-            served.embedder, served.agent, served.agent_name = rag.embedder, rag.agent, rag.agent_name
-        return served
-    if artifact is not None and artifact.kind == "agent":
-        return _agent_served(config.source, store)
-    model = load(config.source, **opts)
-    name = config.model_name or (model.artifact.name if model.artifact is not None else src.stem)
-    return Served(model, name)
-
-
-def _bundle_adapters(bundle: Path, spec: dict[str, Any]) -> dict[str, Path]:
-    """{name: file} of a bundle's adapters; one made for another base than the bundle's is refused,
-    naming both."""
-    model_spec = spec["model"]
-    adapters = model_spec.get("adapters") or {}
-    if adapters and "index" in spec:
-        raise ConfigError(f"The bundle '{bundle.name}' holds an index and several adapters; llmlab serve runs "
-                          "one or the other.", "Export the agent's bundle and the adapters' bundle separately.")
-    base = model_spec.get("base") or {}
-    for name, a in adapters.items():
-        if a.get("base_hash") != base.get("content_hash"):
-            raise ConfigError(f"The adapter '{name}' of the bundle '{bundle.name}' was made for "
-                              f"'{a.get('base')}' ({str(a.get('base_hash'))[:12]}), but the bundle's base is "
-                              f"'{base.get('name')}' ({str(base.get('content_hash'))[:12]}).",
-                              "Export the bundle again with adapters converted for its base.")
-    return {name: bundle / a["file"] for name, a in adapters.items()}
-
-
-def _agent_served(name: str, store: Any) -> Served:
-    """An agent artifact: its chat model served under its own name, the agent under the artifact's."""
-    from llmlab.agents.graph import Agent
-
-    agent = Agent(name, store=store, memory=False)
-    model = getattr(agent.llm, "model", None)
-    if not isinstance(model, Model):
-        raise ConfigError(f"The agent '{name}' talks to an endpoint ({agent.spec.model.label}), not a local model.",
-                          "Serve the endpoint's model, or make the agent with a store model (llmlab agent --model).")
-    return Served(model, agent.spec.model.artifact or model.path.stem, agent=agent, agent_name=name)
 
 
 def _batcher(config: ServeConfig, served: Served) -> Any:
