@@ -104,7 +104,8 @@ async def level(base: str, model: str, concurrency: int, n: int, tokens: int, ex
             "tok_s": round(len(ok) * tokens / wall, 2),
             "ttft_ms_p50": round(float(np.median([r["ttft"] for r in ok])) * 1000, 1) if ok else None,
             "latency_ms_p95": round(float(np.percentile([r["latency"] for r in ok], 95)) * 1000, 1) if ok else None,
-            "errors": len(results) - len(ok), "chunks_mean": round(float(np.mean([r["chunks"] for r in ok])), 1)}
+            "errors": len(results) - len(ok), "error_kinds": sorted({str(r["status"]) for r in results if not r["ok"]}),
+            "chunks_mean": round(float(np.mean([r["chunks"] for r in ok])), 1)}
 
 
 def main() -> None:
