@@ -100,6 +100,27 @@ def test_qlora_on_cpu_shows_the_fallback_message(micro_home: Store, monkeypatch:
     assert any("QLoRA needs an NVIDIA GPU" in w.value for w in at.warning)
 
 
+def test_grpo_offers_adapters_and_shows_each_rewards_code_before_it_runs(micro_home: Store, tmp_path: Path):
+    with micro_home.write("micro-sft", "adapter") as w:  # an SFT adapter: GRPO may start from it
+        (w.path / "adapter_config.json").write_text("{}")
+    at = open_page(PAGE, timeout=120)
+    assert "micro-sft" not in at.selectbox(key="tune:model").options  # lora tunes models only
+    at.selectbox(key="tune:method").select("grpo").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert "micro-sft" in at.selectbox(key="tune:model").options
+    assert "def reward_exact_match" in texts(at) and at.button(key="tune:start")
+    # the user's own reward: a missing file is an error and nothing can start
+    at.text_input(key="tune:rewards").input(f"{tmp_path}/nope.py:score").run()
+    assert not at.exception and "does not exist" in at.error[0].value
+    assert all(b.key != "tune:start" for b in at.button)
+    # an existing one: its code is shown, with a warning, before Start
+    mine = tmp_path / "mine.py"
+    mine.write_text("def score(completion, record):\n    return 1.0  # my reward\n")
+    at.text_input(key="tune:rewards").input(f"exact_match, {mine}:score=0.5").run()
+    assert not at.exception and "return 1.0  # my reward" in texts(at)
+    assert any("runs inside the tuning job" in w.value for w in at.warning) and at.button(key="tune:start")
+
+
 def test_preview_marks_the_masked_part(micro_home: Store, qa_file: Path):
     at = open_page(PAGE, timeout=120)
     at.button(key="tune:preview").click().run()  # world:tune, but this micro model has no world

@@ -5,7 +5,9 @@ description), and the form is validated by ``TuneConfig`` itself (through ``reci
 so the page and a recipe's ``tune`` step accept and reject the same things. "Start" submits a
 one-step recipe as a job (``llmlab.jobs.JobQueue``); the live part of the page is a fragment
 that reruns every second while the job is active and draws its progress, loss curve and
-tokens/s from the job's events. Resuming is submitting the same settings again: ``resume`` is
+tokens/s from the job's events (for GRPO: reward, KL, group accuracy and answer length, and the
+sampled answers with their rewards at checkpoints). Before a GRPO run starts, the page shows the code
+of every reward term, the user's own reward file included. Resuming is submitting the same settings again: ``resume`` is
 on by default, so the step continues from the last checkpoint of a cancelled or crashed run.
 When the job is done, the artifact's metrics (base vs tuned) and a side-by-side chat follow.
 A folded section distils a model into a smaller student (``llmlab.tune.distill``) the same way.
@@ -35,6 +37,7 @@ from llmlab.evaluate.choices import leaderboard_winner
 from llmlab.tune.distill import DistillConfig
 from llmlab.jobs import FINAL, JobQueue, job_outputs, jobs_with_step, task_events
 from llmlab.store import HF_KINDS, MODEL_KINDS, Artifact, Store
+from llmlab.tune.rewards import load_rewards
 from llmlab.tune.report import before_after, example_question, run_facts, student_vs_teacher, training_log
 from llmlab.tune.config import PREFERENCE_METHODS, TuneConfig
 from llmlab.tune.records import MASK_CLOSE, MASK_OPEN
@@ -90,8 +93,10 @@ def field_widget(name: str, container: Any = st) -> Any:
     return value if value or not optional else None
 
 
-def pick_model(store: Store) -> str:
-    models = [a.name for a in store.list() if a.kind in MODEL_KINDS]
+def pick_model(store: Store, method: str = "lora") -> str:
+    # GRPO may also start from an adapter (an SFT LoRA), whose weights it continues
+    kinds = (*MODEL_KINDS, "adapter") if method == "grpo" else MODEL_KINDS
+    models = [a.name for a in store.list() if a.kind in kinds]
     if not models:
         st.info(f"The store at `{store.root}` holds no model to tune ({', '.join(MODEL_KINDS)}): run the "
                 "quickstart on the Jobs page, or give a local Hugging Face folder.")
@@ -107,10 +112,10 @@ def pick_model(store: Store) -> str:
 def form(store: Store) -> TuneConfig | None:
     """The form, validated by ``TuneConfig`` (None, with the error shown, when invalid)."""
     c1, c2, c3 = st.columns([2, 2, 1])
+    method = field_widget("method", c3)  # first: it decides which models are offered
     with c1:
-        model = pick_model(store)
+        model = pick_model(store, method)
     data = c2.text_input("Data", "world:tune", key="tune:data", help=TuneConfig.model_fields["data"].description)
-    method = field_widget("method", c3)
     default_name = f"{Path(model).name or 'model'}-{method}"
     name = st.text_input("Output artifact name", key="tune:name", placeholder=default_name,
                          help=TuneConfig.model_fields["name"].description).strip() or default_name
@@ -148,13 +153,21 @@ def show_plan(config: TuneConfig) -> bool:
 
 
 def show_preview(config: TuneConfig, store: Store) -> None:
+    from llmlab.tune import grpo
     from llmlab.tune.records import preview
 
     try:
         with st.spinner("Formatting the first records…"):
-            rows = preview(config, 3, store=store)
+            rows = (grpo.preview if config.method == "grpo" else preview)(config, 3, store=store)
     except LlmlabError as e:
         st.error(str(e))
+        return
+    if config.method == "grpo":
+        st.caption("The prompts the model answers (several sampled answers each), and the gold answers the "
+                   "rewards compare with.")
+        for row in rows:
+            st.code(row["prompt"], language=None)
+            st.caption("gold: " + (", ".join(row["gold"]) or "none"))
         return
     if config.method in PREFERENCE_METHODS:
         for row in rows:
@@ -171,6 +184,23 @@ def show_preview(config: TuneConfig, store: Store) -> None:
         st.code(row["marked"], language=None)
 
 
+def show_rewards(config: TuneConfig) -> bool:
+    """GRPO's reward terms with the code each runs (a user's file in full, before it runs in the job);
+    False, with the error shown, when a reward file or function is missing."""
+    try:
+        rewards = load_rewards(config.reward_weights())
+    except LlmlabError as e:
+        st.error(str(e))
+        return False
+    st.markdown("**Rewards**: " + " + ".join(f"{r.weight:g} x `{r.name}`" for r in rewards))
+    for r in rewards:
+        with st.expander(f"{r.name} ({'your file' if r.user else 'built in'})", expanded=r.user):
+            if r.user:
+                st.warning("This file's code runs inside the tuning job: read it before you start.")
+            st.code(r.source, language="python")
+    return True
+
+
 def start(queue: JobQueue, config: TuneConfig, store: Store) -> None:
     if store.exists(config.name):
         st.warning(f"`{config.name}` is already in the store: Start replaces it, unless it was made with these "
@@ -185,6 +215,27 @@ def loss_chart(rows: list[dict[str, Any]]) -> None:
     ys = [c for c in ("loss", "val_loss") if c in frame and frame[c].notna().any()]
     if "step" in frame and ys:
         st.line_chart(frame, x="step", y=ys, x_label="optimizer step", y_label="loss")
+
+
+GRPO_SERIES = (("reward", "reward"), ("group_accuracy", "group accuracy"), ("kl", "KL to the start"),
+               ("completion_len", "answer length (tokens)"))
+
+
+def grpo_charts(rows: list[dict[str, Any]]) -> None:
+    """Reward, group accuracy, KL and answer length per step, one small chart each."""
+    frame = pd.DataFrame([{k: r.get(k) for k in ("step", *(key for key, _ in GRPO_SERIES))} for r in rows])
+    cols = st.columns(2)
+    for i, (key, label) in enumerate(GRPO_SERIES):
+        if key in frame and frame[key].notna().any():
+            cols[i % 2].line_chart(frame, x="step", y=key, x_label="step", y_label=label, height=200)
+
+
+def show_samples(samples: list[dict[str, Any]], step: int | None) -> None:
+    """Sampled answers with their rewards (one checkpoint's)."""
+    st.markdown(f"**Sampled answers at step {step}**" if step else "**Sampled answers**")
+    st.dataframe(pd.DataFrame([{"question": s["prompt"], "gold": s.get("gold"), "answer": a["text"],
+                                "reward": a["reward"]} for s in samples for a in s["answers"]]),
+                 hide_index=True)
 
 
 def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
@@ -207,7 +258,17 @@ def live(queue: JobQueue, job_id: str, was_active: bool) -> None:
     p = queue.progress(job.id)
     if job.status not in FINAL and p.get("task") not in (None, "tune"):
         task_bar(p, label=f"scoring: {p['task']}")
-    if metrics:
+    if metrics and "reward" in metrics[-1]:  # grpo
+        latest = metrics[-1]
+        cols = st.columns(5)
+        for col, (label, key) in zip(cols, (("step", "step"), ("reward", "reward"), ("KL", "kl"),
+                                            ("group accuracy", "group_accuracy"), ("answer tokens", "completion_len"))):
+            col.metric(label, latest.get(key) if latest.get(key) is not None else "–")
+        grpo_charts(metrics)
+        shown = [e for e in queue.events(job.id) if e.get("type") == "log" and e.get("samples")]
+        if shown:
+            show_samples(shown[-1]["samples"], shown[-1].get("step"))
+    elif metrics:
         latest = metrics[-1]
         cols = st.columns(4)
         cols[0].metric("step", latest.get("step"))
@@ -240,7 +301,15 @@ def show_metrics(art: Artifact) -> None:
                    "variant on one suite (its figures are the ones the other pages show).")
     st.caption(" · ".join(f"{k} {v}" for k, v in run_facts(art.manifest.info).items()))
     log = training_log(art)
-    if log:
+    if log and "reward" in log[0]:  # grpo: "base" above is where it started (the SFT adapter, if one)
+        if art.manifest.info.get("start_adapter"):
+            st.caption(f"GRPO started from the adapter `{art.manifest.info['start_adapter']}`: \"base\" above is "
+                       "that adapter, so the change is what reinforcement learning added.")
+        grpo_charts(log)
+        checkpoints = [r for r in log if r.get("samples")]
+        if checkpoints:
+            show_samples(checkpoints[-1]["samples"], checkpoints[-1]["step"])
+    elif log:
         loss_chart(log)
     with st.expander("All metrics"):
         st.json(m)
@@ -365,15 +434,16 @@ def main() -> None:
     store = Store()
     queue = job_queue(str(store.root))
     st.title("Tune")
-    st.markdown("Teach a model new facts or a new style with **LoRA**, **DoRA**, **QLoRA**, **full** fine-tuning "
-                "or preference tuning (**DPO**, **ORPO**). The result is an adapter (or a full model) in the store, "
+    st.markdown("Teach a model new facts or a new style with **LoRA**, **DoRA**, **QLoRA**, **full** fine-tuning, "
+                "preference tuning (**DPO**, **ORPO**) or reinforcement learning from rewards (**GRPO**). The result "
+                "is an adapter (or a full model) in the store, "
                 "with its lineage and base-vs-tuned scores.")
     for folder, reason in store.problems().items():
         st.warning(f"`{folder}` is not readable: {reason}")
 
     st.subheader("Model, data and method")
     config = form(store)
-    if config is not None and show_plan(config):
+    if config is not None and show_plan(config) and (config.method != "grpo" or show_rewards(config)):
         if st.button("Preview", key="tune:preview", help="Format the first records the way training will."):
             show_preview(config, store)
         start(queue, config, store)

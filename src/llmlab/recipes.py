@@ -69,7 +69,7 @@ STEPS: dict[str, StepSpec] = {
     ),
     "tune": StepSpec(
         "llmlab.tune.config:TuneConfig", "llmlab.tune.step:tune",
-        "Tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO) and score base vs tuned.",
+        "Tune a model (LoRA, DoRA, QLoRA, full, DPO, ORPO, GRPO) and score base vs tuned.",
         inputs=("model",),
     ),
     "distill": StepSpec(

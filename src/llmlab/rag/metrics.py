@@ -15,10 +15,9 @@ the articles a/an/the removed, whitespace collapsed; the best score over the gol
 from __future__ import annotations
 
 import math
-import re
-import string
-from collections import Counter
 from collections.abc import Mapping, Sequence
+
+from llmlab.answers import exact_match, f1, normalize_answer  # noqa: F401  (one copy for every station)
 
 
 def ndcg_at_k(ranked: Sequence[str], relevant: Mapping[str, float], k: int = 10) -> float:
@@ -50,37 +49,3 @@ def mrr(ranked: Sequence[str], relevant: Mapping[str, float], k: int | None = No
 
 def _unique(ranked: Sequence[str]) -> list[str]:
     return list(dict.fromkeys(ranked))
-
-
-def normalize_answer(text: str) -> str:
-    """SQuAD normalisation: lower case, no punctuation, no articles, single spaces."""
-    text = text.lower()
-    text = "".join(ch for ch in text if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def _as_list(gold: str | Sequence[str]) -> list[str]:
-    return [gold] if isinstance(gold, str) else list(gold)
-
-
-def exact_match(prediction: str, gold: str | Sequence[str]) -> float:
-    """1.0 when the normalised prediction equals a normalised gold answer, else 0.0."""
-    p = normalize_answer(prediction)
-    return float(any(p == normalize_answer(g) for g in _as_list(gold)))
-
-
-def f1(prediction: str, gold: str | Sequence[str]) -> float:
-    """Best token-overlap F1 between the prediction and any gold answer."""
-    best = 0.0
-    p_tokens = normalize_answer(prediction).split()
-    for g in _as_list(gold):
-        g_tokens = normalize_answer(g).split()
-        if not p_tokens or not g_tokens:
-            best = max(best, float(p_tokens == g_tokens))
-            continue
-        common = sum((Counter(p_tokens) & Counter(g_tokens)).values())
-        if common:
-            precision, recall = common / len(p_tokens), common / len(g_tokens)
-            best = max(best, 2 * precision * recall / (precision + recall))
-    return best

@@ -1,5 +1,5 @@
 """The Tune station's options and what will run: ``TuneConfig`` (the loop's ``LoopOptions`` plus the data,
-method, LoRA and evaluation options), the method constants, and ``select_backend``, which picks the backend
+method, LoRA, GRPO and evaluation options), the method constants, and ``select_backend``, which picks the backend
 (peft or unsloth) and the device and says why when it falls back (QLoRA without an NVIDIA GPU) or refuses
 (naming the extra to install). torch is imported inside functions.
 """
@@ -8,17 +8,20 @@ from __future__ import annotations
 
 import importlib.util
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
 from llmlab.errors import ConfigError
 from llmlab.scoring import EvalOptions
 from llmlab.training.loop import LoopOptions
+from llmlab.tune.rewards import check_reward_names
 
-Method = Literal["lora", "dora", "full", "qlora", "dpo", "orpo"]
-ADAPTER_METHODS = ("lora", "dora", "qlora", "dpo", "orpo")
+Method = Literal["lora", "dora", "full", "qlora", "dpo", "orpo", "grpo"]
+ADAPTER_METHODS = ("lora", "dora", "qlora", "dpo", "orpo", "grpo")
 PREFERENCE_METHODS = ("dpo", "orpo")
+# Methods that run outside llmlab's supervised loop (so not under torchrun).
+OWN_TRAINER_METHODS = (*PREFERENCE_METHODS, "grpo")
 QLORA_EXTRA = "pip install 'llmlab[qlora]'"
 UNSLOTH_EXTRA = "pip install 'llmlab[unsloth]'"
 
@@ -27,12 +30,15 @@ class TuneConfig(LoopOptions, EvalOptions):
     """Options of the Tune station (``llmlab tune`` and a recipe's ``tune`` step)."""
 
     name: str = Field(..., description="Name of the artifact to write (an adapter, or a full model for 'full').")
-    model: str = Field(..., description="Model to tune: an artifact in the store or a local Hugging Face folder.")
+    model: str = Field(..., description="Model to tune: an artifact in the store or a local Hugging Face folder; "
+                       "for grpo also an adapter artifact (an SFT LoRA), whose weights GRPO trains on.")
     data: str = Field("world:tune", description="Training data: 'world:tune' (the demo world's tuning questions, "
                       "from the model's world), a local .jsonl/.json/.txt/.parquet file or folder, or a Hugging "
                       "Face data set name. Records: messages, instruction/input/output, prompt/completion, "
                       "question/answer, text; for dpo/orpo: prompt/chosen/rejected (or 'world:tune' again: "
-                      "pairs built from the world, a wrong answer of the same relation as 'rejected').")
+                      "pairs built from the world, a wrong answer of the same relation as 'rejected'); for grpo: "
+                      "questions with gold answers (answer, answers or SQuAD's answers.text), or any prompts your "
+                      "own reward can judge.")
     data_limit: int | None = Field(None, ge=1, description="Most records read from data (None: all).")
     anchor: str | None = Field(
         None, description="Data on which the tuned model must keep the base model's predictions (the same "
@@ -41,7 +47,8 @@ class TuneConfig(LoopOptions, EvalOptions):
         "was not tuned for, so adapters of one base merge with less interference. LoRA-type methods only.")
     anchor_weight: float = Field(1.0, gt=0, description="Strength of the anchor's KL term against the training loss.")
     method: Method = Field("lora", description="lora, dora (weight-decomposed LoRA), full (every weight), "
-                           "qlora (4-bit base, needs an NVIDIA GPU), dpo or orpo (preference pairs, LoRA).")
+                           "qlora (4-bit base, needs an NVIDIA GPU), dpo or orpo (preference pairs, LoRA), grpo (reinforcement "
+                           "learning from rewards of sampled answers; LoRA, or every weight with grpo_weights: full).")
     backend: Literal["auto", "peft", "unsloth"] = Field(
         "auto", description="auto: unsloth when it is installed and a CUDA GPU is present, else peft.")
     target_modules: list[str] | str = Field(
@@ -54,10 +61,32 @@ class TuneConfig(LoopOptions, EvalOptions):
     alpha: float | None = Field(None, description="LoRA scaling alpha; None means 2 x rank.")
     dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the LoRA input.")
     learning_rate: float | None = Field(
-        None, description="Peak learning rate; None means 2e-3 for adapters, 1e-3 for full tuning, 5e-5 for dpo/orpo.")
+        None, description="Peak learning rate; None means 2e-3 for adapters, 1e-3 for full tuning, 5e-5 for "
+        "dpo/orpo, 3e-4 for grpo (1e-4 with grpo_weights: full).")
     answer_only: bool = Field(True, description="Loss on the answer tokens only (the prompt is masked).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory (slower).")
-    beta: float = Field(0.1, gt=0, description="dpo/orpo: strength of the preference term.")
+    beta: float = Field(0.1, ge=0, description="dpo/orpo: strength of the preference term; grpo: weight of the KL "
+                        "term that keeps the policy near where it started (0: no KL, one forward pass less).")
+    # GRPO (method: grpo): llmlab.tune.grpo and llmlab.tune.rewards.
+    rewards: dict[str, float] | str = Field(
+        "exact_match", validate_default=True, description="grpo: reward terms and weights, as {name: weight} or 'exact_match, length=0.2': "
+        "built in exact_match, f1 (against the record's gold answers), short (one to five words), json (JSON, "
+        "valid under the record's schema), length (a penalty per extra word), or your own function "
+        "'path/to/file.py:function' taking (completion, record) and returning a number.")
+    group_size: int = Field(8, ge=2, description="grpo: answers sampled per prompt; each is rewarded against the "
+                            "mean of its group.")
+    temperature: float = Field(1.0, gt=0, description="grpo: sampling temperature of the answers.")
+    max_new_tokens: int = Field(16, ge=1, description="grpo: longest sampled answer in tokens.")
+    clip: float = Field(0.2, gt=0, lt=1, description="grpo: the policy ratio is clipped to 1 +- clip.")
+    policy_updates: int = Field(1, ge=1, description="grpo: optimizer steps on each batch of sampled answers "
+                                "(above 1, the ratio clipping bounds how far they move the policy).")
+    grpo_weights: Literal["lora", "full"] = Field(
+        "lora", description="grpo: train a LoRA adapter (a new one, or the given adapter's own weights) or every "
+        "weight (an adapter given as model is merged into its base first).")
+    reward_timeout: float = Field(10.0, gt=0, description="grpo: seconds one call of your own reward may take "
+                                  "before the run stops.")
+    show_samples: int = Field(3, ge=0, description="grpo: prompts whose sampled answers and rewards are shown "
+                              "at each checkpoint.")
     evaluate: bool = Field(True, description="After training, score base and tuned on the same held-out texts and "
                            "questions (texts, qa; by default the demo world's, when the model has one).")
 
@@ -67,12 +96,38 @@ class TuneConfig(LoopOptions, EvalOptions):
         # peft reads a string as a regex; "q_proj,v_proj" (a CLI flag) means a list of names.
         return [m.strip() for m in v.split(",") if m.strip()] if isinstance(v, str) and "," in v else v
 
+    @field_validator("rewards", mode="before")
+    @classmethod
+    def _rewards(cls, v: Any) -> dict[str, float]:
+        if isinstance(v, str):  # "exact_match, f1=0.5, my_rewards.py:brevity=2" (a flag or a form field)
+            parsed: dict[str, float] = {}
+            for part in (p.strip() for p in v.split(",")):
+                name, eq, weight = part.partition("=")
+                if not name.strip():
+                    continue
+                try:
+                    parsed[name.strip()] = float(weight) if eq else 1.0
+                except ValueError:
+                    raise ValueError(f"the weight of reward '{name.strip()}' must be a number, got '{weight}'") from None
+            v = parsed
+        if not isinstance(v, dict):
+            raise ValueError("rewards must be {name: weight} or a comma-separated list of names")
+        check_reward_names(v)
+        return v
+
     @model_validator(mode="after")
     def _anchor_needs_adapter(self) -> TuneConfig:
         if self.anchor and self.method not in ("lora", "dora", "qlora"):
             raise ValueError(f"anchor needs a LoRA-type method (lora, dora, qlora), not '{self.method}': the base's "
                              "predictions come from switching the adapter off")
+        if self.method in PREFERENCE_METHODS and self.beta <= 0:
+            raise ValueError(f"beta must be positive for {self.method}, got {self.beta}; 0.1 is a good start")
         return self
+
+    def reward_weights(self) -> dict[str, float]:
+        """``rewards`` as {name: weight} (validated)."""
+        assert isinstance(self.rewards, dict)
+        return self.rewards
 
     @field_validator("rank")
     @classmethod
@@ -91,6 +146,9 @@ class TuneConfig(LoopOptions, EvalOptions):
     def lr(self) -> float:
         if self.learning_rate is not None:
             return self.learning_rate
+        if self.method == "grpo":
+            # RL gradients are noisy: on the demo, 1e-3 and 2e-3 drifted the SFT adapter's reward down
+            return 1e-4 if self.grpo_weights == "full" else 3e-4
         return {"full": 1e-3, "dpo": 5e-5, "orpo": 5e-5}.get(self.method, 2e-3)
 
     def lora_alpha(self) -> float:

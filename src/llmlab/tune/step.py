@@ -1,4 +1,4 @@
-"""The Tune station: LoRA, DoRA, QLoRA, full fine-tuning, DPO and ORPO on a model in the store.
+"""The Tune station: LoRA, DoRA, QLoRA, full fine-tuning, DPO, ORPO and GRPO on a model in the store.
 
 ``tune(TuneConfig(name="demo-lora", model="demo"))`` reads the data (by default the demo world's
 ``tune`` questions, found beside the model or an ancestor), applies the model's chat template,
@@ -17,7 +17,10 @@ Supervised methods run llmlab's own loop (``llmlab.training.loop.train_loop``) o
 transformers) model: batches are grouped by length so dynamic padding wastes little, and a checkpoint is
 written every ``checkpoint_every`` steps (and when the run is interrupted) under
 ``<store>/.cache/tune/<name>/``, so ``resume`` continues a crashed or cancelled run. DPO and ORPO
-run trl's trainers on ``{prompt, chosen, rejected}`` pairs (``llmlab.tune.preference``).
+run trl's trainers on ``{prompt, chosen, rejected}`` pairs (``llmlab.tune.preference``). GRPO samples
+answers, rewards them and trains on the rewards (``llmlab.tune.grpo``, rewards in ``llmlab.tune.rewards``);
+it may start from an adapter artifact (an SFT LoRA), which it continues, and its training log holds
+reward, KL, group accuracy and answer length per step, with sampled answers at checkpoints.
 
 This module holds ``tune`` (the recipe step) and the scoring of base against tuned; the options are in
 ``llmlab.tune.config``, the data in ``llmlab.tune.records``, the model in ``llmlab.tune.model`` and the
@@ -35,7 +38,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from llmlab import settings
 from llmlab.errors import ConfigError, ResourceError, StoreError
@@ -48,15 +51,16 @@ from llmlab.training.distributed import distributed, wait_for_main
 from llmlab.training.loop import train_loop, trainable_params
 from llmlab.training.losses import LossFn, sft_loss
 from llmlab.tune.anchor import AnchoredLoss
-from llmlab.tune.config import PREFERENCE_METHODS, TuneConfig, select_backend
+from llmlab.tune.config import OWN_TRAINER_METHODS, PREFERENCE_METHODS, TuneConfig, select_backend
+from llmlab.tune.grpo import load_prompts, resolve_policy, train_grpo
 from llmlab.tune.model import load_model, model_world, resolve_model, save_tokenizer
 from llmlab.tune.preference import train_preference
 from llmlab.tune.records import load_data, prepare, prepare_anchor
-
-if TYPE_CHECKING:
-    pass
+from llmlab.tune.rewards import load_rewards, needs_gold
 
 log = logging.getLogger(__name__)
+# grpo's measures (the first and last tenth of training) kept in metrics.json, so MLflow logs them with the step
+GRPO_METRICS = ("reward_start", "reward_end", "group_accuracy_start", "group_accuracy_end", "kl_end")
 
 
 # ----- evaluation -----
@@ -88,30 +92,40 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
 
     no_progress_bars()  # our own progress events say what is happening
     store = store or Store()
-    base, base_art = resolve_model(config.model, store)
+    policy = resolve_policy(config.model, store) if config.method == "grpo" else None
+    base, base_art = (policy.base, policy.base_art) if policy else resolve_model(config.model, store)
+    # a user's reward file is imported now, so a missing file or function stops the run before any loading
+    rewards = load_rewards(config.reward_weights()) if policy else []
     if store.exists(config.name) and not overwrite:
         raise StoreError(f"An artifact named '{config.name}' already exists.",
                          "Choose another name, or pass --force / overwrite=True.")
     plan = select_backend(config)
     dist = distributed(plan.device)
-    if dist.world > 1 and plan.method in PREFERENCE_METHODS:
-        raise ConfigError(f"{plan.method} runs through trl, not llmlab's own loop, so it does not run under "
-                          "torchrun here.", "Start it as one process, or with `accelerate launch` and trl.")
+    if dist.world > 1 and plan.method in OWN_TRAINER_METHODS:
+        raise ConfigError(f"{plan.method} runs its own trainer, not llmlab's supervised loop, so it does not run "
+                          "under torchrun here.", "Start it as one process.")
     progress = progress if dist.main else None
     for m in plan.messages:
         log.warning(m)
         emit(progress, "log", level="warning", message=m)
     emit(progress, "log", message=f"tuning '{config.model}' with {plan.method} on {plan.backend} ({plan.device})")
+    if policy and policy.adapter:
+        emit(progress, "log", message=f"grpo starts from the adapter '{policy.adapter.name}' on its base "
+             f"'{base_art.name if base_art else base}'")
     if plan.device == "cpu":
         torch.set_num_threads(settings.threads())
-    records, is_world = load_data(config, store)
+    records, is_world = load_prompts(config, policy, store) if policy else load_data(config, store)
     ckpt = Checkpoints(store, config.name, config.fingerprint())
-    kind = "full" if plan.method == "full" else "adapter"
+    kind = "full" if plan.method == "full" or (policy and config.grpo_weights == "full") else "adapter"
     info: dict[str, Any] = {"method": plan.method, "backend": plan.backend, "device": plan.device,
                             "threads": settings.threads(), "records": len(records)}
     try:
         if plan.method in PREFERENCE_METHODS:
             model, tok, train_log, facts = train_preference(base, records, config, plan, ckpt, progress)
+        elif policy is not None:
+            needs_gold(rewards, records)
+            model, tok, train_log, facts = train_grpo(policy, records, is_world, rewards, config, plan, ckpt,
+                                                      progress)
         else:
             model, tok = load_model(base, config, plan)
             data = prepare(config, tok, records, is_world, progress)
@@ -158,21 +172,29 @@ def tune(config: TuneConfig, *, store: Store | None = None, progress: Reporter |
             model.save_pretrained(w.path, safe_serialization=True)
         save_tokenizer(base, w.path, tok)  # the base's files, byte for byte
         with open(w.path / "training_log.jsonl", "w") as f:
-            f.writelines(json.dumps({k: r[k] for k in ("step", "loss", "val_loss")}) + "\n" for r in train_log)
+            # grpo's rows hold its own measures (reward, kl, ...) and sampled answers at checkpoints
+            f.writelines(json.dumps(r if policy else {k: r[k] for k in ("step", "loss", "val_loss")}) + "\n"
+                         for r in train_log)
         if base_art is not None:
             w.parents = [Parent(name=base_art.name, content_hash=base_art.content_hash, role="base")]
         else:
             info["base_path"] = str(base)
+        if policy and policy.adapter:
+            w.parents.append(Parent(name=policy.adapter.name, content_hash=policy.adapter.content_hash, role="start"))
         w.info = info
         w.step = step
-        w.metrics = {k: facts[k] for k in ("val_loss_before", "val_loss_after") if facts.get(k) is not None}
+        w.metrics = {k: facts[k] for k in ("val_loss_before", "val_loss_after", *GRPO_METRICS)
+                     if facts.get(k) is not None}
         if config.evaluate:
             del model  # free the training copy before two more models load
             tuned = w.path if kind == "full" else merge_adapter(base, w.path, ckpt.dir / "merged")
+            # GRPO from an adapter is measured against that adapter: what the RL added
+            before = merge_adapter(base, policy.adapter.path, ckpt.dir / "start") if policy and policy.adapter else base
             texts, qa = config.eval_inputs(store=store, artifact=base_art, world=model_world(store, base, base_art),
                                            progress=progress)
-            w.metrics.update(_evaluate(base, tuned, texts, qa, progress))
-            if tuned != w.path:
-                shutil.rmtree(tuned, ignore_errors=True)
+            w.metrics.update(_evaluate(before, tuned, texts, qa, progress))
+            for folder in (tuned, before):
+                if folder not in (w.path, base):
+                    shutil.rmtree(folder, ignore_errors=True)
     ckpt.clear()
     return wait_for_main(config.name, store)
