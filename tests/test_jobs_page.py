@@ -145,8 +145,9 @@ def test_a_real_job_submitted_on_the_page_lists_each_steps_outputs_and_metrics(e
     assert set(links(at)) == {"demo", "demo-f16", "demo-q8_0"}
     assert links(at)["demo-q8_0"].startswith("artifact=demo-q8_0&session=")
     q8 = empty_home.get("demo-q8_0").metrics
-    q8_line = next(c.value for c in at.caption if c.value.startswith("gguf · ppl") and f"{q8['ppl']:.4g}" in c.value)
-    assert f"kld_mean {q8['kld_mean']:.4g}" in q8_line and "loss" not in q8_line  # its own, not training's
+    q8_line = next(c.value for c in at.caption
+                   if c.value.startswith("gguf · perplexity") and f"{q8['ppl']:.4g}" in c.value)
+    assert f"KLD vs reference {q8['kld_mean']:.4g}" in q8_line and "loss" not in q8_line  # its own, not training's
     demo_line = next(c.value for c in at.caption if c.value.startswith("base"))
     assert f"train_loss {empty_home.get('demo').manifest.info['train_loss']:.4g}" in demo_line  # its build's
     log = next(c.value for c in at.code if "scoring demo-q8_0" in c.value)
