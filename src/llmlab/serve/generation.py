@@ -72,28 +72,24 @@ class Generation:
             raise ConfigError(f"The prompt has {len(ids)} tokens and max_tokens is {params.max_tokens}, but the "
                               f"model's context holds {m.n_ctx}.", "Lower max_tokens or shorten the prompt.")
         mask = _GrammarMask(m, self.grammar) if self.grammar else None
-        rng = np.random.default_rng(params.seed)
-        history = list(ids)
+        chooser = _Chooser(params, np.random.default_rng(params.seed), mask, self.top_logprobs if self.logprobs else None)
         if self.batcher is not None:
-            yield from self._in_batch(ids, params, mask, rng)
+            yield from self._in_batch(ids, params, chooser)
             return
+        history = list(ids)
         try:
             scope = m.adapter(self.adapter) if self.selects_adapter else contextlib.nullcontext()  # type: ignore
             with scope, m.decoding(ids) as decoder:
                 for i in range(params.max_tokens):
-                    logits = decoder.logits
                     if self.cancel.is_set():
                         self.finish_reason = "cancelled"
                         return
-                    allowed = mask.apply(logits) if mask else logits
-                    tok = sample_token(allowed, params, rng, history)
+                    tok = chooser(decoder.logits, history)
                     if not self.ignore_eos and m.is_eog(tok):
                         return
                     self.completion_tokens += 1
                     if self.logprobs:
-                        self.tokens.append(_token_info(logits, tok, self.top_logprobs))
-                    if mask:
-                        mask.accept(tok)
+                        self.tokens.append(chooser.infos[-1])
                     history.append(tok)
                     yield tok
                     if i + 1 < params.max_tokens:
@@ -102,23 +98,13 @@ class Generation:
             if mask:
                 mask.close()
 
-    def _in_batch(self, ids: Sequence[int], params: SamplingParams, mask: _GrammarMask | None,
-                  rng: np.random.Generator) -> Iterator[int]:
-        """``generate_ids`` through the server's batcher: the same token choice (grammar mask, the
-        runtime's sampling, log-probabilities), made in the batcher's thread for this request."""
+    def _in_batch(self, ids: Sequence[int], params: SamplingParams, chooser: _Chooser) -> Iterator[int]:
+        """``generate_ids`` through the server's batcher: the same ``chooser``, called in the batcher's
+        thread for this request."""
         from llmlab.runtime.batched import Request
 
-        infos: list[TokenInfo] = []
-
-        def choose(logits: np.ndarray, history: list[int]) -> int:
-            tok = sample_token(mask.apply(logits) if mask else logits, params, rng, history)
-            if self.logprobs:
-                infos.append(_token_info(logits, tok, self.top_logprobs))
-            if mask:
-                mask.accept(tok)
-            return tok
-
-        request = Request(ids, params, ignore_eos=self.ignore_eos, choose=choose,
+        mask, infos = chooser.mask, chooser.infos
+        request = Request(ids, params, ignore_eos=self.ignore_eos, choose=chooser,
                           on_token=lambda out: not self.cancel.is_set())
         tokens = self.batcher.stream(request)
         try:
@@ -136,6 +122,26 @@ class Generation:
 
     def text(self) -> str:
         return "".join(self.pieces())
+
+
+@dataclass
+class _Chooser:
+    """How a request picks each token, one at a time or in a batch alike: the grammar mask (if any),
+    the runtime's ``sample_token``, then the token's log-probability (when ``top`` is not None)."""
+
+    params: SamplingParams
+    rng: np.random.Generator
+    mask: _GrammarMask | None
+    top: int | None
+    infos: list[TokenInfo] = field(default_factory=list)
+
+    def __call__(self, logits: np.ndarray, history: Sequence[int]) -> int:
+        tok = sample_token(self.mask.apply(logits) if self.mask else logits, self.params, self.rng, history)
+        if self.top is not None:
+            self.infos.append(_token_info(logits, tok, self.top))
+        if self.mask:
+            self.mask.accept(tok)
+        return tok
 
 
 def _token_info(logits: np.ndarray, tok: int, top: int) -> TokenInfo:
