@@ -268,3 +268,48 @@ def test_arena_compares_adapters_of_a_served_bundle(multi: Store, server, monkey
     assert not at.exception, [e.value for e in at.exception]
     assert [e.value for e in at.error] == [] and [w.value for w in at.warning] == []
     assert [s.value for s in at.success] == [f"Your vote: {BUNDLE}:lora-a is better."]
+
+
+def test_adapters_decode_in_one_batch_taking_turns(multi: Store) -> None:
+    """One batch engine holds requests for the base and both adapters: each answers as it does alone
+    under its adapter, and a cached prompt is reused only under the adapter it was computed with."""
+    from llmlab.runtime.adapters import load_with_adapters
+    from llmlab.runtime.batched import ACTIVE, BatchEngine, Request
+
+    with load_with_adapters("micro-f16", {"a": "lora-a-gguf", "b": "lora-b-gguf"}, store=multi) as m:
+        ids = m.tokenize(PROMPT, add_special=True)
+        alone = {}
+        for name in (None, "a", "b"):
+            with m.adapter(name):
+                alone[name] = list(m.generate_ids(ids, GREEDY, ignore_eos=True))
+        assert len({tuple(v) for v in alone.values()}) == 3  # each adapter really changes the answer
+        with m.adapter("a"), BatchEngine(m, slots=3) as engine:  # ACTIVE: "a", active when it was made
+            first = engine.run([Request(ids, GREEDY, ignore_eos=True, adapter=a) for a in (None, "a", "b")])
+            assert engine.reused_tokens == 0  # three slots, each computed under another adapter
+            again = engine.run([Request(ids, GREEDY, ignore_eos=True, adapter=a) for a in ("b", ACTIVE, None)])
+            assert engine.reused_tokens == 3 * (len(ids) - 1)  # each took its own adapter's slot
+            with pytest.raises(ConfigError, match="holds no adapter named 'c'"):
+                engine.run([Request(ids, GREEDY, adapter="c")])
+    assert [r.out for r in first] == [alone[None], alone["a"], alone["b"]]
+    assert [r.out for r in again] == [alone["b"], alone["a"], alone[None]]
+
+
+def test_concurrent_requests_for_each_adapter_answer_as_their_merged_models(server, multi: Store) -> None:
+    import threading
+
+    with load("micro", store=multi) as base, load("lora-a", store=multi) as merged_a, \
+            load("lora-b", store=multi) as merged_b:
+        want = {BUNDLE: base.complete(PROMPT, GREEDY), f"{BUNDLE}:lora-a": merged_a.complete(PROMPT, GREEDY),
+                f"{BUNDLE}:lora-b-gguf": merged_b.complete(PROMPT, GREEDY)}
+    got: dict[str, str] = {}
+
+    def ask(model: str) -> None:
+        got[model] = _complete(server, model).json()["choices"][0]["text"]
+
+    threads = [threading.Thread(target=ask, args=(m,)) for m in want]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert got == want
+    assert server.get("/health").json()["slots"] > 1  # they went through the batch

@@ -21,8 +21,11 @@ and for some types (F16, K-quants) the kernels for several tokens round differen
 a single token: there a sequence can take another token at a near tie (SmolLM2 Q4_K_M: 6 of 8 answers
 of 32 tokens identical), as it does in llama.cpp's own server.
 
-A GGUF model with a LoRA applied (``lora_path``) and the other engines generate one request after the
-other through the same functions: the batched context holds the base weights only.
+Adapters: the batch runs with the adapter the model had active when the engine was made (a GGUF loaded
+with ``lora_path``), or, per request, with any adapter the model holds (``Request.adapter``, a bundle of
+several adapters). llama.cpp applies one adapter set to a whole context, so one decode step takes the
+sequences of one adapter, and the adapters in use take turns. The other engines generate one request after
+the other through the same functions.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ import numpy as np
 from llmlab.errors import ConfigError
 from llmlab.runtime.base import Message, Model, SamplingParams, check_messages, sample_token, text_pieces
 
+ACTIVE = "<active>"  # Request.adapter: the adapter the model had active when the engine was made
 DEFAULT_SLOTS = 4
 SLOT_CTX = 1024  # KV tokens per slot by default
 
@@ -63,6 +67,7 @@ class Request:
     error: BaseException | None = None
     cancelled: bool = False  # set by the caller: the engine drops the sequence before its next token
     on_done: Callable[[], None] | None = None
+    adapter: str | None = ACTIVE  # one of the model's adapters, or None for the base alone
 
     def finish(self, error: BaseException | None = None) -> None:
         """Called by the engine when it is done with the request (it never touches it again)."""
@@ -72,10 +77,11 @@ class Request:
             self.on_done()
 
 
-@dataclass
+@dataclass(eq=False)  # compared by identity: a sequence is itself, whatever it holds
 class _Seq:
     req: Request
     seq_id: int
+    adapter: str | None  # the adapter its cache is computed under
     feed: list[int]  # tokens still to decode: the prompt (in chunks), then the last sampled one
     budget: int  # tokens it may generate (max_tokens within the model's context)
     rng: np.random.Generator
@@ -96,9 +102,8 @@ def _shared(a: Sequence[int], b: Sequence[int]) -> int:
 
 
 def batchable(model: Model) -> bool:
-    """True when ``model`` can decode several sequences in one pass (a GGUF without a LoRA applied)."""
-    return (model.engine == "llama.cpp" and getattr(model, "lora_path", None) is None
-            and getattr(model, "active_adapter", None) is None)
+    """True when ``model`` can decode several sequences in one pass (a GGUF, with or without adapters)."""
+    return model.engine == "llama.cpp" and hasattr(model, "apply_adapter")
 
 
 class BatchEngine:
@@ -107,8 +112,8 @@ class BatchEngine:
     def __init__(self, model: Model, *, slots: int = DEFAULT_SLOTS, slot_ctx: int | None = None, n_batch: int = 512,
                  reuse_prefix: bool = True):
         if not batchable(model):
-            raise ConfigError(f"'{model.path.name}' cannot decode sequences in a batch (only a GGUF model without "
-                              "a LoRA applied can).", "Generate one request at a time (generate_many does).")
+            raise ConfigError(f"'{model.path.name}' cannot decode sequences in a batch (only a GGUF model can).",
+                              "Generate one request at a time (generate_many does).")
         if slots < 1:
             raise ConfigError(f"slots must be at least 1, not {slots}.")
         import llama_cpp as ll
@@ -132,10 +137,13 @@ class BatchEngine:
         # What each slot's KV cache holds once its sequence has left (prompt reuse): the tokens, and when
         # the slot was last used. A new request takes the free slot whose cache shares its longest prefix.
         self.reuse_prefix = reuse_prefix
-        self._held: dict[int, list[int]] = {}
+        self._held: dict[int, tuple[str | None, list[int]]] = {}  # seq_id -> (adapter, tokens)
         self._used: dict[int, int] = {}
         self._starts = 0
         self.reused_tokens = 0  # prompt tokens not recomputed, over the engine's life
+        self.default_adapter: str | None = getattr(model, "active_adapter", None)
+        self._adapter: str | None = None  # what the context runs with now (a new context: the base)
+        self._turn = 0
 
     def close(self) -> None:
         if self._ctx:
@@ -161,6 +169,8 @@ class BatchEngine:
         if len(r.ids) >= self.slot_ctx:
             raise ConfigError(f"The prompt has {len(r.ids)} tokens but a slot's context holds {self.slot_ctx}.",
                               "Shorten the prompt, or make the engine with a larger slot_ctx.")
+        if r.adapter != ACTIVE:
+            self.model.check_adapter(r.adapter)  # type: ignore[attr-defined]
 
     def run(self, requests: Sequence[Request], progress: Callable[[int], None] | None = None) -> list[Request]:
         """Generate every request (each ``out`` filled), ``slots`` at a time, joining as others finish;
@@ -180,9 +190,16 @@ class BatchEngine:
     def _start(self, r: Request, active: list[_Seq]) -> _Seq:
         free = sorted(set(range(self.slots)) - {s.seq_id for s in active})
         ids = list(r.ids)
+        adapter = self.default_adapter if r.adapter == ACTIVE else r.adapter
+
+        def shared(q: int) -> int:  # a cache computed under another adapter is of no use
+            held_adapter, held = self._held.get(q, (adapter, []))
+            return _shared(held, ids) if held_adapter == adapter else 0
+
         # the free slot sharing the longest prefix with this prompt; on a tie, the one used longest ago
-        seq_id = max(free, key=lambda q: (_shared(self._held.get(q, []), ids), -self._used.get(q, -1)))
-        keep = min(_shared(self._held.pop(seq_id, []), ids), len(ids) - 1)  # its last token gives the logits
+        seq_id = max(free, key=lambda q: (shared(q), -self._used.get(q, -1)))
+        keep = min(shared(seq_id), len(ids) - 1)  # its last token is computed again, for its logits
+        self._held.pop(seq_id, None)
         if not self.reuse_prefix or not self._ll.llama_memory_seq_rm(self._mem, seq_id, keep, -1):
             self._ll.llama_memory_seq_rm(self._mem, seq_id, -1, -1)
             keep = 0
@@ -190,22 +207,36 @@ class BatchEngine:
         self._used[seq_id] = self._starts
         self.reused_tokens += keep
         budget = min(r.params.max_tokens, self.slot_ctx - len(ids))
-        return _Seq(r, seq_id, ids[keep:], budget, np.random.default_rng(r.params.seed), ids, pos=keep,
+        return _Seq(r, seq_id, adapter, ids[keep:], budget, np.random.default_rng(r.params.seed), ids, pos=keep,
                     decoded=ids[:keep])
 
     def tick(self, active: list[_Seq]) -> list[Request]:
-        """One decode step of every sequence in ``active``, then a token for each that has its logits;
-        the finished ones leave ``active`` (their cache dropped, ``done`` set) and are returned."""
-        self._step(active)
+        """One decode step of the sequences in ``active`` (of one adapter, when they use several), then a
+        token for each that has its logits; the finished ones leave ``active`` (``done`` set) and are returned."""
+        group = self._turn_of(active)
+        self._step(group)
         finished = []
-        for s in [s for s in active if s.row >= 0 or s.req.cancelled]:
+        for s in [s for s in active if (s.row >= 0 and s in group) or s.req.cancelled]:
             if not s.req.cancelled and self._sample(s):
                 continue
             active.remove(s)
-            self._held[s.seq_id] = s.decoded  # its cache stays for a later prompt with the same start
+            self._held[s.seq_id] = (s.adapter, s.decoded)  # kept for a later prompt with the same start
             s.req.finish()
             finished.append(s.req)
         return finished
+
+    def _turn_of(self, active: list[_Seq]) -> list[_Seq]:
+        """The sequences that decode this step: all of them, or, when they use several adapters, those of
+        the adapter whose turn it is (turns rotate); the context is switched to that adapter."""
+        adapters = list(dict.fromkeys(s.adapter for s in active))  # in order of arrival
+        if not adapters:
+            return active
+        self._turn += 1
+        adapter = adapters[self._turn % len(adapters)]
+        if adapter != self._adapter:
+            self.model.apply_adapter(self._ctx, adapter)  # type: ignore[attr-defined]
+            self._adapter = adapter
+        return active if len(adapters) == 1 else [s for s in active if s.adapter == adapter]
 
     def _step(self, active: list[_Seq]) -> None:
         """One ``llama_decode`` of each sequence's next tokens (prompts chunked to fit ``n_batch``)."""

@@ -211,20 +211,29 @@ class LlamaCppModel(Model):
         with self._lock:
             if name == self._active:
                 return
-            ll = self._ll
-            if name is None:
-                rc = ll.llama_set_adapters_lora(self.llm.ctx, None, 0, None)
-            else:
-                if name not in self._adapters:
-                    raise ConfigError(f"'{self.path.name}' holds no adapter named '{name}'.",
-                                      f"Use one of: {', '.join(self._adapters) or '(none loaded)'}.")
-                a = self._adapters[name]
-                rc = ll.llama_set_adapters_lora(self.llm.ctx, (ll.llama_adapter_lora_p_ctypes * 1)(a.handle), 1,
-                                                (ctypes.c_float * 1)(a.scale))
-            if rc != 0:
-                raise RuntimeError(f"llama.cpp could not switch '{self.path.name}' to the adapter {name!r}.")
+            self.apply_adapter(self.llm.ctx, name)
             self._reset()  # the KV cache was computed under the other adapter
             self._active = name
+
+    def check_adapter(self, name: str | None) -> None:
+        """ConfigError unless ``name`` is None (the base alone) or one of the loaded adapters."""
+        if name is not None and name not in self._adapters:
+            raise ConfigError(f"'{self.path.name}' holds no adapter named '{name}'.",
+                              f"Use one of: {', '.join(self._adapters) or '(none loaded)'}.")
+
+    def apply_adapter(self, ctx: Any, name: str | None) -> None:
+        """Make ``name`` (None: the base alone) the adapter that llama.cpp context ``ctx`` on these weights
+        runs with (the model's own, or a batch's); the caller drops what its cache computed under another."""
+        self.check_adapter(name)
+        ll = self._ll
+        if name is None:
+            rc = ll.llama_set_adapters_lora(ctx, None, 0, None)
+        else:
+            a = self._adapters[name]
+            rc = ll.llama_set_adapters_lora(ctx, (ll.llama_adapter_lora_p_ctypes * 1)(a.handle), 1,
+                                            (ctypes.c_float * 1)(a.scale))
+        if rc != 0:
+            raise RuntimeError(f"llama.cpp could not switch '{self.path.name}' to the adapter {name!r}.")
 
     @contextlib.contextmanager
     def adapter(self, name: str | None) -> Iterator[LlamaCppModel]:

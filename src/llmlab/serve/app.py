@@ -1,8 +1,8 @@
 """The FastAPI app: OpenAI-compatible endpoints over one loaded model.
 
 A GGUF model generates up to ``parallel`` requests together (``runtime.batched.Batcher``: one decode
-step serves them all, and a request joins or leaves between steps); other models, and a bundle with
-several adapters, one at a time. Up to ``max_queue`` more wait (``llmlab_queue_depth``) and the rest
+step serves them all, and a request joins or leaves between steps; with several adapters, the adapters'
+requests take turns step by step); other models one at a time. Up to ``max_queue`` more wait (``llmlab_queue_depth``) and the rest
 get a 429 at once. Generation runs in a worker thread, so
 ``/health`` and ``/metrics`` answer while a request generates, and a client that goes away (streaming
 or not) stops its generation at the next token (status 499). Every request first passes the checks of
@@ -47,13 +47,13 @@ DISCONNECT_POLL_S = 0.1  # how often a plain (non-streaming) request checks that
 
 def _batcher(config: ServeConfig, served: Served) -> Any:
     """The ``Batcher`` that generates ``config.parallel`` requests together, or None where requests go one at
-    a time (``parallel`` 1, a model llama.cpp cannot batch, a bundle whose requests choose adapters)."""
+    a time (``parallel`` 1, a model llama.cpp cannot batch)."""
     import os
 
     from llmlab.runtime.batched import Batcher, batchable
 
     parallel = config.parallel or min(8, 2 * (os.cpu_count() or 1))
-    if parallel < 2 or served.adapters or not batchable(served.model):
+    if parallel < 2 or not batchable(served.model):
         return None
     return Batcher(served.model, slots=parallel, slot_ctx=served.model.n_ctx)
 

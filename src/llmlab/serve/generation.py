@@ -101,11 +101,12 @@ class Generation:
     def _in_batch(self, ids: Sequence[int], params: SamplingParams, chooser: _Chooser) -> Iterator[int]:
         """``generate_ids`` through the server's batcher: the same ``chooser``, called in the batcher's
         thread for this request."""
-        from llmlab.runtime.batched import Request
+        from llmlab.runtime.batched import ACTIVE, Request
 
         mask, infos = chooser.mask, chooser.infos
         request = Request(ids, params, ignore_eos=self.ignore_eos, choose=chooser,
-                          on_token=lambda out: not self.cancel.is_set())
+                          on_token=lambda out: not self.cancel.is_set(),
+                          adapter=self.adapter if self.selects_adapter else ACTIVE)
         tokens = self.batcher.stream(request)
         try:
             for tok in tokens:
