@@ -11,7 +11,9 @@ api = OpenAIChatModel(base_url="http://127.0.0.1:8080/v1", model_name="demo")
 
 ``RuntimeChatModel`` wraps a loaded ``llmlab.runtime.Model`` (transformers or llama.cpp) and streams
 through its ``stream_chat``; token counts come from the model's own tokenizer and land in
-``usage_metadata``. ``OpenAIChatModel`` speaks the ``/chat/completions`` API with httpx (streaming
+``usage_metadata``. With ``batcher`` (a ``llmlab.runtime.batched.Batcher`` over the same model) it
+generates in that batch instead, beside the requests of other threads (``llm.batched(batcher)``).
+``OpenAIChatModel`` speaks the ``/chat/completions`` API with httpx (streaming
 via server-sent events); its key is read from the environment variable the spec names, never
 stored. ``chat_model_for(spec.model)`` picks one from an agent spec.
 """
@@ -62,10 +64,19 @@ class RuntimeChatModel(BaseChatModel):
     max_tokens: int = 64
     seed: int | None = 0
     stop: list[str] = Field(default_factory=list)
+    batcher: Any = Field(None, description="A llmlab.runtime.batched.Batcher over the same model to generate "
+                                           "in (None: the model's own stream_chat, one request at a time).")
 
     @property
     def _llm_type(self) -> str:
         return "llmlab-runtime"
+
+    def batched(self, batcher: Any) -> RuntimeChatModel:
+        """This chat model generating through ``batcher`` (which must run over the same model)."""
+        if batcher.engine.model is not self.model:
+            raise ConfigError("The batcher runs over another model than this chat model.",
+                              "Make the Batcher with the chat model's own model (llm.model).")
+        return self.model_copy(update={"batcher": batcher})
 
     def _params(self, stop: list[str] | None) -> Any:
         from llmlab.runtime import SamplingParams
@@ -80,7 +91,8 @@ class RuntimeChatModel(BaseChatModel):
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         dicts = to_dicts(messages)
         text = ""
-        for piece in self.model.stream_chat(dicts, self._params(stop)):
+        source = self.model if self.batcher is None else self.batcher
+        for piece in source.stream_chat(dicts, self._params(stop)):
             text += piece
             chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
             if run_manager:

@@ -18,12 +18,20 @@ recall@k) or any search's (retries included). A question without a gold
 answer is scored by the Evaluate station's LLM judge (``llmlab.evaluate.judge``: any model llmlab
 runs, or an OpenAI-compatible endpoint) for faithfulness to the sources and relevance to the
 question, each a 1-5 rubric grade mapped to [0, 1].
+
+When the chat model is a GGUF (``llmlab.runtime.batched.batchable``; with or without an adapter), ``concurrency``
+questions (4 by default) are asked at once from a thread pool and their generations decoded together
+by one ``Batcher`` (continuous batching); greedy answers are those of one question at a time (see
+``llmlab.runtime.batched`` for the weight types where they are exact). Rows keep the question order.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -35,6 +43,7 @@ from llmlab.events import Reporter, emit
 if TYPE_CHECKING:
     from langchain_core.language_models import BaseChatModel
 
+    from llmlab.agents.graph import Agent
     from llmlab.agents.tools import SearcherLike
     from llmlab.evaluate.judge import Judge
     from llmlab.store import StepRecord, Store
@@ -43,6 +52,7 @@ FAITHFULNESS = ("Score 5 if every claim in the answer is stated in the sources g
                 "some are, 1 if the answer is not in the sources or contradicts them.")
 RELEVANCE = ("Score 5 if the answer addresses exactly what was asked, 3 if it is partly on topic, 1 if it is "
              "off-topic or a refusal.")
+Rows = list[tuple[dict[str, Any], dict[str, Any] | None]]  # per question: its retrieval and closed-book rows
 
 
 class EvalAnswersConfig(BaseModel):
@@ -64,6 +74,9 @@ class EvalAnswersConfig(BaseModel):
     judge_model: str | None = Field(None, description="Model name sent to a judge endpoint.")
     judge_api_key_env: str | None = Field(None, description="Environment variable with the judge endpoint's key.")
     show: int = Field(5, ge=0, description="Example answers kept in the report.")
+    concurrency: int = Field(4, ge=1, le=64, description="Questions asked at once, their generations decoded in "
+                                                         "one batch, when the chat model is a GGUF "
+                                                         "(1, or any other model: one after the other).")
 
 
 def _strip_citations(text: str) -> str:
@@ -165,11 +178,103 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _LockedSearcher:
+    """A searcher shared by threads: one search at a time (the embedder's fast tokenizer fails when two
+    threads encode at once, and it is loaded on first use); a search is short beside a generation."""
+
+    def __init__(self, searcher: SearcherLike):
+        self._searcher = searcher
+        self._lock = threading.Lock()
+
+    def search(self, query: str, k: int = 5, mode: str = "hybrid", filters: dict | None = None) -> list[Any]:
+        with self._lock:
+            return self._searcher.search(query, k=k, mode=mode, filters=filters)
+
+
+def _ask(agent: Agent, i: int, q: dict[str, Any], closed_book: str | None, judge: Judge | None,
+         judge_lock: contextlib.AbstractContextManager) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Question ``i`` through the agent (its row), then to the chat model alone with the system prompt
+    ``closed_book`` (its closed-book row; None when ``closed_book`` is None)."""
+    from llmlab.agents.graph import answer_closed_book
+
+    t0 = time.perf_counter()
+    reply = agent.ask(q["question"], thread_id=f"eval-{i}")
+    row: dict[str, Any] = {"question": q["question"], "gold": q["answers"], "answer": reply.answer,
+                           "refused": reply.refused, "gold_doc": q["gold_doc"],
+                           "retrieved": reply.searches[0] if reply.searches else None,
+                           "retrieved_any": reply.retrieved_ids,
+                           "scores": _score(reply.answer, q["answers"]) if q["answers"] else None,
+                           "seconds": time.perf_counter() - t0}
+    if not q["answers"] and judge is not None:
+        with judge_lock:  # a judge is not promised to be thread-safe (a runtime one decodes one request anyway)
+            row["judge"] = judge_answer(judge, q["question"], reply.answer, reply.contexts)
+    if closed_book is None:
+        return row, None
+    t0 = time.perf_counter()
+    answer = answer_closed_book(agent.llm, q["question"], closed_book)
+    return row, {"question": q["question"], "gold": q["answers"], "answer": answer,
+                 "refused": "don't know" in answer.lower(),
+                 "scores": _score(answer, q["answers"]) if q["answers"] else None,
+                 "seconds": time.perf_counter() - t0}
+
+
+def _ask_in_turn(agent: Agent, questions: list[dict[str, Any]], closed_book: str | None, judge: Judge | None,
+                 done: Callable[[int], None]) -> Rows:
+    out = []
+    for i, q in enumerate(questions):
+        out.append(_ask(agent, i, q, closed_book, judge, contextlib.nullcontext()))
+        done(i + 1)
+    return out
+
+
+def _ask_batched(agent: Agent, questions: list[dict[str, Any]], closed_book: str | None, judge: Judge | None,
+                 done: Callable[[int], None], workers: int) -> Rows:
+    """The questions asked ``workers`` at a time, each thread with an agent of its own over one shared
+    searcher and one chat model generating in a shared ``Batcher``; on a failure the batcher is closed
+    at once (the questions still generating end with an error) and the first error is raised."""
+    from concurrent.futures import ThreadPoolExecutor, as_completed
+
+    from llmlab.agents.graph import Agent
+    from llmlab.runtime.batched import Batcher
+
+    model = agent.llm.model  # type: ignore[attr-defined]
+    # a slot holds whatever the model's own context holds, so every prompt the agent fits runs batched too
+    batcher = Batcher(model, slots=workers, slot_ctx=model.n_ctx)
+    llm = agent.llm.batched(batcher)  # type: ignore[attr-defined]
+    searcher, judge_lock = _LockedSearcher(agent.searcher), threading.Lock()
+
+    def one(i: int, q: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        mine = Agent(agent.spec, store=agent.store, llm=llm, searcher=searcher, memory=False, trace=False)
+        return _ask(mine, i, q, closed_book, judge, judge_lock)
+
+    pool = ThreadPoolExecutor(workers, thread_name_prefix="llmlab-eval")
+    out: list[Any] = [None] * len(questions)
+    try:
+        futures = {pool.submit(one, i, q): i for i, q in enumerate(questions)}
+        for n, future in enumerate(as_completed(futures), 1):
+            out[futures[future]] = future.result()
+            done(n)
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+        batcher.close()
+        pool.shutdown(wait=True)
+    return out
+
+
+def _concurrency(agent: Agent, wanted: int, n_questions: int) -> int:
+    """How many questions to ask at once: ``wanted`` for a batchable runtime model, else 1."""
+    from llmlab.agents.chat_model import RuntimeChatModel
+    from llmlab.runtime.batched import batchable
+
+    can = isinstance(agent.llm, RuntimeChatModel) and batchable(agent.llm.model)
+    return min(wanted, n_questions) if can else 1
+
+
 def evaluate_answers(config: EvalAnswersConfig, *, store: Store | None = None, llm: BaseChatModel | None = None,
                      searcher: SearcherLike | None = None, judge: Judge | None = None,
                      progress: Reporter | None = None) -> dict[str, Any]:
     """Ask every question with and without retrieval; return the report (see module doc)."""
-    from llmlab.agents.graph import Agent, answer_closed_book
+    from llmlab.agents.graph import Agent
     from llmlab.store import Store
 
     store = store or Store()
@@ -184,35 +289,26 @@ def evaluate_answers(config: EvalAnswersConfig, *, store: Store | None = None, l
     if judge is None and any(not q["answers"] for q in questions):
         raise ConfigError("Some questions have no gold answer and no judge model was given.",
                           "Pass --judge NAME (a store artifact or an OpenAI-compatible endpoint URL).")
-    retrieval, closed = [], []
+    closed_book = spec.prompts.closed_book if config.closed_book else None
+
+    def done(n: int) -> None:
+        emit(progress, "progress", task="eval answers", done=n, total=len(questions))
+
+    t0 = time.perf_counter()
     try:
-        for i, q in enumerate(questions):
-            t0 = time.perf_counter()
-            reply = agent.ask(q["question"], thread_id=f"eval-{i}")
-            row: dict[str, Any] = {"question": q["question"], "gold": q["answers"], "answer": reply.answer,
-                                   "refused": reply.refused, "gold_doc": q["gold_doc"],
-                                   "retrieved": reply.searches[0] if reply.searches else None,
-                                   "retrieved_any": reply.retrieved_ids,
-                                   "scores": _score(reply.answer, q["answers"]) if q["answers"] else None,
-                                   "seconds": time.perf_counter() - t0}
-            if not q["answers"] and judge is not None:
-                row["judge"] = judge_answer(judge, q["question"], reply.answer, reply.contexts)
-            retrieval.append(row)
-            if config.closed_book:
-                t0 = time.perf_counter()
-                answer = answer_closed_book(agent.llm, q["question"], spec.prompts.closed_book)
-                closed.append({"question": q["question"], "gold": q["answers"], "answer": answer,
-                               "refused": "don't know" in answer.lower(),
-                               "scores": _score(answer, q["answers"]) if q["answers"] else None,
-                               "seconds": time.perf_counter() - t0})
-            emit(progress, "progress", task="eval answers", done=i + 1, total=len(questions))
+        workers = _concurrency(agent, config.concurrency, len(questions))
+        rows = (_ask_batched(agent, questions, closed_book, judge, done, workers) if workers > 1
+                else _ask_in_turn(agent, questions, closed_book, judge, done))
     finally:
         agent.close()
         if own_judge and hasattr(getattr(judge, "model", None), "close"):
             judge.model.close()  # type: ignore[union-attr]
+    retrieval = [r for r, _ in rows]
+    closed = [c for _, c in rows if c is not None]
     report: dict[str, Any] = {
         "questions": config.questions, "agent": config.agent or spec.name, "model": spec.model.label,
         "index": spec.retriever.index, "mode": spec.retriever.mode, "k": spec.retriever.k,
+        "concurrency": workers, "wall_seconds_per_question": round((time.perf_counter() - t0) / len(questions), 4),
         "retrieval": {**_summary(retrieval), "examples": _examples(retrieval, config.show)},
     }
     if config.closed_book:
