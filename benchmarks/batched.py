@@ -77,7 +77,7 @@ def measure(path: Path, requests: int, tokens: int) -> dict[str, Any]:
 
 
 SYSTEM = ("You are the archivist of the river towns. Answer from what you know of their people, trades and "
-          "places, in one short sentence, and say you don't know when you don't. ") * 6
+          "places, in one short sentence, and say you don't know when you don't. ") * 8  # ~310 tokens
 
 
 def first_token_ms(path: Path, requests: int, reuse: bool) -> tuple[float, int, list[list[int]]]:

@@ -9,7 +9,10 @@ llama-server, ``logit_bias`` for llama_cpp.server). ``llama-server`` (continuous
 ``--parallel`` slots) runs when it is built: ``bash scripts/build_llama_server.sh`` builds it once
 from the llama.cpp sources llama-cpp-python vendors. ``ratios``: llmlab tok/s over each other server's
 at concurrency 4 and its own c4/c1 (``ratio``: the one over llama_cpp.server, as before);
-``overload`` (llmlab with a queue of 4 hit by 32 requests at once: 429s, no 5xx, still healthy);
+``shared_prefix`` (per server, time to first token of 8 requests one after the other whose prompts
+start with the same ~310 tokens, as a system prompt does: a server that reuses the cached start answers
+sooner); ``bandwidth_fraction`` (llmlab's weight reads per second over the machine's read bandwidth at
+concurrency 1 and 4: a step reads the file once, and at 4 serves 4 tokens); ``overload`` (llmlab with a queue of 4 hit by 32 requests at once: 429s, no 5xx, still healthy);
 ``settings`` (model, threads, parallel, versions, load average at start and end: the machine is
 shared). Every server gets the same thread count (llama_cpp.server's default is half the cores).
 
@@ -83,7 +86,12 @@ async def one(client, url: str, body: dict, out: list) -> None:
         out.append({"ok": False, "status": type(e).__name__})
 
 
-async def level(base: str, model: str, concurrency: int, n: int, tokens: int, extra: dict, offset: int) -> dict:
+PREFIX = ("You are the archivist of the river towns. Answer from what you know of their people, trades and "
+          "places, in one short sentence, and say you don't know when you don't. ") * 8  # ~310 tokens
+
+
+async def level(base: str, model: str, concurrency: int, n: int, tokens: int, extra: dict, offset: int,
+                prefix: str = "") -> dict:
     import httpx
 
     results: list = []
@@ -91,7 +99,7 @@ async def level(base: str, model: str, concurrency: int, n: int, tokens: int, ex
 
     async def task(i: int) -> None:
         async with sem:
-            body = {"model": model, "prompt": f"Story {offset + i}: once upon a time, in town number {offset + i},",
+            body = {"model": model, "prompt": f"{prefix}Story {offset + i}: once upon a time, in town number {offset + i},",
                     "max_tokens": tokens, "temperature": 0, "stream": True, **extra}
             await one(client, f"{base}/v1/completions", body, results)
 
@@ -160,7 +168,7 @@ def main() -> None:
                                     "-tb", str(args.threads), "-np", str(args.parallel), "-c",
                                     str(n_ctx * args.parallel), "--host", "127.0.0.1", "--no-webui"],
                                    {"ignore_eos": True})
-    runs, offset = [], 0
+    runs, prefixed, offset = [], [], 0
     for name, (cmd, extra) in servers.items():
         port = free_port()
         proc = start(cmd + ["--port", str(port)], port, env)
@@ -172,6 +180,13 @@ def main() -> None:
                 offset += row["requests"]
                 runs.append({"server": name, **row})
                 print(json.dumps(runs[-1]), flush=True)
+            # one after the other, every prompt starting with the same ~310 tokens (a system prompt)
+            asyncio.run(level(base, "m", 1, 1, 4, extra, 20_000, prefix=PREFIX))  # the prefix computed once
+            row = asyncio.run(level(base, "m", 1, 8, 8, extra, offset, prefix=PREFIX))
+            offset += row["requests"]
+            prefixed.append({"server": name, "ttft_ms_p50": row["ttft_ms_p50"], "requests": row["requests"],
+                             "errors": row["errors"]})
+            print(json.dumps(prefixed[-1]), flush=True)
         finally:
             proc.terminate()
             proc.wait(30)
@@ -208,6 +223,14 @@ def main() -> None:
 
     ratios = {"vs_llama_cpp_server_c4": round(tok_s("llmlab") / tok_s("llama_cpp.server"), 3),
               "c4_over_c1": round(tok_s("llmlab") / tok_s("llmlab", 1), 3)}
+    # how much of the machine's memory bandwidth the weights' reads use: one pass over the file per decode
+    # step, and a step at concurrency 4 serves 4 tokens (quantize.py's read_bandwidth: a numpy sum)
+    from quantize import read_bandwidth
+
+    bw = read_bandwidth(args.threads)
+    size = gguf.stat().st_size
+    bandwidth = {"read_bandwidth_gb_s": round(bw / 1e9, 2),
+                 "c1": round(tok_s("llmlab", 1) * size / bw, 3), "c4": round(tok_s("llmlab") / 4 * size / bw, 3)}
     if "llama-server" in servers:
         ratios.update(vs_llama_server_c4=round(tok_s("llmlab") / tok_s("llama-server"), 3),
                       llama_server_c4_over_c1=round(tok_s("llama-server") / tok_s("llama-server", 1), 3))
@@ -217,6 +240,8 @@ def main() -> None:
         "ratio": ratios["vs_llama_cpp_server_c4"],
         "ratios": ratios,
         "overload": overload,
+        "shared_prefix": prefixed,
+        "bandwidth_fraction": bandwidth,
         "goals": {"ratio_at_least": 1.0, "errors_up_to_concurrency_4": 0},
         "settings": {
             "model": str(gguf.name), "size_bytes": gguf.stat().st_size, "threads": args.threads,
