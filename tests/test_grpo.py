@@ -228,6 +228,30 @@ def test_grpo_from_an_sft_adapter_continues_it_and_reports_live(micro, tmp_path)
     assert art.manifest.info["start_adapter"] == "sft"
 
 
+def test_a_recipe_logs_the_grpo_and_sft_series_per_step_to_mlflow(micro, tmp_path, monkeypatch):
+    import mlflow
+
+    from llmlab import recipes
+
+    uri = f"sqlite:///{tmp_path / 'ml.db'}"
+    monkeypatch.setenv("LLMLAB_TRACKING_URI", uri)
+    sft = {"name": "sft", "model": "micro", "data": "world:tune", "steps": 3, "rank": 4, "batch_size": 8,
+           "evaluate": False}
+    grpo = _grpo("g-tracked", model="sft", steps=4, rewards="length").model_dump(exclude_defaults=True)
+    recipe = recipes.Recipe(name="tracked", steps=[recipes.make_step("tune", sft), recipes.make_step("tune", grpo)])
+    recipes.run(recipe, store=micro)
+    client = mlflow.MlflowClient(uri)
+    [run] = client.search_runs([client.get_experiment_by_name("llmlab").experiment_id])
+    rows = [json.loads(x) for x in (micro.get("g-tracked").path / "training_log.jsonl").read_text().splitlines()]
+    for key in ("reward", "kl", "group_accuracy", "completion_len"):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, f"2.{key}"))
+        assert history == [(r["step"], pytest.approx(r[key])) for r in rows], key  # one point a step
+    sft_rows = [json.loads(x) for x in (micro.get("sft").path / "training_log.jsonl").read_text().splitlines()]
+    sft_loss = sorted(m.step for m in client.get_metric_history(run.info.run_id, "1.loss"))
+    assert sft_loss == [r["step"] for r in sft_rows] and len(sft_loss) > 1  # SFT's loss too, at its logged steps
+    assert run.data.metrics["2.reward_end"] == pytest.approx(micro.get("g-tracked").metrics["reward_end"])
+
+
 def test_full_grpo_writes_a_full_model(micro):
     art = tune(_grpo("g-full", grpo_weights="full", beta=0.0), store=micro)
     assert art.kind == "full" and "model.safetensors" in art.manifest.files

@@ -121,6 +121,59 @@ def test_grpo_offers_adapters_and_shows_each_rewards_code_before_it_runs(micro_h
     assert any("runs inside the tuning job" in w.value for w in at.warning) and at.button(key="tune:start")
 
 
+def grpo_job(store: Store, qa_file: Path) -> tuple[str, list[dict]]:
+    """A running tune job whose events.jsonl is a real 3-step GRPO run's, written as the job process writes
+    it (``json_lines``); returns the job id and those events."""
+    import os
+
+    import psutil
+
+    from llmlab import recipes
+    from llmlab.events import json_lines
+    from llmlab.tune import TuneConfig, tune
+
+    config = TuneConfig(name="micro-grpo", model="micro", method="grpo", data=str(qa_file), steps=3, batch_size=2,
+                        group_size=3, max_new_tokens=4, evaluate=False, checkpoint_every=2, show_samples=2)
+    queue = JobQueue(store)
+    job = queue.create(recipes.Recipe(name="g", steps=[recipes.make_step("tune", config)]))
+    events_file = queue.root / job.id / "events.jsonl"
+    with open(events_file, "w") as f:
+        tune(config, store=store, progress=json_lines(f))
+    info = job.model_copy(update={"status": "running", "started": time.time(), "pid": os.getpid(),
+                                  "pid_started": psutil.Process().create_time()})
+    (queue.root / job.id / "job.json").write_text(info.model_dump_json())
+    return job.id, [json.loads(line) for line in events_file.read_text().splitlines()]
+
+
+def chart_series(at) -> dict[str, list[float]]:
+    """Each drawn chart's y-axis title and the y values it plots."""
+    import pyarrow as pa
+
+    out = {}
+    for chart in at.get("vega_lite_chart"):
+        y = json.loads(chart.proto.spec)["layer"][0]["encoding"]["y"]
+        [data] = chart.proto.datasets
+        out[y["title"]] = pa.ipc.open_stream(data.data.data).read_pandas()[y["field"]].tolist()
+    return out
+
+
+def test_live_view_charts_a_grpo_runs_events_and_shows_its_samples(micro_home: Store, qa_file: Path):
+    job_id, events = grpo_job(micro_home, qa_file)
+    metrics = [e for e in events if e["type"] == "metric" and e.get("task") == "tune"]
+    [*_, shown] = [e for e in events if e.get("samples")]
+    at = open_page(PAGE, timeout=120)
+    assert at.session_state["tune:job"] == job_id and "status **running**" in texts(at)
+    charts = chart_series(at)
+    assert charts == {label: [e[key] for e in metrics] for key, label in
+                      (("reward", "reward"), ("group_accuracy", "group accuracy"), ("kl", "KL to the start"),
+                       ("completion_len", "answer length (tokens)"))}, charts  # one point a step each
+    latest = {m.label: m.value for m in at.metric}
+    assert latest["step"] == "3" and float(latest["reward"]) == metrics[-1]["reward"]
+    [table] = at.dataframe
+    assert f"Sampled answers at step {shown['step']}" in texts(at)
+    assert table.value["answer"].tolist() == [a["text"] for s in shown["samples"] for a in s["answers"]]
+
+
 def test_preview_marks_the_masked_part(micro_home: Store, qa_file: Path):
     at = open_page(PAGE, timeout=120)
     at.button(key="tune:preview").click().run()  # world:tune, but this micro model has no world

@@ -3,13 +3,18 @@
 The store's own sqlite database (``$LLMLAB_HOME/.mlflow/mlflow.db``, artifacts beside it) is the
 default; ``LLMLAB_TRACKING_URI`` points elsewhere or switches tracking off (``off``). A run logs
 each step's config as params (``<n>.<kind>.<key>``), its metrics (``<n>.<key>``), its outputs'
-content hashes as tags, and their manifests as artifacts (references, not the weights).
+content hashes as tags, and their manifests as artifacts (references, not the weights). An output that
+carries a per-step series (``training_log.jsonl``: SFT's loss, GRPO's reward, KL, group accuracy and
+answer length...) has every numeric column logged as ``<n>.<column>`` with MLflow's ``step``, so the
+MLflow UI charts it over training.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +25,7 @@ from llmlab.noise import quiet_loggers
 from llmlab.store import Store
 
 EXPERIMENT = "llmlab"
+SERIES_FILE = "training_log.jsonl"  # one JSON row a training step, with its "step" number
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -28,6 +34,22 @@ def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
             _flatten(f"{prefix}.{k}", v, out)
     else:
         out[prefix] = value
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def series(path: Path) -> list[tuple[int, str, float]]:
+    """(step, column, value) for every numeric value in the training log at ``path``; [] without one."""
+    if not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if _is_number(row.get("step")):
+            out += [(int(row["step"]), k, float(v)) for k, v in row.items() if k != "step" and _is_number(v)]
+    return out
 
 
 def open_mlflow(store: Store) -> tuple[Any, str]:
@@ -65,14 +87,24 @@ class Tracker:
         params: dict[str, Any] = {}
         _flatten(f"{index + 1}.{kind}", config, params)
         self.mlflow.log_params({k: str(v)[:500] for k, v in params.items()})
-        numbers = {f"{index + 1}.{k}": float(v) for k, v in metrics.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        numbers = {f"{index + 1}.{k}": float(v) for k, v in metrics.items() if _is_number(v)}
         numbers[f"{index + 1}.seconds"] = seconds
         self.mlflow.log_metrics(numbers)
         for name in outputs:
             art = self.store.get(name)
             self.mlflow.set_tag(f"artifact.{art.name}", f"{art.kind}:{art.content_hash}")
             self.mlflow.log_artifact(str(art.path / "manifest.json"), artifact_path=f"manifests/{art.name}")
+            self.log_series(index, series(art.path / SERIES_FILE))
+
+    def log_series(self, index: int, points: list[tuple[int, str, float]]) -> None:
+        """Log step ``index``'s (step, column, value) points as ``<n>.<column>`` metrics at their steps."""
+        if not points:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"{index + 1}.{k}", v, now, step) for step, k, v in points]
+        self.mlflow.MlflowClient().log_batch(self.run_id, metrics=metrics)  # sent in chunks by the client
 
 
 @contextlib.contextmanager

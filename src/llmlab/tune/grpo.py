@@ -14,6 +14,7 @@ Why llmlab's own loop rather than trl's ``GRPOTrainer``: on the demo model every
 step is a few milliseconds of generation and one batched forward and backward; the loop adds the failure
 handling GRPO needs here (a user's reward that raises or hangs stops the run with the step named, and the
 last checkpoint is kept, in llmlab's own resume format) and starts from an adapter artifact directly.
+``benchmarks/grpo_trl.py`` times both at the same settings (``trl_vs_own`` in benchmarks/results/grpo.json).
 
 ``train_grpo`` returns the trained model, its tokenizer, the training log (one row a step: loss, reward,
 kl, group_accuracy, completion_len; sampled answers with their rewards at checkpoints) and the run's facts.
