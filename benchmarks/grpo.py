@@ -29,8 +29,23 @@ import json
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def sft_store(home: str) -> Any:
+    """The store at ``home`` with the demo model and its SFT LoRA (``demo-lora``), made once."""
+    from llmlab.build import BuildDemoConfig, build_demo
+    from llmlab.store import Store
+    from llmlab.tune import TuneConfig, tune
+
+    store = Store(home)
+    if not store.exists("demo"):
+        build_demo(BuildDemoConfig(name="demo", size="small"), store=store)
+    if not store.exists("demo-lora"):
+        tune(TuneConfig(name="demo-lora", model="demo"), store=store)  # the quickstart's SFT step
+    return store
 
 
 def main() -> None:
@@ -51,16 +66,11 @@ def main() -> None:
     import torch
 
     from llmlab import settings
-    from llmlab.build import BuildDemoConfig, build_demo
-    from llmlab.store import Store, library_versions
+    from llmlab.store import library_versions
     from llmlab.tune import TuneConfig, tune
 
     torch.set_num_threads(settings.threads())
-    store = Store(args.home)
-    if not store.exists("demo"):
-        build_demo(BuildDemoConfig(name="demo", size="small"), store=store)
-    if not store.exists("demo-lora"):
-        tune(TuneConfig(name="demo-lora", model="demo"), store=store)  # the quickstart's SFT step
+    store = sft_store(args.home)
     config = TuneConfig(name="demo-grpo", model="demo-lora", method="grpo", steps=args.steps,
                         batch_size=args.batch_size, group_size=args.group_size, learning_rate=args.learning_rate,
                         beta=args.beta, max_new_tokens=args.max_new_tokens, rewards="exact_match",

@@ -140,18 +140,14 @@ def main() -> None:
     import torch
 
     from llmlab import settings
-    from llmlab.build import BuildDemoConfig, build_demo
+    from grpo import sft_store  # benchmarks/grpo.py, beside this script
     from llmlab.runtime.adapters import merged_folder
-    from llmlab.store import Store, library_versions
-    from llmlab.tune import TuneConfig, tune
+    from llmlab.store import library_versions
+    from llmlab.tune import TuneConfig
     from llmlab.tune.model import model_world
 
     torch.set_num_threads(settings.threads())
-    store = Store(args.home)
-    if not store.exists("demo"):
-        build_demo(BuildDemoConfig(name="demo", size="small"), store=store)
-    if not store.exists("demo-lora"):
-        tune(TuneConfig(name="demo-lora", model="demo"), store=store)  # the quickstart's SFT step
+    store = sft_store(args.home)
     config = TuneConfig(name="bench-grpo", model="demo-lora", method="grpo", steps=args.steps,
                         batch_size=args.batch_size, group_size=args.group_size, max_new_tokens=8, beta=0.1,
                         rewards="exact_match", evaluate=False, resume=False, show_samples=0,
