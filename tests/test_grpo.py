@@ -71,6 +71,25 @@ def test_weighted_sum_and_gold_fields():
     assert terms == {"exact_match": [1.0, 0.0], "length": [0.0, -0.2]}
     assert totals == pytest.approx([1.0, -0.1])
     assert gold_answers({"output": "x"}) == ["x"] and gold_answers({"text": "no answer"}) == []
+    chat = {"messages": [{"role": "user", "content": "Passage... Where?"}, {"role": "assistant", "content": "Dunmere"}]}
+    assert gold_answers(chat) == ["Dunmere"]  # reading: records answer in their last turn
+    assert gold_answers({"messages": chat["messages"][:1]}) == []
+
+
+def test_reading_records_train_with_grpo_and_show_their_question():
+    """The reading: data sets (SQuAD passages in the reader agent's layout) are GRPO prompts with gold answers."""
+    from llmlab import data
+    from llmlab.tune.grpo import prompt_messages
+
+    from llmlab.errors import NotFoundError
+
+    try:
+        records = data.load_records("reading:squad-train", limit=3)
+    except NotFoundError as e:  # the shared data sets (LLMLAB_DATA) are beside CI's clone, not everywhere
+        pytest.skip(str(e))
+    for i, rec in enumerate(records, 1):
+        turns = prompt_messages(i, rec, False)
+        assert turns[-1]["role"] == "user" and gold_answers(rec) == [rec["messages"][-1]["content"]]
 
 
 def test_rewards_option_forms_and_errors():

@@ -402,8 +402,31 @@ def test_precision_sets_the_matmul_dtype_on_cpu_and_the_model_still_learns(micro
         return out
 
     monkeypatch.setattr(torch.nn.functional, "linear", linear)
+    monkeypatch.setattr("llmlab.training.loop.cpu_has_bf16", lambda: True)  # whatever this CPU has
     art = tune(_cfg(qa, name=f"t-{precision}", precision=precision, steps=4), store=store)
     assert seen == {torch.bfloat16 if precision == "bf16" else torch.float32}
     assert art.metrics["val_loss_after"] < art.metrics["val_loss_before"]
     assert TuneConfig(name="a", model="m", precision="bf16").fingerprint() != \
         TuneConfig(name="a", model="m").fingerprint()  # a checkpoint of one never resumes the other
+
+
+def test_bf16_on_a_cpu_without_it_runs_in_fp32_with_a_warning(tmp_path, monkeypatch, caplog):
+    """Emulated bf16 matmuls are ~60x slower than fp32 on an AVX2-only CPU: bf16 there trains in fp32."""
+    from llmlab.training import loop
+
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n")
+    amx = tmp_path / "amx"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n")
+    assert not loop.cpu_has_bf16(avx2) and loop.cpu_has_bf16(amx)
+    assert loop.cpu_has_bf16(tmp_path / "absent")  # not Linux: the user's word is taken
+
+    config = TuneConfig(name="a", model="m", precision="bf16")
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: False)
+    loop._warn_no_bf16.cache_clear()  # warned once a process: maybe already, by another test
+    with caplog.at_level("WARNING", logger="llmlab"):
+        assert not config.bf16("cpu")
+    assert "no AVX512-BF16 or AMX" in caplog.text
+    assert config.bf16("cuda")
+    monkeypatch.setattr(loop, "cpu_has_bf16", lambda: True)
+    assert config.bf16("cpu")

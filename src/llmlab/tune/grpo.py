@@ -273,7 +273,8 @@ def _samples(records: list[dict[str, Any]], texts: list[str], totals: list[float
     out = []
     for k in range(min(n, len(records))):
         rec = records[k]
-        question = rec.get("question") or rec.get("prompt") or rec.get("instruction") or ""
+        users = [t.get("content") for t in rec.get("messages") or [] if isinstance(t, dict) and t.get("role") == "user"]
+        question = rec.get("question") or rec.get("prompt") or rec.get("instruction") or (users[-1] if users else "")
         gold = gold_answers(rec)
         out.append({"prompt": str(question)[:200], "gold": gold[0] if gold else None,
                     "answers": [{"text": texts[k * group + j], "reward": round(totals[k * group + j], 4)}

@@ -55,7 +55,8 @@ class RewardError(LlmlabError):
 
 def gold_answers(record: Mapping[str, Any]) -> list[str]:
     """The gold answers of a record: ``answer``, ``answers`` (a list, or SQuAD's ``{"text": [...]}``),
-    ``output`` or ``completion``; [] when it has none."""
+    ``output`` or ``completion``, else the last turn of ``messages`` when it is the assistant's (chat
+    records such as ``reading:``'s); [] when it has none."""
     for key in GOLD_FIELDS:
         value = record.get(key)
         if isinstance(value, Mapping):  # SQuAD: {"text": [...], "answer_start": [...]}
@@ -64,6 +65,9 @@ def gold_answers(record: Mapping[str, Any]) -> list[str]:
             return [value]
         if isinstance(value, list) and value:
             return [str(v) for v in value]
+    turns = record.get("messages")
+    if isinstance(turns, list) and turns and isinstance(turns[-1], Mapping) and turns[-1].get("role") == "assistant":
+        return [str(turns[-1].get("content", ""))]
     return []
 
 
