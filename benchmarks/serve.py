@@ -7,7 +7,8 @@ latency_ms_p95, errors}) at concurrency 1, 4 and 16 with distinct prompts (no pr
 exactly ``--tokens`` generated tokens per request (EOS suppressed: ``ignore_eos`` for llmlab and
 llama-server, ``logit_bias`` for llama_cpp.server). ``llama-server`` (continuous batching over
 ``--parallel`` slots) runs when it is built: ``bash scripts/build_llama_server.sh`` builds it once
-from the llama.cpp sources llama-cpp-python vendors. ``ratios``: llmlab tok/s over each other server's
+from the llama.cpp sources llama-cpp-python vendors; it runs flash attention by default, so llmlab runs
+both ways (``llmlab`` and ``llmlab --flash-attn``). ``ratios``: llmlab tok/s over each other server's
 at concurrency 4 and its own c4/c1 (``ratio``: the one over llama_cpp.server, as before);
 ``shared_prefix`` (per server, time to first token of 8 requests one after the other whose prompts
 start with the same ~310 tokens, as a system prompt does: a server that reuses the cached start answers
@@ -156,6 +157,10 @@ def main() -> None:
     servers = {
         "llmlab": ([sys.executable, "-m", "llmlab", "serve", str(gguf), "--model-name", "m", "--log-fsync", "false",
                     "--max-queue", "32", "--log-path", "/tmp/llmlab-bench-serve.jsonl"], {"ignore_eos": True}),
+        # llama-server runs flash attention by default on CPU (auto); llmlab's is an option (--flash-attn)
+        "llmlab --flash-attn": ([sys.executable, "-m", "llmlab", "serve", str(gguf), "--model-name", "m",
+                                 "--log-fsync", "false", "--max-queue", "32", "--flash-attn", "true",
+                                 "--log-path", "/tmp/llmlab-bench-serve.jsonl"], {"ignore_eos": True}),
         "llama_cpp.server": ([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "m",
                               "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
                               "--n_ctx", str(n_ctx), "--verbose", "false",
@@ -233,6 +238,7 @@ def main() -> None:
                  "c1": round(tok_s("llmlab", 1) * size / bw, 3), "c4": round(tok_s("llmlab") / 4 * size / bw, 3)}
     if "llama-server" in servers:
         ratios.update(vs_llama_server_c4=round(tok_s("llmlab") / tok_s("llama-server"), 3),
+                      flash_attn_vs_llama_server_c4=round(tok_s("llmlab --flash-attn") / tok_s("llama-server"), 3),
                       llama_server_c4_over_c1=round(tok_s("llama-server") / tok_s("llama-server", 1), 3))
     out = {
         **(json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}),  # keeps multi_adapter

@@ -150,11 +150,14 @@ def load(source: str | Path | Artifact, *, engine: str | None = None, store: Sto
     """Load a model: an artifact name (in ``store``, default ``Store()``), an Artifact, a Hugging Face
     folder or a ``.gguf`` file. ``engine`` forces ``transformers`` or ``llama.cpp``; ``options`` go to
     the engine (``n_ctx``; transformers: ``device``, ``dtype``; llama.cpp: ``n_gpu_layers``, ``lora_path``,
-    ``lora_scale``)."""
+    ``lora_scale``, ``flash_attn``)."""
     path, name, artifact = resolve(source, store=store, engine=engine)
     loader = KIND_LOADERS.get(artifact.kind) if artifact is not None else None
     if artifact is not None and loader is not None and loader.lora:
         options.setdefault("lora_path", artifact.file(".gguf"))
+    if options.get("flash_attn") and name != "llama.cpp":
+        raise ConfigError(f"flash_attn is a llama.cpp option, and '{path.name}' runs on {name}.",
+                          "Serve a GGUF export of the model, or leave flash attention off.")
     model = ENGINES[name].load_class()(path, **options)
     model.artifact = artifact
     return model

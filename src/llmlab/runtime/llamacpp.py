@@ -97,7 +97,7 @@ class LlamaCppModel(Model):
     engine = "llama.cpp"
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, n_gpu_layers: int | None = None,
-                 lora_path: str | Path | None = None, lora_scale: float = 1.0):
+                 lora_path: str | Path | None = None, lora_scale: float = 1.0, flash_attn: bool = False):
         super().__init__(path)
         try:
             import llama_cpp
@@ -128,7 +128,7 @@ class LlamaCppModel(Model):
         self.llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=ctx, n_batch=self._n_batch, n_ubatch=self._n_batch,
             n_threads=settings.threads(), n_threads_batch=settings.threads(), n_gpu_layers=gpu,
-            logits_all=False, verbose=False,
+            logits_all=False, verbose=False, flash_attn=flash_attn,
         )
         self._adapters: dict[str, LoadedAdapter] = {}
         self._active: str | None = None

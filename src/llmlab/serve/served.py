@@ -39,7 +39,9 @@ def load_served(config: ServeConfig) -> Served:
     """Load ``config.source``; a bundle is hash-verified first, before any of its files is opened."""
     from llmlab.runtime import load
 
-    opts = {"n_ctx": config.n_ctx} if config.n_ctx else {}
+    opts: dict[str, Any] = {"n_ctx": config.n_ctx} if config.n_ctx else {}
+    if config.flash_attn:
+        opts["flash_attn"] = True
     src = Path(config.source).expanduser()
     from llmlab.serve.bundle import BUNDLE_SPEC, open_bundle
     from llmlab.store import Store
