@@ -32,7 +32,11 @@ $(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-quickstart: install
+# On a fresh machine the demo model is built before llama-cpp-python compiles (scripts/first_run.sh):
+# the first artifact comes minutes sooner. `make install` then compiles; the recipe skips the build.
+quickstart: $(BIN)/python
+	@[ -f $(VENV)/.installed ] || BIN=$(BIN) TORCH="$(TORCH_PIP_ARGS) $(TORCH)" bash scripts/first_run.sh
+	$(MAKE) install
 	$(BIN)/llmlab run recipes/quickstart.yaml
 
 # A real model (SmolLM2-135M-Instruct, packaged) through every station to a served RAG agent (~30 min).

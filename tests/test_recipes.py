@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -57,6 +58,35 @@ def test_config_hash_covers_config_and_inputs(store):
     b = recipes.loads(MICRO.replace("micro", "small")).steps[0]
     assert recipes.config_hash(a, store) == recipes.config_hash(recipes.loads(MICRO).steps[0], store)
     assert recipes.config_hash(a, store) != recipes.config_hash(b, store)
+
+
+def test_a_step_hash_follows_only_the_libraries_that_make_its_output(store, monkeypatch):
+    # scripts/first_run.sh builds the demo model before llama-cpp-python is installed: the recipe must
+    # still find it current afterwards, while a quantize step changes with llama-cpp-python's version
+    installed = {"llama_cpp_python": None}
+
+    def versions(names):
+        return {n: installed.get(n, "1.0") for n in names if installed.get(n, "1.0")}
+
+    monkeypatch.setattr(recipes, "library_versions", versions)
+    build = recipes.loads(MICRO).steps[0]
+    quantize = recipes.make_step("quantize", {"model": "m", "types": ["q8_0"]})
+    before = recipes.config_hash(build, store), recipes.config_hash(quantize, store)
+    installed["llama_cpp_python"] = "0.3.36"
+    assert recipes.config_hash(build, store) == before[0]
+    assert recipes.config_hash(quantize, store) != before[1]
+    installed["torch"] = "2.99"
+    assert recipes.config_hash(build, store) != before[0]
+
+
+def test_the_first_run_builds_the_quickstart_recipes_first_step():
+    # what `llmlab build-demo` makes with its defaults is what recipes/quickstart.yaml's first step
+    # asks for, so the recipe skips it after scripts/first_run.sh built it
+    script = (ROOT / "scripts" / "first_run.sh").read_text()
+    assert re.search(r'"\$BIN/llmlab" build-demo\s*(#|$)', script, re.M)
+    first = recipes.load(ROOT / "recipes" / "quickstart.yaml").steps[0]
+    assert first.kind == "build-demo"
+    assert first.config_dict() == recipes.make_step("build-demo", {}).config_dict()
 
 
 def test_export_script_is_valid_python_calling_the_api():

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from llmlab.errors import ConfigError, NotFoundError, StoreError
 from llmlab.events import Reporter, emit
-from llmlab.store import Store, StepRecord, library_versions
+from llmlab.store import TRACKED_LIBRARIES, Store, StepRecord, library_versions
 
 
 @dataclass(frozen=True)
@@ -49,6 +49,7 @@ class StepSpec:
     output: str | None = "name"  # config field (or property) naming what it writes: one name or a list
     cached: bool = True  # a step without outputs is skipped when its config and inputs are unchanged
     command: bool = True  # also a CLI command `llmlab <kind>` (False where another command runs it)
+    libraries: tuple[str, ...] = TRACKED_LIBRARIES  # whose versions decide its output (in its config hash)
 
     def load_config(self) -> type[BaseModel]:
         return _import(self.config)
@@ -61,6 +62,8 @@ STEPS: dict[str, StepSpec] = {
     "build-demo": StepSpec(
         "llmlab.build:BuildDemoConfig", "llmlab.build:build_demo",
         "Train the demo tokenizer and model from scratch on the synthetic world.",
+        # torch alone: a first run builds the demo model before llama-cpp-python is installed (scripts/first_run.sh)
+        libraries=("llmlab", "torch", "transformers", "tokenizers", "safetensors"),
     ),
     "score": StepSpec(
         "llmlab.scoring:ScoreConfig", "llmlab.scoring:score_step",
@@ -310,7 +313,7 @@ def config_hash(step: Step, store: Store) -> str:
     for n in step.input_names():
         inputs[n] = store.get(n).content_hash if store.exists(n) else "missing"
     blob = json.dumps({"kind": step.kind, "config": step.config_dict(), "inputs": inputs,
-                       "versions": library_versions()}, sort_keys=True)
+                       "versions": library_versions(step.spec.libraries)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
