@@ -125,6 +125,8 @@ class LlamaCppModel(Model):
 
         gpu = n_gpu_layers if n_gpu_layers is not None else (-1 if llama_cpp.llama_supports_gpu_offload() else 0)
         self._n_batch = min(512, ctx)
+        if not gpu:
+            settings.warn_if_cores_busy()
         self.llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=ctx, n_batch=self._n_batch, n_ubatch=self._n_batch,
             n_threads=settings.threads(), n_threads_batch=settings.threads(), n_gpu_layers=gpu,
