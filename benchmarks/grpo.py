@@ -48,6 +48,18 @@ def sft_store(home: str) -> Any:
     return store
 
 
+def _earlier(kept: dict[str, Any]) -> dict[str, Any]:
+    """A replaced run, as a ``tried`` entry: its settings, results, machine and load."""
+    run, world = kept.get("run", {}), kept["world"]
+    entry = {k: run.get(k) for k in ("batch_size", "group_size", "learning_rate", "beta")}
+    entry.update(steps=world["grpo"]["steps"], sft_accuracy=world["sft"]["accuracy"],
+                 grpo_accuracy=world["grpo"]["accuracy"], n=world["grpo"]["n"], seconds=world["grpo"]["seconds"],
+                 reward_start=run.get("reward_start"), reward_end=run.get("reward_end"), kl_end=run.get("kl_end"),
+                 note=f"an earlier run of this script (load average {kept['settings'].get('load_avg')}, "
+                      f"cores {kept['settings'].get('cores')}); its own demo and SFT adapter")
+    return entry
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", default="/tmp/bench-grpo", help="store holding (or to hold) demo and demo-lora")
@@ -102,9 +114,11 @@ def main() -> None:
         },
     }
     previous = Path(args.out)
-    if previous.is_file():  # keep the record of what was tried before, and benchmarks/grpo_trl.py's comparison
+    if previous.is_file():  # keep the record of what was tried before, and the other scripts' results
         kept = json.loads(previous.read_text())
-        out.update({k: kept[k] for k in ("tried", "trl_vs_own") if k in kept})
+        out.update({k: kept[k] for k in ("tried", "trl_vs_own", "real") if k in kept})
+        if "world" in kept:  # the run this one replaces joins what was tried
+            out.setdefault("tried", []).append(_earlier(kept))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({k: v for k, v in out.items() if k != "settings"}, indent=2))
