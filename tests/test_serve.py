@@ -303,7 +303,7 @@ def test_agent_as_a_model_name(served: Served, tmp_path: Path) -> None:
 
     agent = Agent("rag-rules", store=Store(tmp_path / "models"), llm=RuntimeChatModel(model=served.model,
                   max_tokens=8), searcher=Searcher(), memory=False, trace=False)
-    with_agent = Served(served.model, NAME, agent=agent, agent_name="micro-agent")
+    with_agent = Served(served.model, NAME, agents={"micro-agent": agent})
     config = ServeConfig(source="unused", port=0, log_path=str(tmp_path / "log.jsonl"), log_prompts=True)
     with running(config, with_agent) as url:
         ids = [m["id"] for m in httpx.get(f"{url}/v1/models").json()["data"]]

@@ -2,8 +2,8 @@
 
 Pick a model (GGUF and gguf-adapter artifacts for llmlab serve / Ollama, Hugging Face ones for
 vLLM; best accuracy first; the picker opens on the model sent from the Leaderboard or Home, else on
-the Leaderboard's winner), for a GGUF base any number of LoRA adapters served beside it (each asked for
-as ``<bundle>:<adapter>``), see what goes into its bundle (``llmlab.export.plan``), and start a
+the Leaderboard's winner), for a GGUF base (or an agent over one) any number of LoRA adapters served
+beside it (each asked for as ``<bundle>:<adapter>``, an agent's as ``<agent>:<adapter>``), see what goes into its bundle (``llmlab.export.plan``), and start a
 one-step ``export`` recipe as a job (it checks parity before the bundle is written). For a bundle:
 its files and hashes, the parity report (and a button to run it again), Start / Stop of a server
 process (``llmlab.serve.process``), a chat against it over HTTP, copyable curl and OpenAI-client
@@ -98,7 +98,8 @@ def server_section(store: Store, bundle: Artifact) -> None:
         st.rerun()
     names = served_names(bundle)
     model = st.selectbox("Model", names, key=f"export:model:{bundle.name}", disabled=len(names) == 1,
-                         help="The bundle's base, or one of its adapters (switched per request by the server).")
+                         help="The bundle's base, one of its adapters (switched per request by the server), or "
+                              "its agent (on the base, or on each adapter).")
     code = snippets(server["url"], model, question=example_question(store, bundle))
     c1, c2 = st.columns(2)
     c1.code(code["curl"], language="bash")

@@ -13,6 +13,8 @@ api = OpenAIChatModel(base_url="http://127.0.0.1:8080/v1", model_name="demo")
 through its ``stream_chat``; token counts come from the model's own tokenizer and land in
 ``usage_metadata``. With ``batcher`` (a ``llmlab.runtime.batched.Batcher`` over the same model) it
 generates in that batch instead, beside the requests of other threads (``llm.batched(batcher)``).
+With ``adapter`` it runs a GGUF model holding several adapters with that one (None: the base alone),
+whichever adapter other requests switch the model to meanwhile.
 ``OpenAIChatModel`` speaks the ``/chat/completions`` API with httpx (streaming
 via server-sent events); its key is read from the environment variable the spec names, never
 stored. ``chat_model_for(spec.model)`` picks one from an agent spec.
@@ -20,6 +22,7 @@ stored. ``chat_model_for(spec.model)`` picks one from an agent spec.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -32,6 +35,7 @@ from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResu
 from pydantic import ConfigDict, Field
 
 from llmlab.errors import ConfigError, LlmlabError, NotFoundError
+from llmlab.runtime.batched import ACTIVE
 
 if TYPE_CHECKING:
     from llmlab.agents.spec import ModelSpec
@@ -66,6 +70,8 @@ class RuntimeChatModel(BaseChatModel):
     stop: list[str] = Field(default_factory=list)
     batcher: Any = Field(None, description="A llmlab.runtime.batched.Batcher over the same model to generate "
                                            "in (None: the model's own stream_chat, one request at a time).")
+    adapter: str | None = Field(ACTIVE, description="The adapter to generate with, of a model holding several "
+                                                    "(None: the base alone; default: whichever is active).")
 
     @property
     def _llm_type(self) -> str:
@@ -91,13 +97,18 @@ class RuntimeChatModel(BaseChatModel):
                 run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> Iterator[ChatGenerationChunk]:
         dicts = to_dicts(messages)
         text = ""
-        source = self.model if self.batcher is None else self.batcher
-        for piece in source.stream_chat(dicts, self._params(stop)):
-            text += piece
-            chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
-            if run_manager:
-                run_manager.on_llm_new_token(piece, chunk=chunk)
-            yield chunk
+        # on the model's own context the adapter is held for the whole reply: no other thread switches it
+        # meanwhile (a batch sets each request's adapter itself)
+        own = self.batcher is None and self.adapter != ACTIVE
+        with self.model.adapter(self.adapter) if own else contextlib.nullcontext():
+            pieces = self.model.stream_chat(dicts, self._params(stop)) if self.batcher is None \
+                else self.batcher.stream_chat(dicts, self._params(stop), adapter=self.adapter)
+            for piece in pieces:
+                text += piece
+                chunk = ChatGenerationChunk(message=AIMessageChunk(content=piece))
+                if run_manager:
+                    run_manager.on_llm_new_token(piece, chunk=chunk)
+                yield chunk
         n_out = len(self.model.tokenize(text)) if text else 0
         yield ChatGenerationChunk(message=AIMessageChunk(
             content="", usage_metadata=_usage(self.prompt_tokens(messages), n_out)))  # type: ignore[arg-type]

@@ -14,7 +14,8 @@ recipe.yaml        the steps that rebuild the model from its lineage, then this 
 README.md          model card: lineage, scores from the artifact's metrics, parity, how to run it
 index/             (agent or --index) the index artifact: chunks, vectors, BM25, Chroma collection
 embedder/          (with an index) the index's embedder as ONNX + tokenizer.json, run without torch
-agent.yaml         (agent) the agent spec, served as a model name beside the chat model
+agent.yaml         (agent) the agent spec, served as a model name beside the chat model (with several
+                   adapters: the agent on the base, and on each adapter as <agent>:<adapter>)
 ```
 
 Exporting an ``agent`` artifact bundles its chat model (a GGUF artifact), its index and its spec;
@@ -262,9 +263,6 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
     top = store.get(config.model)
     art, index, agent_spec = _resolve(top, config, store)
     fmt, source, adapter = _model_files(art, store)
-    if config.adapters and index is not None:
-        raise ConfigError("A bundle holds an index or an agent, or several adapters, not both.",
-                          "Export the agent and the adapters as two bundles.")
     if store.exists(config.output) and not overwrite:  # before converting adapters into the store
         raise StoreError(f"An artifact named '{config.output}' already exists.",
                          "Choose another name, remove it, or pass --force / overwrite=True.")

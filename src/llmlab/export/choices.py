@@ -53,8 +53,11 @@ def exportable(store: Store) -> list[Artifact]:
 
 
 def adapters_for(base: Artifact, store: Store) -> list[str]:
-    """Adapters a bundle of the GGUF ``base`` can hold: gguf-adapters converted for it, and peft adapters
-    of the model it was made from (the export converts those)."""
+    """Adapters a bundle of the GGUF ``base`` (or of an agent over one) can hold: gguf-adapters converted
+    for it, and peft adapters of the model it was made from (the export converts those)."""
+    if base.kind == "agent":
+        model = next((p.name for p in base.manifest.parents if p.role == "model"), None)
+        return adapters_for(store.get(model), store) if model and store.exists(model) else []
     if base.kind != "gguf":
         return []
     source = next((p.content_hash for p in base.manifest.parents if p.role == "source"), None)
@@ -68,9 +71,12 @@ def adapters_for(base: Artifact, store: Store) -> list[str]:
 
 
 def served_names(bundle: Artifact) -> list[str]:
-    """The model names a bundle's server answers to: the bundle, then ``bundle:adapter`` for each adapter."""
+    """The model names a bundle's server answers to: the bundle, then ``bundle:adapter`` for each adapter;
+    its agent (if any), then ``agent:adapter`` for each adapter."""
     adapters = (bundle.manifest.info.get("model") or {}).get("adapters") or {}
-    return [bundle.name, *(f"{bundle.name}:{a}" for a in adapters)]
+    names = [bundle.name, *(f"{bundle.name}:{a}" for a in adapters)]
+    agent = (bundle.manifest.info.get("agent") or {}).get("name")
+    return names + ([agent, *(f"{agent}:{a}" for a in adapters)] if agent else [])
 
 
 def parity_applies(art: Artifact) -> bool:

@@ -333,14 +333,15 @@ class Batcher:
         if r.error is not None:
             raise r.error
 
-    def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None) -> Iterator[str]:
+    def stream_chat(self, messages: Sequence[Message], params: SamplingParams | None = None,
+                    adapter: str | None = ACTIVE) -> Iterator[str]:
         """The assistant's reply to ``messages`` in text pieces, as ``Model.stream_chat`` gives it,
-        generated in the batch beside the other requests (from any thread)."""
+        generated in the batch beside the other requests (from any thread), with ``adapter`` (see Request)."""
         params = params or SamplingParams()
         check_messages(messages)
         m = self.engine.model
         ids = m.tokenize(m.apply_chat_template(messages), add_special=False)
-        with contextlib.closing(self.stream(Request(ids, params))) as tokens:
+        with contextlib.closing(self.stream(Request(ids, params, adapter=adapter))) as tokens:
             yield from text_pieces(m, tokens, params.stop)
 
     def _loop(self) -> None:

@@ -296,13 +296,14 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             return with_cors(fail(endpoint, t0, ApiError(400, str(e), code="invalid_request")), cors)
 
     async def agent_work(req: P.ChatRequest, t0: float) -> Any:
-        """The agent answers the last user message (its own retrieval, prompts and model settings)."""
+        """The agent ``req.model`` answers the last user message (its own retrieval, prompts and model
+        settings)."""
         question = next((m.get("content") for m in reversed(req.messages) if m.get("role") == "user"), None)
         if not isinstance(question, str) or not question.strip():
             raise ApiError(400, "The agent needs a user message with text.", code="invalid_value")
         await state.acquire()
         try:
-            reply = await asyncio.to_thread(served.agent.ask, question, thread_id=P.new_id("thread"))
+            reply = await asyncio.to_thread(served.agents[req.model].ask, question, thread_id=P.new_id("thread"))
         finally:
             state.release()
         state.record("agent", 200, t0, prompt=req.messages, completion=reply.answer)
@@ -310,17 +311,17 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         message = {"role": "assistant", "content": reply.answer}
         extra = {"sources": reply.sources, "refused": reply.refused, "retrieved": reply.retrieved_ids}
         if not req.stream:
-            return JSONResponse(P.envelope("chat.completion", rid, served.agent_name, [
+            return JSONResponse(P.envelope("chat.completion", rid, req.model, [
                 {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}], **extra))
         # the agent's answer is complete when its checks pass: it is sent as one chunk
-        events = [P.envelope("chat.completion.chunk", rid, served.agent_name, [
+        events = [P.envelope("chat.completion.chunk", rid, req.model, [
             {"index": 0, "delta": message, "finish_reason": "stop", "logprobs": None}], **extra)]
         body = "".join(_sse(e) for e in events) + "data: [DONE]\n\n"
         return StreamingResponse(iter([body]), media_type="text/event-stream")
 
     async def chat_work(request: Request, t0: float) -> Any:
         req: P.ChatRequest = await read(request, P.ChatRequest)
-        if served.agent_name and req.model == served.agent_name:
+        if req.model in served.agents:
             return await agent_work(req, t0)
         messages = P.chat_messages(req)
         schema = P.forced_schema(req)
@@ -351,7 +352,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
 
     async def completions_work(request: Request, t0: float) -> Any:
         req: P.CompletionRequest = await read(request, P.CompletionRequest)
-        if req.model == served.agent_name:
+        if req.model in served.agents:
             raise ApiError(400, f"'{req.model}' is an agent: it answers /v1/chat/completions only.",
                            code="agent_chat_only")
         gen = prepare(req, P.prompt_text(req), True, req.max_tokens, logprobs=req.logprobs is not None,
@@ -420,8 +421,8 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         except ApiError as e:
             return fail("models", time.perf_counter(), e)
         data = [{"id": n, "object": "model", "created": 0, "owned_by": "llmlab", "n_ctx": model.n_ctx,
-                 "agent": n == served.agent_name, **({"adapter": served.adapter_of(n), "parent": served.name}
-                                                     if served.adapters and n != served.agent_name else {})}
+                 "agent": n in served.agents, **({"adapter": served.adapter_of(n), "parent": served.name}
+                                                  if served.adapters else {})}
                 for n in served.names]
         if served.embedder is not None:
             data.append({"id": served.embedder.name, "object": "model", "created": 0, "owned_by": "llmlab",

@@ -3,8 +3,8 @@ and its index and agent where it has them.
 
 ```python
 spec = open_bundle("models/demo-q4_k_m-bundle")      # StoreError naming a tampered file
-parts = open_rag(bundle_dir, spec, model)             # embedder, searcher over the index, agent
-parts.embedder.encode(["a query"]); parts.agent.ask("Where does Bodo live?")
+parts = open_rag(bundle_dir, spec, model)             # embedder, searcher over the index, agents
+parts.embedder.encode(["a query"]); parts.agents["demo-agent"].ask("Where does Bodo live?")
 ```
 
 The Export station writes bundles (``llmlab.export``); this is the reading side, which the server
@@ -18,12 +18,14 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmlab import settings
 from llmlab.errors import StoreError
+from llmlab.runtime.batched import ACTIVE
 from llmlab.store import MANIFEST, Manifest, Store, hash_files
 
 if TYPE_CHECKING:
@@ -76,12 +78,13 @@ class BundleRag:
 
     embedder: OnnxEmbedder
     searcher: Any  # llmlab.rag.search.Searcher
-    agent: Any = None  # llmlab.agents.graph.Agent
-    agent_name: str | None = None
+    agents: dict[str, Any] = field(default_factory=dict)  # served name -> llmlab.agents.graph.Agent
 
 
-def open_rag(bundle: Path, spec: dict[str, Any], model: Model) -> BundleRag:
-    """The ONNX embedder, the searcher over the bundled index and the agent (if any) of a verified bundle."""
+def open_rag(bundle: Path, spec: dict[str, Any], model: Model, adapters: Sequence[str] = ()) -> BundleRag:
+    """The ONNX embedder, the searcher over the bundled index and the agent (if any) of a verified bundle.
+    With ``adapters`` (the names of the adapters loaded on ``model``) the agent answers with the base alone
+    under its own name and with each adapter as ``<agent>:<adapter>``, over the same index."""
     from llmlab.rag.onnx_embedder import OnnxEmbedder
     from llmlab.rag.search import Searcher
 
@@ -99,10 +102,16 @@ def open_rag(bundle: Path, spec: dict[str, Any], model: Model) -> BundleRag:
 
     agent_spec = parse_spec(yaml.safe_load((bundle / spec["agent"]["spec"]).read_text()),
                             source=f"bundle '{spec['name']}' agent spec")
-    llm = RuntimeChatModel(model=model, temperature=agent_spec.model.temperature,
-                           max_tokens=agent_spec.model.max_tokens)
-    agent = Agent(agent_spec, store=store, llm=llm, searcher=searcher, memory=False)
-    return BundleRag(embedder, searcher, agent, spec["agent"]["name"])
+    name = spec["agent"]["name"]
+    # with adapters, the base agent names its adapter (None) too: another request may switch the model's
+    variants: dict[str, str | None] = ({name: None} | {f"{name}:{a}": a for a in adapters}) if adapters \
+        else {name: ACTIVE}
+    agents = {}
+    for served_name, adapter in variants.items():
+        llm = RuntimeChatModel(model=model, temperature=agent_spec.model.temperature,
+                               max_tokens=agent_spec.model.max_tokens, adapter=adapter)
+        agents[served_name] = Agent(agent_spec, store=store, llm=llm, searcher=searcher, memory=False)
+    return BundleRag(embedder, searcher, agents)
 
 
 def _work_store(bundle: Path, spec: dict[str, Any]) -> Path:

@@ -21,17 +21,19 @@ class Served:
     name: str
     bundle: Path | None = None
     info: dict[str, Any] = field(default_factory=dict)
-    agent: Any = None  # an llmlab.agents.Agent answering as the model name ``agent_name``
-    agent_name: str | None = None
+    agents: dict[str, Any] = field(default_factory=dict)  # served name -> llmlab.agents.Agent
     embedder: Any = None  # a bundle's ONNX embedder, answering /v1/embeddings as its own name
     adapters: dict[str, str] = field(default_factory=dict)  # served name ("bundle:reader") -> adapter name
 
     @property
     def names(self) -> list[str]:
-        return [self.name, *self.adapters] + ([self.agent_name] if self.agent_name else [])
+        return [self.name, *self.adapters, *self.agents]
 
     def adapter_of(self, model: str) -> str | None:
-        """The adapter a request for ``model`` runs with (None: the base)."""
+        """The adapter a request for ``model`` (a model or an agent) runs with (None: the base)."""
+        agent = self.agents.get(model)
+        if agent is not None:
+            return agent.llm.adapter if agent.llm.adapter in self.adapters.values() else None
         return self.adapters.get(model)
 
 
@@ -71,8 +73,8 @@ def load_served(config: ServeConfig) -> Served:
         if "index" in spec:
             from llmlab.serve.bundle import open_rag
 
-            rag = open_rag(src, spec, model)
-            served.embedder, served.agent, served.agent_name = rag.embedder, rag.agent, rag.agent_name
+            rag = open_rag(src, spec, model, adapters=list(adapters))
+            served.embedder, served.agents = rag.embedder, rag.agents
         return served
     if artifact is not None and artifact.kind == "agent":
         return _agent_served(config.source, store)
@@ -86,9 +88,6 @@ def _bundle_adapters(bundle: Path, spec: dict[str, Any]) -> dict[str, Path]:
     naming both."""
     model_spec = spec["model"]
     adapters = model_spec.get("adapters") or {}
-    if adapters and "index" in spec:
-        raise ConfigError(f"The bundle '{bundle.name}' holds an index and several adapters; llmlab serve runs "
-                          "one or the other.", "Export the agent's bundle and the adapters' bundle separately.")
     base = model_spec.get("base") or {}
     for name, a in adapters.items():
         if a.get("base_hash") != base.get("content_hash"):
@@ -108,4 +107,4 @@ def _agent_served(name: str, store: Any) -> Served:
     if not isinstance(model, Model):
         raise ConfigError(f"The agent '{name}' talks to an endpoint ({agent.spec.model.label}), not a local model.",
                           "Serve the endpoint's model, or make the agent with a store model (llmlab agent --model).")
-    return Served(model, agent.spec.model.artifact or model.path.stem, agent=agent, agent_name=name)
+    return Served(model, agent.spec.model.artifact or model.path.stem, agents={name: agent})
