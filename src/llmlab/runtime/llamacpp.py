@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import functools
+import logging
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,18 @@ def _compile_template(template: str) -> Any:
     return env.from_string(template)
 
 
+@functools.cache  # once a process
+def warn_if_amx_build(llama_cpp: Any) -> None:
+    """Warn when llama.cpp was compiled with ggml's AMX kernels: on a Xeon VM with AMX they crashed every
+    quantized model (a general protection fault in ggml_backend_amx_mul_mat, no Python error), and
+    ``make install`` builds without them (LLAMA_CMAKE_ARGS in the Makefile)."""
+    if b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info():
+        logging.getLogger("llmlab").warning(
+            "This llama-cpp-python was compiled with ggml's AMX kernels, which crashed quantized GGUF models "
+            "(Segmentation fault) on an AMX Xeon. If one crashes, rebuild it without them: `make install` does, "
+            "or see docs/troubleshooting.md.")
+
+
 class LlamaCppModel(Model):
     """A GGUF model in llama.cpp."""
 
@@ -127,6 +140,7 @@ class LlamaCppModel(Model):
         self._n_batch = min(512, ctx)
         if not gpu:
             settings.warn_if_cores_busy()
+            warn_if_amx_build(llama_cpp)
         self.llm = llama_cpp.Llama(
             model_path=str(path), n_ctx=ctx, n_batch=self._n_batch, n_ubatch=self._n_batch,
             n_threads=settings.threads(), n_threads_batch=settings.threads(), n_gpu_layers=gpu,
