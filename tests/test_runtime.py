@@ -231,3 +231,27 @@ def test_gguf_artifact_goes_to_llama_cpp(store, micro_gguf):
         assert m.engine == "llama.cpp" and m.info["file_type"] == "F16"
     with pytest.raises(ConfigError, match="loads model folders"):
         load(micro_gguf("f16"), engine="transformers")
+
+
+def test_a_llama_cpp_with_amx_kernels_warns_once_naming_the_fix(caplog) -> None:
+    """ggml's AMX kernels crashed every quantized model on an AMX Xeon VM: a build with them says so
+    (before the crash, which gives no Python error); the build `make install` makes does not."""
+    import logging
+    import platform
+
+    from llmlab.runtime.llamacpp import warn_if_amx_build
+
+    class Build:  # llama_cpp as far as the check reads it
+        def __init__(self, info: bytes):
+            self.llama_print_system_info = lambda: info
+
+    amx = Build(b"CPU : AVX2 = 1 | AVX512 = 1 | AMX_INT8 = 1 | OPENMP = 1 | ")
+    with caplog.at_level(logging.WARNING, logger="llmlab"):
+        warn_if_amx_build(Build(b"CPU : AVX2 = 1 | AVX512 = 1 | OPENMP = 1 | "))
+        assert not caplog.records
+        warn_if_amx_build(amx)
+        warn_if_amx_build(amx)  # once a process
+    assert len(caplog.records) == 1 and "make install" in caplog.records[0].getMessage()
+    llama_cpp = pytest.importorskip("llama_cpp")
+    if platform.machine().lower() in ("x86_64", "amd64"):
+        assert b"AMX_INT8 = 1" not in llama_cpp.llama_print_system_info()  # make install's build
