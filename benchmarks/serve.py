@@ -7,8 +7,8 @@ latency_ms_p95, errors}) at concurrency 1, 4 and 16 with distinct prompts (no pr
 exactly ``--tokens`` generated tokens per request (EOS suppressed: ``ignore_eos`` for llmlab and
 llama-server, ``logit_bias`` for llama_cpp.server). ``llama-server`` (continuous batching over
 ``--parallel`` slots) runs when it is built: ``bash scripts/build_llama_server.sh`` builds it once
-from the llama.cpp sources llama-cpp-python vendors; it runs flash attention by default, so llmlab runs
-both ways (``llmlab`` and ``llmlab --flash-attn``). ``ratios``: llmlab tok/s over each other server's
+from the llama.cpp sources llama-cpp-python vendors. Both run flash attention by default; llmlab also runs
+without it (``llmlab --flash-attn false``). ``ratios``: llmlab tok/s over each other server's
 at concurrency 4 and its own c4/c1 (``ratio``: the one over llama_cpp.server, as before);
 ``shared_prefix`` (per server, time to first token of 8 requests one after the other whose prompts
 start with the same ~310 tokens, as a system prompt does: a server that reuses the cached start answers
@@ -41,6 +41,22 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def cpu_model() -> str | None:
+    """The CPU's name (/proc/cpuinfo): figures taken on an AMD EPYC and on an Intel Xeon differ."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return None
+
+
+def llama_kernels() -> str:
+    """The instruction sets llama.cpp was compiled for (its system info)."""
+    import llama_cpp
+
+    return llama_cpp.llama_print_system_info().decode().strip()
 
 
 def free_port() -> int:
@@ -157,10 +173,10 @@ def main() -> None:
     servers = {
         "llmlab": ([sys.executable, "-m", "llmlab", "serve", str(gguf), "--model-name", "m", "--log-fsync", "false",
                     "--max-queue", "32", "--log-path", "/tmp/llmlab-bench-serve.jsonl"], {"ignore_eos": True}),
-        # llama-server runs flash attention by default on CPU (auto); llmlab's is an option (--flash-attn)
-        "llmlab --flash-attn": ([sys.executable, "-m", "llmlab", "serve", str(gguf), "--model-name", "m",
-                                 "--log-fsync", "false", "--max-queue", "32", "--flash-attn", "true",
-                                 "--log-path", "/tmp/llmlab-bench-serve.jsonl"], {"ignore_eos": True}),
+        # flash attention is on by default in both llmlab and llama-server (auto on CPU); llmlab without it too
+        "llmlab --flash-attn false": ([sys.executable, "-m", "llmlab", "serve", str(gguf), "--model-name", "m",
+                                       "--log-fsync", "false", "--max-queue", "32", "--flash-attn", "false",
+                                       "--log-path", "/tmp/llmlab-bench-serve.jsonl"], {"ignore_eos": True}),
         "llama_cpp.server": ([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias", "m",
                               "--n_threads", str(args.threads), "--n_threads_batch", str(args.threads),
                               "--n_ctx", str(n_ctx), "--verbose", "false",
@@ -238,7 +254,8 @@ def main() -> None:
                  "c1": round(tok_s("llmlab", 1) * size / bw, 3), "c4": round(tok_s("llmlab") / 4 * size / bw, 3)}
     if "llama-server" in servers:
         ratios.update(vs_llama_server_c4=round(tok_s("llmlab") / tok_s("llama-server"), 3),
-                      flash_attn_vs_llama_server_c4=round(tok_s("llmlab --flash-attn") / tok_s("llama-server"), 3),
+                      no_flash_attn_vs_llama_server_c4=round(tok_s("llmlab --flash-attn false")
+                                                             / tok_s("llama-server"), 3),
                       llama_server_c4_over_c1=round(tok_s("llama-server") / tok_s("llama-server", 1), 3))
     out = {
         **(json.loads(Path(args.out).read_text()) if Path(args.out).is_file() else {}),  # keeps multi_adapter
@@ -254,7 +271,8 @@ def main() -> None:
             "llama_server_parallel": args.parallel if "llama-server" in servers else None,
             "generated_tokens_per_request": args.tokens, "requests_per_level": args.requests,
             "endpoint": "/v1/completions (streaming)", "cpu": platform.processor() or platform.machine(),
-            "cores": os.cpu_count(), "python": platform.python_version(),
+            "cores": os.cpu_count(), "python": platform.python_version(), "cpu_model": cpu_model(),
+            "llama_cpp_kernels": llama_kernels(),
             "versions": {**library_versions(("llmlab", "llama_cpp_python")),
                          **library_versions(("fastapi", "uvicorn", "starlette"))},
             "load_avg": {"start": [round(x, 2) for x in load_start],

@@ -215,9 +215,10 @@ def test_batcher_stream_chat_gives_the_models_own_reply(micro) -> None:
         assert "".join(batcher.stream_chat(conv, SamplingParams.greedy(12))) == micro.chat(conv, SamplingParams.greedy(12))
 
 
-def test_flash_attention_batches_as_the_flash_attention_model_alone(micro_gguf, tmp_path) -> None:
-    """llmlab serve --flash-attn: the model and its batch both run llama.cpp's flash attention, so each
-    concurrent answer is still the model's own greedy one; a transformers model cannot take it."""
+def test_flash_attention_is_on_by_default_and_batches_as_the_model_alone(micro_gguf, tmp_path) -> None:
+    """llama.cpp's flash attention is on by default, in the model and its batch (llmlab serve), and off with
+    ``--flash-attn false``: either way each concurrent answer is the model's own greedy one, loaded with
+    the same attention."""
     import threading
 
     import httpx
@@ -226,26 +227,30 @@ def test_flash_attention_batches_as_the_flash_attention_model_alone(micro_gguf, 
     from llmlab.serve.config import ServeConfig
 
     path = micro_gguf("f32")
-    config = ServeConfig(source=str(path), port=0, log_path=str(tmp_path / "log.jsonl"), log_fsync=False,
-                         parallel=4, flash_attn=True)
     asks = [[{"role": "user", "content": p}] for p in PROMPTS]
-    got: dict[int, str] = {}
-    with running(config) as url:
-        def one(i: int) -> None:
-            got[i] = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
-                "model": path.stem, "messages": asks[i], "temperature": 0, "max_tokens": 16}).json()[
-                "choices"][0]["message"]["content"]
+    for flash in (True, False):
+        off = {} if flash else {"flash_attn": False}
+        config = ServeConfig(source=str(path), port=0, log_path=str(tmp_path / "log.jsonl"), log_fsync=False,
+                             parallel=4, **off)
+        got: dict[int, str] = {}
+        with running(config) as url:
+            def one(i: int, url: str = url, got: dict[int, str] = got) -> None:
+                got[i] = httpx.post(f"{url}/v1/chat/completions", timeout=120, json={
+                    "model": path.stem, "messages": asks[i], "temperature": 0, "max_tokens": 16}).json()[
+                    "choices"][0]["message"]["content"]
 
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(len(asks))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(120)
-    with load(path, flash_attn=True) as fa:
-        assert fa.llm.context_params.flash_attn_type == 1
-        assert [got[i] for i in range(len(asks))] == [fa.chat(a, SamplingParams.greedy(16)) for a in asks]
+            threads = [threading.Thread(target=one, args=(i,)) for i in range(len(asks))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+        with load(path, **off) as model:
+            assert model.llm.context_params.flash_attn_type == (1 if flash else 0)
+            assert [got[i] for i in range(len(asks))] == [model.chat(a, SamplingParams.greedy(16)) for a in asks]
 
 
 def test_flash_attention_is_refused_for_transformers(micro_model_dir) -> None:
     with pytest.raises(ConfigError, match="flash_attn is a llama.cpp option"):
         load(micro_model_dir, flash_attn=True)
+    with load(micro_model_dir, flash_attn=False) as hf:  # off is what transformers runs anyway
+        assert hf.engine == "transformers"

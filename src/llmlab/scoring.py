@@ -331,6 +331,8 @@ def score(name_or_model: str | Path | Model, *, store: Store | None = None, data
 # Libraries whose versions can change a score (each installed one goes into a cache key).
 RUNTIME_LIBRARIES = ("llmlab", "torch", "transformers", "tokenizers", "peft", "llama_cpp_python", "gptqmodel",
                      "optimum")
+# Raised when the runtime computes the same model's numbers differently (2: llama.cpp's flash attention on).
+RUNTIME_REVISION = 2
 
 
 def score_key(artifact: Artifact, *, reference: Artifact | None, texts: Sequence[str] | None,
@@ -344,7 +346,7 @@ def score_key(artifact: Artifact, *, reference: Artifact | None, texts: Sequence
             "parents": sorted(p.content_hash for p in artifact.manifest.parents),
             "reference": reference.content_hash if reference is not None else None,
             "texts": digest(texts), "qa": digest(qa), "texts_tokens": max_tokens, "speed": speed_test,
-            "versions": library_versions(RUNTIME_LIBRARIES)}
+            "versions": library_versions(RUNTIME_LIBRARIES), "runtime": RUNTIME_REVISION}
 
 
 class ScoreCache:

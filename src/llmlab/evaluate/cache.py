@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llmlab.scoring import RUNTIME_LIBRARIES, ScoreCache
+from llmlab.scoring import RUNTIME_LIBRARIES, RUNTIME_REVISION, ScoreCache
 from llmlab.store import library_versions
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ def cache_key(artifact: Artifact, *, suite_hash: str, data_digest: str, referenc
     return {"content_hash": artifact.content_hash,
             "parents": sorted(p.content_hash for p in artifact.manifest.parents),
             "suite_hash": suite_hash, "data": data_digest, "reference": reference_hash, "engine": engine,
-            "versions": library_versions(RUNTIME_LIBRARIES), "decoding": decoding}
+            "versions": library_versions(RUNTIME_LIBRARIES), "runtime": RUNTIME_REVISION, "decoding": decoding}
 
 
 class EvalCache(ScoreCache):

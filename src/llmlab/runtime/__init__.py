@@ -155,7 +155,7 @@ def load(source: str | Path | Artifact, *, engine: str | None = None, store: Sto
     loader = KIND_LOADERS.get(artifact.kind) if artifact is not None else None
     if artifact is not None and loader is not None and loader.lora:
         options.setdefault("lora_path", artifact.file(".gguf"))
-    if options.get("flash_attn") and name != "llama.cpp":
+    if name != "llama.cpp" and options.pop("flash_attn", False):  # off: transformers' own attention
         raise ConfigError(f"flash_attn is a llama.cpp option, and '{path.name}' runs on {name}.",
                           "Serve a GGUF export of the model, or leave flash attention off.")
     model = ENGINES[name].load_class()(path, **options)

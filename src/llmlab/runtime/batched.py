@@ -121,7 +121,7 @@ class BatchEngine:
         self._ll, self.model, self.slots = ll, model, slots
         self.slot_ctx = min(slot_ctx or SLOT_CTX, model.n_ctx)
         self.n_batch = n_batch
-        # The model's own context settings (flash attention off, threads, rope), with a KV cache of its own
+        # The model's own context settings (flash attention, threads, rope), with a KV cache of its own
         # per sequence (not one shared: in a shared one a sequence's cells sit among the others', which
         # changes the order of the attention sums and so, at near ties, greedy tokens).
         params = ll.llama_context_params.from_buffer_copy(model.llm.context_params)

@@ -105,12 +105,14 @@ def warn_if_amx_build(llama_cpp: Any) -> None:
 
 
 class LlamaCppModel(Model):
-    """A GGUF model in llama.cpp."""
+    """A GGUF model in llama.cpp. ``flash_attn`` (default on, as llama.cpp's own "auto" is on the CPU):
+    flash attention for the model and any batch over it; ``False`` for the plain attention path, whose
+    logits differ slightly (greedy answers can differ at near ties)."""
 
     engine = "llama.cpp"
 
     def __init__(self, path: Path, *, n_ctx: int | None = None, n_gpu_layers: int | None = None,
-                 lora_path: str | Path | None = None, lora_scale: float = 1.0, flash_attn: bool = False):
+                 lora_path: str | Path | None = None, lora_scale: float = 1.0, flash_attn: bool = True):
         super().__init__(path)
         try:
             import llama_cpp

@@ -42,8 +42,8 @@ def load_served(config: ServeConfig) -> Served:
     from llmlab.runtime import load
 
     opts: dict[str, Any] = {"n_ctx": config.n_ctx} if config.n_ctx else {}
-    if config.flash_attn:
-        opts["flash_attn"] = True
+    if not config.flash_attn:
+        opts["flash_attn"] = False  # on is the runtime's default (and no option for transformers models)
     src = Path(config.source).expanduser()
     from llmlab.serve.bundle import BUNDLE_SPEC, open_bundle
     from llmlab.store import Store
