@@ -563,6 +563,7 @@ def multi_adapter(args) -> None:
                      "changes on every request; one_adapter = the bundle, always the first adapter; merged = one "
                      "merged model's GGUF",
             "threads": args.threads, "cores": os.cpu_count(), "python": platform.python_version(),
+            "cpu_model": cpu_model(), "llama_cpp_kernels": llama_kernels(), "flash_attention": True,
             "versions": library_versions(("llmlab", "llama_cpp_python", "peft", "transformers")),
             "nice": os.nice(0), "seconds": round(time.perf_counter() - t0, 1),
             "load_avg": {"start": [round(x, 2) for x in load_start],
