@@ -34,6 +34,15 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def cpu_model() -> str | None:
+    """The CPU's name (/proc/cpuinfo): the demo model and its adapters train differently on another CPU."""
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                    if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return None
+
+
 def sft_store(home: str) -> Any:
     """The store at ``home`` with the demo model and its SFT LoRA (``demo-lora``), made once."""
     from llmlab.build import BuildDemoConfig, build_demo
@@ -109,14 +118,14 @@ def main() -> None:
                 "group_accuracy_end": m.get("group_accuracy_end"), "kl_end": m.get("kl_end"),
                 "wall_seconds_with_scoring": round(wall, 1)},
         "settings": {
-            "threads": settings.threads(), "cores": os.cpu_count(), "versions": library_versions(),
+            "threads": settings.threads(), "cores": os.cpu_count(), "cpu": cpu_model(), "versions": library_versions(),
             "load_avg": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
         },
     }
     previous = Path(args.out)
     if previous.is_file():  # keep the record of what was tried before, and the other scripts' results
         kept = json.loads(previous.read_text())
-        out.update({k: kept[k] for k in ("tried", "trl_vs_own", "real") if k in kept})
+        out.update({k: kept[k] for k in ("tried", "trl_vs_own", "real", "real_tried") if k in kept})
         if "world" in kept:  # the run this one replaces joins what was tried
             out.setdefault("tried", []).append(_earlier(kept))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
