@@ -3,7 +3,8 @@
 Pick a model (GGUF and gguf-adapter artifacts for llmlab serve / Ollama, Hugging Face ones for
 vLLM; best accuracy first; the picker opens on the model sent from the Leaderboard or Home, else on
 the Leaderboard's winner), for a GGUF base (or an agent over one) any number of LoRA adapters served
-beside it (each asked for as ``<bundle>:<adapter>``, an agent's as ``<agent>:<adapter>``), see what goes into its bundle (``llmlab.export.plan``), and start a
+beside it (each asked for as ``<bundle>:<adapter>``, an agent's as ``<agent>:<adapter>``), see what goes
+into its bundle (``llmlab.export.plan``), and start a
 one-step ``export`` recipe as a job (it checks parity before the bundle is written). For a bundle:
 its files and hashes, the parity report (and a button to run it again), Start / Stop of a server
 process (``llmlab.serve.process``), a chat against it over HTTP, copyable curl and OpenAI-client

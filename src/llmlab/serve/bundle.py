@@ -103,7 +103,7 @@ def open_rag(bundle: Path, spec: dict[str, Any], model: Model, adapters: Sequenc
     agent_spec = parse_spec(yaml.safe_load((bundle / spec["agent"]["spec"]).read_text()),
                             source=f"bundle '{spec['name']}' agent spec")
     name = spec["agent"]["name"]
-    # with adapters, the base agent names its adapter (None) too: another request may switch the model's
+    # with adapters the base agent asks for the base (None): another request may have switched the model
     variants: dict[str, str | None] = ({name: None} | {f"{name}:{a}": a for a in adapters}) if adapters \
         else {name: ACTIVE}
     agents = {}
