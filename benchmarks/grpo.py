@@ -34,15 +34,6 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def cpu_model() -> str | None:
-    """The CPU's name (/proc/cpuinfo): the demo model and its adapters train differently on another CPU."""
-    try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                    if line.startswith("model name"))
-    except (OSError, StopIteration):
-        return None
-
-
 def sft_store(home: str) -> Any:
     """The store at ``home`` with the demo model and its SFT LoRA (``demo-lora``), made once."""
     from llmlab.build import BuildDemoConfig, build_demo
@@ -85,6 +76,7 @@ def main() -> None:
     load_start = [round(x, 2) for x in os.getloadavg()]
 
     import torch
+    from serve import cpu_model  # benchmarks/serve.py, beside this script
 
     from llmlab import settings
     from llmlab.store import library_versions
@@ -118,6 +110,7 @@ def main() -> None:
                 "group_accuracy_end": m.get("group_accuracy_end"), "kl_end": m.get("kl_end"),
                 "wall_seconds_with_scoring": round(wall, 1)},
         "settings": {
+            # the demo model and its adapters train differently on another CPU
             "threads": settings.threads(), "cores": os.cpu_count(), "cpu": cpu_model(), "versions": library_versions(),
             "load_avg": {"start": load_start, "end": [round(x, 2) for x in os.getloadavg()]},
         },

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def cpu_model() -> str | None:
-    """The CPU's name (/proc/cpuinfo): figures taken on an AMD EPYC and on an Intel Xeon differ."""
+    """The CPU's name (/proc/cpuinfo): figures (and the demo model's training) differ from one CPU to another."""
     try:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                     if line.startswith("model name"))
