@@ -10,6 +10,7 @@ most skip scoring (evaluate=False) except the lineage-and-scores test.
 from __future__ import annotations
 
 import json
+import mmap
 import shutil
 import time
 from pathlib import Path
@@ -312,9 +313,13 @@ def test_peak_rss_is_the_blocks_own_peak(kernel_resets: bool, monkeypatch: pytes
     if not kernel_resets:  # a sandbox that keeps the old mark: the sampling fallback measures instead
         monkeypatch.setattr(peak_mod, "_reset_hwm", lambda: (_ for _ in ()).throw(OSError("kept")))
     with peak_mod.peak_rss() as big:
-        block = b"\x01" * (96 * 2**20)  # written, so resident (a bytearray of zeros may stay unmapped)
+        # Pages straight from the kernel, each written so it is resident: a malloc'd block could reuse
+        # memory the process already holds (an allocator that keeps freed pages), and show no new peak.
+        block = mmap.mmap(-1, 96 * 2**20)
+        for offset in range(0, len(block), mmap.PAGESIZE):
+            block[offset] = 1
         time.sleep(0.1)  # long enough for the sampling fallback to see it
-        del block
+        block.close()
     with peak_mod.peak_rss() as small:
         pass
     assert big.mb >= small.mb + 80  # each block's own peak: the second, empty block is lower
