@@ -9,11 +9,12 @@ Tracking is switched off so tests never create an MLflow database.
 
 from __future__ import annotations
 
+import mmap
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,22 @@ def smollm2_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_gguf
     out = tmp_path_factory.mktemp("smollm2-tokenizer")
     AutoTokenizer.from_pretrained(str(smollm2_gguf.parent), gguf_file=smollm2_gguf.name).save_pretrained(out)
     return out
+
+
+def _resident_block(mb: int) -> mmap.mmap:
+    block = mmap.mmap(-1, mb * 2**20)
+    for offset in range(0, len(block), mmap.PAGESIZE):
+        block[offset] = 1
+    return block
+
+
+@pytest.fixture
+def resident_block() -> Callable[[int], mmap.mmap]:
+    """``resident_block(mb)``: ``mb`` MB of fresh pages from the kernel, each written so it is
+    resident (``close()`` frees it), for memory-peak tests. A malloc'd block may reuse pages the
+    process already holds, where the allocator keeps freed memory (a raised mmap threshold, as on
+    one CI machine), and then shows no new peak."""
+    return _resident_block
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ most skip scoring (evaluate=False) except the lineage-and-scores test.
 from __future__ import annotations
 
 import json
-import mmap
 import shutil
 import time
 from pathlib import Path
@@ -307,17 +306,13 @@ def test_one_skill_of_the_world_for_tuning_and_scoring(mstore: Store) -> None:
 
 
 @pytest.mark.parametrize("kernel_resets", [True, False])
-def test_peak_rss_is_the_blocks_own_peak(kernel_resets: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_peak_rss_is_the_blocks_own_peak(kernel_resets: bool, monkeypatch: pytest.MonkeyPatch, resident_block) -> None:
     from llmlab.merge import peak as peak_mod
 
     if not kernel_resets:  # a sandbox that keeps the old mark: the sampling fallback measures instead
         monkeypatch.setattr(peak_mod, "_reset_hwm", lambda: (_ for _ in ()).throw(OSError("kept")))
     with peak_mod.peak_rss() as big:
-        # Pages straight from the kernel, each written so it is resident: a malloc'd block could reuse
-        # memory the process already holds (an allocator that keeps freed pages), and show no new peak.
-        block = mmap.mmap(-1, 96 * 2**20)
-        for offset in range(0, len(block), mmap.PAGESIZE):
-            block[offset] = 1
+        block = resident_block(96)
         time.sleep(0.1)  # long enough for the sampling fallback to see it
         block.close()
     with peak_mod.peak_rss() as small:

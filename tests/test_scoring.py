@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import pytest
 from pydantic import ValidationError
 
@@ -74,11 +73,10 @@ def test_accuracy_and_speed(hf):
     assert s["gen_tok_s"] > 0 and s["prompt_tok_s"] > 0 and s["ttft_ms"] > 0
 
 
-def test_peak_memory_sees_an_allocation():
+def test_peak_memory_sees_an_allocation(resident_block):
     with scoring.peak_memory() as pm:
-        block = np.ones(64 * 2**20 // 8)  # 64 MB, touched
-        block += 1
-    del block
+        block = resident_block(64)
+    block.close()
     assert pm.peak_mb - pm.start_mb > 40
 
 
