@@ -92,13 +92,14 @@ class ExportConfig(BaseModel):
 def plan(art: Artifact, adapters: list[str] | None = None) -> list[dict[str, str]]:
     """What exporting ``art`` (with ``adapters``) would put into its bundle: one {file, what} row per entry
     (reads nothing)."""
-    if art.kind == "agent":
-        return [*plan_rows("gguf", "gguf"), *AGENT_ROWS]
-    rows = plan_rows(art.kind, art.name)
+    agent = art.kind == "agent"
+    rows = plan_rows("gguf", art.name) if agent else plan_rows(art.kind, art.name)
     if adapters:
-        rows.insert(1, {"file": "model/adapters/*.gguf", "what": f"{len(adapters)} LoRA adapters on the base, "
-                        "chosen per request as model '<bundle>:<adapter>'"})
-    return rows
+        served = "'<bundle>:<adapter>' and '<agent>:<adapter>'" if agent else "'<bundle>:<adapter>'"
+        count = f"{len(adapters)} LoRA adapter" + ("s" if len(adapters) > 1 else "")
+        rows.insert(1, {"file": "model/adapters/*.gguf", "what": f"{count} on the base, chosen per request as "
+                        f"model {served}"})
+    return rows + (AGENT_ROWS if agent else [])
 
 
 AGENT_ROWS = [{"file": "index/", "what": "the index: chunks, vectors, BM25 and the Chroma collection"},

@@ -1,5 +1,5 @@
 """What the Export station offers and reports, beside ``llmlab.export.plan`` (what goes into a bundle):
-which models can be exported (best held-out accuracy first), which adapters can ride on a GGUF base,
+which models and agents can be exported (best held-out accuracy first), which adapters can ride on a GGUF base,
 whether a parity check applies, a bundle's files with their hashes and the model names it serves, and
 which of a running server's ``/metrics`` series to show.
 
@@ -23,6 +23,7 @@ from llmlab.store import GGUF_KINDS, HF_KINDS, Artifact, Store
 SERVER_METRICS: dict[str, str] = {
     'llmlab_requests_total{endpoint="chat",status="200"}': "chat requests answered",
     'llmlab_requests_total{endpoint="completions",status="200"}': "completions answered",
+    'llmlab_requests_total{endpoint="agent",status="200"}': "agent answers",  # shown once there is one
     'llmlab_tokens_total{type="prompt"}': "prompt tokens",
     'llmlab_tokens_total{type="completion"}': "completion tokens",
     "llmlab_queue_depth": "queue depth",
@@ -40,10 +41,19 @@ def accuracy_of(art: Artifact) -> float | None:
     return float(acc) if is_number(acc) else None
 
 
+def agent_model(agent: Artifact, store: Store) -> Artifact | None:
+    """The GGUF model an agent runs on, when the store holds it: an agent bundle needs the model itself
+    (None for an agent on an endpoint, a Hugging Face model or a model since removed)."""
+    name = next((p.name for p in agent.manifest.parents if p.role == "model"), None)
+    model = store.get(name) if name and store.exists(name) else None
+    return model if model is not None and model.kind in GGUF_KINDS else None
+
+
 def exportable(store: Store) -> list[Artifact]:
-    """Models that can be exported (GGUF and Hugging Face kinds), best accuracy first, unscored ones
-    last, then by name."""
-    arts = [a for a in store.list() if a.kind in GGUF_KINDS + HF_KINDS]
+    """What can be exported: models (GGUF and Hugging Face kinds) and agents on a GGUF model of the
+    store, best accuracy first, unscored ones last, then by name."""
+    arts = [a for a in store.list() if a.kind in GGUF_KINDS + HF_KINDS
+            or (a.kind == "agent" and agent_model(a, store) is not None)]
 
     def rank(a: Artifact) -> tuple[float, str]:
         acc = accuracy_of(a)
@@ -56,8 +66,8 @@ def adapters_for(base: Artifact, store: Store) -> list[str]:
     """Adapters a bundle of the GGUF ``base`` (or of an agent over one) can hold: gguf-adapters converted
     for it, and peft adapters of the model it was made from (the export converts those)."""
     if base.kind == "agent":
-        model = next((p.name for p in base.manifest.parents if p.role == "model"), None)
-        return adapters_for(store.get(model), store) if model and store.exists(model) else []
+        model = agent_model(base, store)
+        return adapters_for(model, store) if model is not None else []
     if base.kind != "gguf":
         return []
     source = next((p.content_hash for p in base.manifest.parents if p.role == "source"), None)
@@ -80,9 +90,9 @@ def served_names(bundle: Artifact) -> list[str]:
 
 
 def parity_applies(art: Artifact) -> bool:
-    """Whether an export of ``art`` can be checked for parity (GGUF kinds: the bundle's server against
-    the artifact, token for token)."""
-    return art.kind in GGUF_KINDS
+    """Whether an export of ``art`` can be checked for parity (GGUF kinds, and agents, which
+    ``exportable`` offers only on a GGUF model: the bundle's server against the model, token for token)."""
+    return art.kind in (*GGUF_KINDS, "agent")
 
 
 def parity_source(bundle: Artifact, store: Store) -> str | None:
@@ -103,8 +113,10 @@ def bundle_files(bundle: Artifact) -> list[dict[str, Any]]:
 
 
 def server_metric_rows(values: dict[str, float]) -> list[dict[str, Any]]:
-    """The ``SERVER_METRICS`` counters (0 when absent), then the mean latency per endpoint in ms."""
-    rows = [{"metric": label, "value": values.get(key, 0)} for key, label in SERVER_METRICS.items()]
+    """The ``SERVER_METRICS`` counters (0 when absent; agent answers once there is one), then the mean
+    latency per endpoint in ms."""
+    rows = [{"metric": label, "value": values.get(key, 0)} for key, label in SERVER_METRICS.items()
+            if key in values or 'endpoint="agent"' not in key]
     for key, total in values.items():
         if key.startswith(LATENCY_SUM):
             count = values.get(key.replace("_sum", "_count"), 0)
