@@ -378,7 +378,7 @@ def test_agent_bundle_serves_the_agent_on_each_adapter(agent_server, multi: Stor
     assert all(models[a]["agent"] for a in agents) and not models[f"{AGENT_BUNDLE}:lora-a"]["agent"]
 
     settings = load_spec("helper", store=multi).model
-    want: dict[str, tuple[str, bool]] = {}
+    want: dict[str, tuple[str, bool, int]] = {}
     for name, adapter in agents.items():
         lora = {"lora_path": bundle.path / "model" / "adapters" / f"{adapter}.gguf"} if adapter else {}
         with load(bundle.path / "model" / "micro-f16.gguf", **lora) as model:
@@ -388,7 +388,8 @@ def test_agent_bundle_serves_the_agent_on_each_adapter(agent_server, multi: Stor
                 reply = agent.ask(QUESTION)
             finally:
                 agent.close()
-            want[name] = (reply.answer, reply.refused)
+            assert reply.prompt_tokens > 0 and reply.completion_tokens > 0  # summed over its model calls
+            want[name] = (reply.answer, reply.refused, reply.completion_tokens)
 
     model = served.model
     used: list[str | None] = []  # the adapter active when each of the agents' generations starts
@@ -408,8 +409,44 @@ def test_agent_bundle_serves_the_agent_on_each_adapter(agent_server, multi: Stor
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["model"] == name and "retrieved" in body
-        assert (body["choices"][0]["message"]["content"], body["refused"]) == want[name], name
+        assert (body["choices"][0]["message"]["content"], body["refused"], body["usage"]["completion_tokens"]) \
+            == want[name], name
     assert used == [agents[n] for n in order]
+    counted = parse(client.get("/metrics").text)  # per served name, agents too
+    assert {a: counted[f'llmlab_model_requests_total{{model="{a}",status="200"}}'] for a in agents} == \
+        {a: order.count(a) for a in agents}
     missing = client.post("/v1/chat/completions", json={"model": "helper:nope", "messages": [
         {"role": "user", "content": QUESTION}]})
     assert missing.status_code == 404 and missing.json()["error"]["code"] == "model_not_found"
+
+
+def test_export_page_exports_an_agent_with_adapters(agent_server, multi: Store,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Export page offers the agent, its model's adapters and a parity check, plans the agent's files
+    beside the adapters, and its job writes a bundle that serves the agent on each picked adapter."""
+    pytest.importorskip("streamlit")
+    from apptest import open_page
+
+    from llmlab.export.choices import exportable, served_names
+    from llmlab.jobs import JobQueue
+
+    assert "helper" in [a.name for a in exportable(multi)]
+    monkeypatch.setenv("LLMLAB_HOME", str(multi.root))
+    at = open_page("views/export.py")
+    at.selectbox(key="export:model").set_value("helper").run()
+    assert at.multiselect(key="export:adapters:helper").options == ["lora-a", "lora-a-gguf", "lora-b", "lora-b-gguf"]
+    at.multiselect(key="export:adapters:helper").set_value(["lora-b-gguf"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    plan = at.dataframe[0].value
+    assert {"model/adapters/*.gguf", "index/", "embedder/", "agent.yaml"} <= set(plan["file"])
+    parity = at.checkbox(key="export:parity:helper")
+    assert parity.value and not parity.disabled
+    at.text_input(key="export:name:helper").input("helper-page").run()
+    at.button(key="export:start").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    job = at.session_state["export:job"]
+    queue = JobQueue(multi)
+    assert queue.wait(job, timeout=300).status == "done", queue.log(job)
+    bundle = multi.get("helper-page")
+    assert served_names(bundle) == ["helper-page", "helper-page:lora-b-gguf", "helper", "helper:lora-b-gguf"]
+    assert bundle.metrics["parity"]["ok"] and list(bundle.metrics["parity"]["adapters"]) == ["lora-b-gguf"]

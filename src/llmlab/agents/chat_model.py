@@ -11,7 +11,7 @@ api = OpenAIChatModel(base_url="http://127.0.0.1:8080/v1", model_name="demo")
 
 ``RuntimeChatModel`` wraps a loaded ``llmlab.runtime.Model`` (transformers or llama.cpp) and streams
 through its ``stream_chat``; token counts come from the model's own tokenizer and land in
-``usage_metadata``. With ``batcher`` (a ``llmlab.runtime.batched.Batcher`` over the same model) it
+``usage_metadata`` (with ``model_name`` in ``response_metadata``, so LangChain's usage callbacks count them). With ``batcher`` (a ``llmlab.runtime.batched.Batcher`` over the same model) it
 generates in that batch instead, beside the requests of other threads (``llm.batched(batcher)``).
 With ``adapter`` it runs a GGUF model holding several adapters with that one (None: the base alone),
 whichever adapter other requests switch the model to meanwhile.
@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
@@ -110,8 +111,9 @@ class RuntimeChatModel(BaseChatModel):
                     run_manager.on_llm_new_token(piece, chunk=chunk)
                 yield chunk
         n_out = len(self.model.tokenize(text)) if text else 0
-        yield ChatGenerationChunk(message=AIMessageChunk(
-            content="", usage_metadata=_usage(self.prompt_tokens(messages), n_out)))  # type: ignore[arg-type]
+        yield ChatGenerationChunk(message=AIMessageChunk(  # model_name: LangChain's usage callbacks need it
+            content="", usage_metadata=_usage(self.prompt_tokens(messages), n_out),  # type: ignore[arg-type]
+            response_metadata={"model_name": Path(str(self.model.path)).name}))
 
     def _generate(self, messages: list[BaseMessage], stop: list[str] | None = None,
                   run_manager: CallbackManagerForLLMRun | None = None, **kwargs: Any) -> ChatResult:
@@ -119,7 +121,8 @@ class RuntimeChatModel(BaseChatModel):
         for chunk in self._stream(messages, stop, run_manager, **kwargs):
             merged = chunk.message if merged is None else merged + chunk.message  # type: ignore[assignment]
         assert merged is not None
-        message = AIMessage(content=merged.content, usage_metadata=merged.usage_metadata)
+        message = AIMessage(content=merged.content, usage_metadata=merged.usage_metadata,
+                            response_metadata=merged.response_metadata)
         return ChatResult(generations=[ChatGeneration(message=message)])
 
 
@@ -179,7 +182,8 @@ class OpenAIChatModel(BaseChatModel):
         data = r.json()
         usage = data.get("usage") or {}
         message = AIMessage(content=data["choices"][0]["message"].get("content") or "",
-                            usage_metadata=_usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)))
+                            usage_metadata=_usage(usage.get("prompt_tokens", 0), usage.get("completion_tokens", 0)),
+                            response_metadata={"model_name": self.model_name})
         return ChatResult(generations=[ChatGeneration(message=message)])
 
     def _stream(self, messages: list[BaseMessage], stop: list[str] | None = None,
@@ -202,7 +206,8 @@ class OpenAIChatModel(BaseChatModel):
                     if event.get("usage"):
                         u = event["usage"]
                         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=_usage(
-                            u.get("prompt_tokens", 0), u.get("completion_tokens", 0))))  # type: ignore[arg-type]
+                            u.get("prompt_tokens", 0), u.get("completion_tokens", 0)),  # type: ignore[arg-type]
+                            response_metadata={"model_name": self.model_name}))
                     for choice in event.get("choices") or []:
                         piece = (choice.get("delta") or {}).get("content") or ""
                         if piece:

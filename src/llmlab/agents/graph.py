@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypedDict
 
+from langchain_core.callbacks import UsageMetadataCallbackHandler
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, SystemMessage
 from langchain_core.runnables import RunnableConfig
 from langgraph.graph import END, START, StateGraph
@@ -109,6 +110,8 @@ class AgentReply:
     queries: list[str] = field(default_factory=list)
     contexts: list[str] = field(default_factory=list)  # text of the sources the answer was given
     seconds: float = 0.0
+    prompt_tokens: int = 0  # over every model call of the answer (rewrite, answer, check, retries)
+    completion_tokens: int = 0
 
 
 def open_searcher(index: str | None, store: Store) -> SearcherLike:
@@ -366,8 +369,10 @@ class Agent:
             if self.traces else None
         final: dict[str, Any] = {}
         searches: list[list[str]] = []  # the doc ids each search returned (a retry adds one)
+        usage = UsageMetadataCallbackHandler()  # the tokens of every model call, summed per model
         try:
-            for mode, chunk in self.graph.stream(self._input(question), self._config(thread_id),
+            for mode, chunk in self.graph.stream(self._input(question), {**self._config(thread_id),
+                                                                          "callbacks": [usage]},
                                                  stream_mode=["updates", "messages"]):
                 if mode == "messages":
                     msg, meta = chunk
@@ -392,7 +397,9 @@ class Agent:
                            searches=searches,
                            queries=list(dict.fromkeys(q for q in [question, final.get("query")] if q)),
                            contexts=[f"{h['title']}: {h['text']}" for h in final.get("relevant", [])],
-                           seconds=round(time.perf_counter() - t0, 3))
+                           seconds=round(time.perf_counter() - t0, 3),
+                           prompt_tokens=sum(u["input_tokens"] for u in usage.usage_metadata.values()),
+                           completion_tokens=sum(u["output_tokens"] for u in usage.usage_metadata.values()))
         if self._run_id and self.traces:
             self.traces.finish(self._run_id, answer=reply.answer, sources=[s["doc_id"] for s in reply.sources],
                                status="refused" if reply.refused else "done")

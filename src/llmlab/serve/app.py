@@ -96,10 +96,12 @@ class _State:
 
     def record(self, endpoint: str, status: int, t0: float, gen: Generation | None = None, *,
                error: str | None = None, stream: bool = False, prompt: str | list | None = None,
-               completion: str | None = None, model: str | None = None) -> None:
-        """Count and log one request; ``model``: the served name it asked for (counted per model)."""
+               completion: str | None = None, model: str | None = None,
+               tokens: tuple[int, int] | None = None) -> None:
+        """Count and log one request; ``model``: the served name it asked for (counted per model);
+        ``tokens``: (prompt, completion) where there is no single ``gen`` (an agent's several calls)."""
         seconds = time.perf_counter() - t0
-        pt, ct = (gen.prompt_tokens, gen.completion_tokens) if gen else (0, 0)
+        pt, ct = (gen.prompt_tokens, gen.completion_tokens) if gen else tokens or (0, 0)
         self.metrics.observe(endpoint, status, seconds, pt, ct, error, model=model)
         rec: dict[str, Any] = {"time": round(time.time(), 3), "endpoint": endpoint,
                                "model": model or self.served.name,
@@ -306,13 +308,16 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
             reply = await asyncio.to_thread(served.agents[req.model].ask, question, thread_id=P.new_id("thread"))
         finally:
             state.release()
-        state.record("agent", 200, t0, prompt=req.messages, completion=reply.answer)
+        tokens = (reply.prompt_tokens, reply.completion_tokens)  # every model call of the agent's answer
+        state.record("agent", 200, t0, prompt=req.messages, completion=reply.answer, model=req.model, tokens=tokens)
         rid = P.new_id("chatcmpl")
         message = {"role": "assistant", "content": reply.answer}
         extra = {"sources": reply.sources, "refused": reply.refused, "retrieved": reply.retrieved_ids}
         if not req.stream:
             return JSONResponse(P.envelope("chat.completion", rid, req.model, [
-                {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}], **extra))
+                {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
+                usage={"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)},
+                **extra))
         # the agent's answer is complete when its checks pass: it is sent as one chunk
         events = [P.envelope("chat.completion.chunk", rid, req.model, [
             {"index": 0, "delta": message, "finish_reason": "stop", "logprobs": None}], **extra)]
