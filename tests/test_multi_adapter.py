@@ -432,6 +432,11 @@ def test_export_page_exports_an_agent_with_adapters(agent_server, multi: Store,
 
     assert "helper" in [a.name for a in exportable(multi)]
     monkeypatch.setenv("LLMLAB_HOME", str(multi.root))
+    agents = open_page("views/agents.py")  # the Agents page sends its agent to the Export page
+    agents.selectbox(key="agents:agent").set_value("helper").run()
+    agents.button(key="agents:to_export").click().run()
+    assert not agents.exception, [e.value for e in agents.exception]
+    assert agents.session_state["export:model"] == "helper"
     at = open_page("views/export.py")
     at.selectbox(key="export:model").set_value("helper").run()
     assert at.multiselect(key="export:adapters:helper").options == ["lora-a", "lora-a-gguf", "lora-b", "lora-b-gguf"]
