@@ -129,6 +129,19 @@ def drifted_gguf(tmp_path_factory: pytest.TempPathFactory, micro_gguf) -> Path:
     return out
 
 
+def test_a_template_with_its_own_system_prompt_is_translated(smollm2_gguf: Path) -> None:
+    """SmolLM2 (not made by llmlab): its template writes its own system block before a conversation that
+    has none, and its BOS (<|im_start|>) is template text llama.cpp does not add. The Modelfile's TEMPLATE
+    writes that block before a first message of another role, and renders every probe as Jinja does."""
+    from llmlab.export.bundle import gguf_modelfile
+
+    text, reason = gguf_modelfile(smollm2_gguf)
+    assert reason is None, reason
+    assert ('{{ if and (eq $i 0) (ne .Role "system") }}<|im_start|>system\nYou are a helpful AI assistant '
+            'named SmolLM') in text
+    assert '{{ else if eq .Role "user" }}<|im_start|>user\n{{ .Content }}<|im_end|>\n' in text
+
+
 def test_export_fails_loudly_on_template_drift(exported, drifted_gguf: Path, monkeypatch) -> None:
     from llmlab.export import bundle as bundle_mod
 

@@ -292,7 +292,7 @@ def export(config: ExportConfig, *, store: Store | None = None, progress: Report
                 from llmlab.export.adapters import write_adapters
 
                 spec["model"].update(write_adapters(w.path, art, adapters))
-            text, reason = _modelfile(mdir / source.name, adapter)  # Ollama: the base (one ADAPTER per model)
+            text, reason = gguf_modelfile(mdir / source.name, adapter)  # Ollama: the base (one ADAPTER per model)
             (w.path / "Modelfile").write_text(text)
             spec["ollama"] = {"modelfile": "Modelfile", "template_translated": reason is None, "reason": reason}
         else:
@@ -405,12 +405,15 @@ def _from_registry(config: ExportConfig, store: Store, *, overwrite: bool, step:
     return _finish(store.get(config.output), config.model_copy(update={"registry": False}), store, progress)
 
 
-def _modelfile(gguf_file: Path, adapter: Path | None) -> tuple[str, str | None]:
+def gguf_modelfile(gguf_file: Path, adapter: Path | None = None) -> tuple[str, str | None]:
+    """(Ollama Modelfile text for a GGUF, None) or (one without TEMPLATE, why it was not translated)."""
     from llmlab.export.ollama import modelfile
     from llmlab.runtime import load
 
     with load(gguf_file) as m:
-        bos = m.token_text(m.bos_id) if m.bos_id is not None else ""
+        # only a BOS that llama.cpp adds itself is left out of the template (SmolLM2's BOS is
+        # <|im_start|>, which its template writes and llama.cpp does not add)
+        bos = m.token_text(m.bos_id) if m.bos_id is not None and m.adds_bos else ""
         eos = m.token_text(m.eos_id) if m.eos_id is not None else None
         render = None
         if m.chat_template:

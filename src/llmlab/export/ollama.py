@@ -5,7 +5,9 @@ suffix and the generation prompt, writes them as a Go template, and then checks 
 several conversations, the Go template (as Ollama fills it in) must give exactly the text the
 Jinja template gives, BOS aside (llama.cpp adds it). Templates whose output is not a plain
 sequence of role blocks (e.g. Llama 2's system prompt inside the first user turn) are refused
-with a reason, and the bundle says the Modelfile needs its TEMPLATE written by hand.
+with a reason, and the bundle says the Modelfile needs its TEMPLATE written by hand. A template
+that adds its own system block to a conversation without a system message (SmolLM2, Qwen2.5) is
+translated with that block written before a first message of another role.
 """
 
 from __future__ import annotations
@@ -22,39 +24,63 @@ class Untranslatable(ValueError):
     """The chat template is not a plain sequence of role blocks."""
 
 
-def _parts(render: Render, bos: str) -> tuple[dict[str, tuple[str, str]], str]:
-    blocks = {}
-    for role in ROLES:
-        mark = _MARK.format(role)
-        try:
-            text = render([{"role": role, "content": mark}], False)
-        except Exception as e:  # the template refuses e.g. a lone assistant message
-            raise Untranslatable(f"the template cannot render a lone {role} message ({e})") from None
-        text = text.removeprefix(bos)
-        if text.count(mark) != 1:
-            raise Untranslatable(f"the {role} content appears {text.count(mark)} times")
-        pre, _, suf = text.partition(mark)
-        blocks[role] = (pre, suf)
+def _block(render: Render, bos: str, role: str, lead: Sequence[dict[str, str]] = ()) -> tuple[str, str]:
+    """(prefix, suffix) of a ``role`` message rendered alone, or after the messages ``lead``."""
+    mark = _MARK.format(role)
+    try:
+        text = render([*lead, {"role": role, "content": mark}], False)
+    except Exception as e:  # the template refuses e.g. a lone assistant message
+        raise Untranslatable(f"the template cannot render a lone {role} message ({e})") from None
+    text = text.removeprefix(bos)
+    if text.count(mark) != 1:
+        raise Untranslatable(f"the {role} content appears {text.count(mark)} times")
+    pre, _, suf = text.partition(mark)
+    return pre, suf
+
+
+def _default_system(render: Render, bos: str, system: tuple[str, str], user_pre: str) -> str:
+    """The system block the template writes before a conversation that has none ("" if it writes none):
+    a lone user message's prefix, less the user prefix after a system message."""
+    lead = [{"role": "system", "content": "s"}]
+    try:
+        pre = _block(render, bos, "user", lead)[0].removeprefix(system[0] + "s" + system[1])
+    except Untranslatable:  # a template without system messages
+        return ""
+    return user_pre[:-len(pre)] if pre and user_pre != pre and user_pre.endswith(pre) else ""
+
+
+def _parts(render: Render, bos: str) -> tuple[dict[str, tuple[str, str]], str, str]:
+    blocks = {role: _block(render, bos, role) for role in ROLES}
+    default = _default_system(render, bos, blocks["system"], blocks["user"][0])
+    for role in ("user", "assistant"):  # a lone message carries the default system block: not its own
+        pre, suf = blocks[role]
+        blocks[role] = (pre.removeprefix(default), suf)
     user = [{"role": "user", "content": _MARK.format("user")}]
     with_prompt = render(user, True).removeprefix(bos)
     without = render(user, False).removeprefix(bos)
     if not with_prompt.startswith(without):
         raise Untranslatable("the generation prompt is not appended at the end")
-    return blocks, with_prompt[len(without):]
+    return blocks, with_prompt[len(without):], default
 
 
-def go_template(blocks: dict[str, tuple[str, str]], gen_prompt: str) -> str:
+def go_template(blocks: dict[str, tuple[str, str]], gen_prompt: str, default_system: str = "") -> str:
     def lit(s: str) -> str:
         return s.replace("{{", '{{ "{{" }}')
 
     branches = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{r}" }}}}{lit(blocks[r][0])}'
                        f'{{{{ .Content }}}}{lit(blocks[r][1])}' for i, r in enumerate(ROLES))
-    return f"{{{{- range .Messages }}}}{branches}{{{{ end }}}}{{{{ end }}}}{lit(gen_prompt)}"
+    if not default_system:
+        return f"{{{{- range .Messages }}}}{branches}{{{{ end }}}}{{{{ end }}}}{lit(gen_prompt)}"
+    first = f'{{{{ if and (eq $i 0) (ne .Role "system") }}}}{lit(default_system)}{{{{ end }}}}'
+    return f"{{{{- range $i, $_ := .Messages }}}}{first}{branches}{{{{ end }}}}{{{{ end }}}}{lit(gen_prompt)}"
 
 
-def fill_go_template(blocks: dict[str, tuple[str, str]], gen_prompt: str, messages: Sequence[dict[str, str]]) -> str:
-    """What Ollama makes of ``go_template(blocks, gen_prompt)`` for ``messages`` (used to check it)."""
-    return "".join(blocks[m["role"]][0] + m["content"] + blocks[m["role"]][1] for m in messages) + gen_prompt
+def fill_go_template(blocks: dict[str, tuple[str, str]], gen_prompt: str, messages: Sequence[dict[str, str]],
+                     default_system: str = "") -> str:
+    """What Ollama makes of ``go_template(blocks, gen_prompt, default_system)`` for ``messages`` (used to
+    check it)."""
+    lead = default_system if messages and messages[0]["role"] != "system" else ""
+    return lead + "".join(blocks[m["role"]][0] + m["content"] + blocks[m["role"]][1] for m in messages) + gen_prompt
 
 
 PROBES: tuple[tuple[dict[str, str], ...], ...] = (
@@ -68,14 +94,14 @@ PROBES: tuple[tuple[dict[str, str], ...], ...] = (
 
 def translate(render: Render, bos: str = "") -> tuple[str, list[str]]:
     """(Go template, stop strings) for a model whose Jinja template is ``render``; raises Untranslatable."""
-    blocks, gen_prompt = _parts(render, bos)
+    blocks, gen_prompt, default = _parts(render, bos)
     for probe in PROBES:
         want = render(list(probe), True).removeprefix(bos)
-        got = fill_go_template(blocks, gen_prompt, probe)
+        got = fill_go_template(blocks, gen_prompt, probe, default)
         if got != want:
             raise Untranslatable(f"for {len(probe)} messages the Go template gives {got!r}, Jinja {want!r}")
     stops = sorted({s.strip() for s in (blocks["assistant"][1], blocks["user"][0]) if s.strip()})
-    return go_template(blocks, gen_prompt), stops
+    return go_template(blocks, gen_prompt, default), stops
 
 
 def modelfile(gguf_name: str, render: Render | None, bos: str = "", *, adapter: str | None = None,

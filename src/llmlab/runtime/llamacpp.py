@@ -298,6 +298,11 @@ class LlamaCppModel(Model):
         return None if bos < 0 else int(bos)
 
     @property
+    def adds_bos(self) -> bool:
+        """Whether llama.cpp puts the BOS token before a prompt (the GGUF's ``add_bos_token``)."""
+        return self._add_bos
+
+    @property
     def eos_id(self) -> int | None:
         eos = self._ll.llama_vocab_eos(self._vocab)
         return None if eos < 0 else int(eos)
