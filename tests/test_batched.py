@@ -185,6 +185,32 @@ def test_server_answers_concurrent_requests_as_each_alone(micro, tmp_path) -> No
         assert text.startswith('{')
 
 
+def test_a_batch_lists_its_sequences_in_seq_id_order(micro, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a KV cache per sequence, llama.cpp decodes sequences in one pass over the weights only
+    while each seq_id is the one before it plus one: a batch in arrival order (2, 3, 0, 1) took two
+    passes. Requests that leave out of order (different budgets) refill the slots out of order; every
+    batch still lists its sequences in seq_id order, and each answer is its own alone."""
+    import llama_cpp
+
+    ids = [micro.tokenize(p, add_special=True) for p in PROMPTS + PROMPTS[:2]]
+    budgets = [12, 3, 8, 2, 6, 10, 4, 9]
+    orders: list[list[int]] = []
+    real = llama_cpp.llama_decode
+
+    def spy(ctx, batch):  # the seq_id of each token, in batch order
+        orders.append([batch.seq_id[i][0] for i in range(batch.n_tokens)])
+        return real(ctx, batch)
+
+    monkeypatch.setattr(llama_cpp, "llama_decode", spy)
+    with BatchEngine(micro, slots=4) as engine:
+        reqs = engine.run([Request(i, SamplingParams.greedy(max_tokens=b), ignore_eos=True)
+                           for i, b in zip(ids, budgets, strict=True)])
+    assert orders and all(order == sorted(order) for order in orders)
+    assert any(len(set(order)) == 4 for order in orders)  # full batches happened
+    assert [r.out for r in reqs] == [alone(micro, i, SamplingParams.greedy(max_tokens=b))
+                                     for i, b in zip(ids, budgets, strict=True)]
+
+
 def test_a_shared_prompt_start_is_computed_once_per_slot(micro) -> None:
     """Prompts that start alike (a system prompt) reuse the slot's cached prefix: only the rest is
     computed, and the output is what each request gives alone."""

@@ -241,7 +241,11 @@ class BatchEngine:
     def _step(self, active: list[_Seq]) -> None:
         """One ``llama_decode`` of each sequence's next tokens (prompts chunked to fit ``n_batch``)."""
         b, n = self._batch, 0
-        for s in active:
+        # In seq_id order: with a KV cache per sequence, llama.cpp puts sequences in one pass over the
+        # weights only while each seq_id is the one before it plus one (split_equal's "sequential"
+        # rule), so a batch in arrival order (say 2, 3, 0, 1) took two passes (measured: 1.5x the time
+        # of a step, on every other round of requests).
+        for s in sorted(active, key=lambda s: s.seq_id):
             take = s.feed[: self.n_batch - n]
             for j, tok in enumerate(take):
                 b.token[n + j], b.pos[n + j], b.n_seq_id[n + j], b.seq_id[n + j][0] = tok, s.pos + j, 1, s.seq_id
