@@ -1,9 +1,11 @@
 """Serve throughput: `llmlab serve` against `python -m llama_cpp.server` and llama.cpp's own `llama-server`.
 
 Usage: python benchmarks/serve.py --gguf PATH [--threads 1] [--tokens 32] [--llama-server PATH] [--parallel 4]
+       [--repeats 3]
        (make the GGUF with `llmlab quantize demo --types '[q4_k_m]'`; default: $LLMLAB_HOME/demo-q4_k_m)
 Writes benchmarks/results/serve.json: ``runs`` ({server, concurrency, req_s, tok_s, ttft_ms_p50,
-latency_ms_p95, errors}) at concurrency 1, 4 and 16 with distinct prompts (no prompt cache hits) and
+latency_ms_p95, errors}, the median of ``--repeats`` rounds in the same server, with every round's
+``tok_s_rounds`` and the errors of all) at concurrency 1, 4 and 16 with distinct prompts (no prompt cache hits) and
 exactly ``--tokens`` generated tokens per request (EOS suppressed: ``ignore_eos`` for llmlab and
 llama-server, ``logit_bias`` for llama_cpp.server). ``llama-server`` (continuous batching over
 ``--parallel`` slots) runs when it is built: ``bash scripts/build_llama_server.sh`` builds it once
@@ -34,6 +36,7 @@ import platform
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -68,11 +71,15 @@ def free_port() -> int:
 def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
     import httpx
 
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    # stderr to a file, not a pipe nobody reads: a server that logs every request (llama-server does)
+    # would fill the pipe and stall mid-benchmark
+    log = Path(tempfile.mkstemp(prefix="llmlab-bench-server-", suffix=".log")[1])
+    with log.open("wb") as err:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"{cmd[:3]} exited: {proc.stderr.read().decode()[-2000:]}")
+            raise RuntimeError(f"{cmd[:3]} exited: {log.read_text(errors='replace')[-2000:]}")
         try:
             if httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=1).status_code == 200:  # model loaded
                 return proc
@@ -139,6 +146,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--requests", type=int, default=16, help="requests per concurrency level")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="rounds per level in each server; its row is the median round (by tokens/s)")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     parser.add_argument("--llama-server", help="llama.cpp's own llama-server (default: the one "
                         "scripts/build_llama_server.sh built and cached, when it is there)")
@@ -197,9 +206,14 @@ def main() -> None:
             base = f"http://127.0.0.1:{port}"
             asyncio.run(level(base, "m", 1, 2, args.tokens, extra, 10_000))  # warm-up
             for c in (1, 4, 16):
-                row = asyncio.run(level(base, "m", c, max(args.requests, c), args.tokens, extra, offset))
-                offset += row["requests"]
-                runs.append({"server": name, **row})
+                rounds = []
+                for _ in range(args.repeats):  # fresh prompts each round, in the same server
+                    rounds.append(asyncio.run(level(base, "m", c, max(args.requests, c), args.tokens, extra, offset)))
+                    offset += rounds[-1]["requests"]
+                row = sorted(rounds, key=lambda r: r["tok_s"])[len(rounds) // 2]  # the median round
+                runs.append({"server": name, **row, "tok_s_rounds": [r["tok_s"] for r in rounds],
+                             "errors": sum(r["errors"] for r in rounds),
+                             "error_kinds": sorted({k for r in rounds for k in r["error_kinds"]})})
                 print(json.dumps(runs[-1]), flush=True)
             # one after the other, every prompt starting with the same ~310 tokens (a system prompt)
             asyncio.run(level(base, "m", 1, 1, 4, extra, 20_000, prefix=PREFIX))  # the prefix computed once
@@ -270,6 +284,7 @@ def main() -> None:
             "model": str(gguf.name), "size_bytes": gguf.stat().st_size, "threads": args.threads,
             "llama_server_parallel": args.parallel if "llama-server" in servers else None,
             "generated_tokens_per_request": args.tokens, "requests_per_level": args.requests,
+            "rounds_per_level": args.repeats,
             "endpoint": "/v1/completions (streaming)", "cpu": platform.processor() or platform.machine(),
             "cores": os.cpu_count(), "python": platform.python_version(), "cpu_model": cpu_model(),
             "llama_cpp_kernels": llama_kernels(),
@@ -300,7 +315,6 @@ def _random_lora(store, name: str, seed: int) -> None:
     """A peft LoRA on every linear layer of smollm2 with random, moderate weights (quality does not
     matter for memory, speed and parity; the answers must differ from the base's)."""
     import shutil
-    import tempfile
 
     import torch
     from peft import LoraConfig, get_peft_model
