@@ -106,7 +106,8 @@ def server_section(store: Store, bundle: Artifact) -> None:
     c1.code(code["curl"], language="bash")
     c2.code(code["python"], language="python")
     st.fragment(run_every=2)(live_metrics)(server["url"])
-    history: list[dict[str, str]] = st.session_state.setdefault(f"export:chat:{bundle.name}", [])
+    # a conversation per served name: another adapter or the agent starts afresh, not from one's answers
+    history: list[dict[str, str]] = st.session_state.setdefault(f"export:chat:{bundle.name}:{model}", [])
     for m in history:
         st.chat_message(m["role"]).markdown(m["content"])
     prompt = st.chat_input(f"Ask {model} (over HTTP)", key="export:chat")
