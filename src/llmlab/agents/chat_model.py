@@ -11,7 +11,8 @@ api = OpenAIChatModel(base_url="http://127.0.0.1:8080/v1", model_name="demo")
 
 ``RuntimeChatModel`` wraps a loaded ``llmlab.runtime.Model`` (transformers or llama.cpp) and streams
 through its ``stream_chat``; token counts come from the model's own tokenizer and land in
-``usage_metadata`` (with ``model_name`` in ``response_metadata``, so LangChain's usage callbacks count them). With ``batcher`` (a ``llmlab.runtime.batched.Batcher`` over the same model) it
+``usage_metadata`` (with ``model_name`` in ``response_metadata``, so LangChain's usage callbacks
+count them). With ``batcher`` (a ``llmlab.runtime.batched.Batcher`` over the same model) it
 generates in that batch instead, beside the requests of other threads (``llm.batched(batcher)``).
 With ``adapter`` it runs a GGUF model holding several adapters with that one (None: the base alone),
 whichever adapter other requests switch the model to meanwhile.
