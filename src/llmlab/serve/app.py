@@ -316,8 +316,7 @@ def create_app(config: ServeConfig, served: Served | None = None) -> Any:
         if not req.stream:
             return JSONResponse(P.envelope("chat.completion", rid, req.model, [
                 {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}],
-                usage={"prompt_tokens": tokens[0], "completion_tokens": tokens[1], "total_tokens": sum(tokens)},
-                **extra))
+                usage=P.token_usage(*tokens), **extra))
         # the agent's answer is complete when its checks pass: it is sent as one chunk
         events = [P.envelope("chat.completion.chunk", rid, req.model, [
             {"index": 0, "delta": message, "finish_reason": "stop", "logprobs": None}], **extra)]
