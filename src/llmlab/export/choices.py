@@ -19,11 +19,12 @@ from typing import Any
 from llmlab.scoring import is_number
 from llmlab.store import GGUF_KINDS, HF_KINDS, Artifact, Store
 
+AGENT_ANSWERS = 'llmlab_requests_total{endpoint="agent",status="200"}'
 # A server's /metrics series -> what it counts (shown in this order).
 SERVER_METRICS: dict[str, str] = {
     'llmlab_requests_total{endpoint="chat",status="200"}': "chat requests answered",
     'llmlab_requests_total{endpoint="completions",status="200"}': "completions answered",
-    'llmlab_requests_total{endpoint="agent",status="200"}': "agent answers",  # shown once there is one
+    AGENT_ANSWERS: "agent answers",  # shown once there is one
     'llmlab_tokens_total{type="prompt"}': "prompt tokens",
     'llmlab_tokens_total{type="completion"}': "completion tokens",
     "llmlab_queue_depth": "queue depth",
@@ -116,7 +117,7 @@ def server_metric_rows(values: dict[str, float]) -> list[dict[str, Any]]:
     """The ``SERVER_METRICS`` counters (0 when absent; agent answers once there is one), then the mean
     latency per endpoint in ms."""
     rows = [{"metric": label, "value": values.get(key, 0)} for key, label in SERVER_METRICS.items()
-            if key in values or 'endpoint="agent"' not in key]
+            if key in values or key != AGENT_ANSWERS]
     for key, total in values.items():
         if key.startswith(LATENCY_SUM):
             count = values.get(key.replace("_sum", "_count"), 0)

@@ -69,10 +69,11 @@ def go_template(blocks: dict[str, tuple[str, str]], gen_prompt: str, default_sys
 
     branches = "".join(f'{{{{ {"if" if i == 0 else "else if"} eq .Role "{r}" }}}}{lit(blocks[r][0])}'
                        f'{{{{ .Content }}}}{lit(blocks[r][1])}' for i, r in enumerate(ROLES))
-    if not default_system:
-        return f"{{{{- range .Messages }}}}{branches}{{{{ end }}}}{{{{ end }}}}{lit(gen_prompt)}"
-    first = f'{{{{ if and (eq $i 0) (ne .Role "system") }}}}{lit(default_system)}{{{{ end }}}}'
-    return f"{{{{- range $i, $_ := .Messages }}}}{first}{branches}{{{{ end }}}}{{{{ end }}}}{lit(gen_prompt)}"
+    loop, first = "range .Messages", ""
+    if default_system:  # written before a first message that is not the system's
+        loop = "range $i, $_ := .Messages"
+        first = f'{{{{ if and (eq $i 0) (ne .Role "system") }}}}{lit(default_system)}{{{{ end }}}}'
+    return f"{{{{- {loop} }}}}{first}{branches}{{{{ end }}}}{{{{ end }}}}{lit(gen_prompt)}"
 
 
 def fill_go_template(blocks: dict[str, tuple[str, str]], gen_prompt: str, messages: Sequence[dict[str, str]],
