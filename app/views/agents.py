@@ -28,10 +28,10 @@ from typing import Any
 
 import streamlit as st
 
-from llmlab.agents.choices import (agent_choices, default_agent, default_index, graph_dot, run_to_show,
+from llmlab.agents.choices import (SPEC_PREFIX, agent_choices, default_agent, default_index, graph_dot, run_to_show,
                                    shorten, source_cards, spec_of, trace_rows, world_sources, world_titles)
 from llmlab.agents.spec import SEARCH_MODES
-from llmlab.export.choices import exportable
+from llmlab.export.choices import agent_model
 from llmlab.errors import LlmlabError
 from llmlab.store import RUNNABLE_KINDS, Artifact, Store
 from widgets import job_queue, job_status, load_model, start_button
@@ -235,7 +235,8 @@ def main() -> None:
     k = c5.slider("Hits (k)", 1, 10, min(spec.retriever.k, 10), key="agents:k")
     if c6.button("New conversation", key="agents:new"):
         st.session_state["agents:thread"] = uuid.uuid4().hex[:12]
-    if choice in {a.name for a in exportable(store)} and c6.button(
+    # an agent artifact (the others are specs from agents/) on a GGUF model of the store can be bundled
+    if not choice.startswith(SPEC_PREFIX) and agent_model(store.get(choice), store) is not None and c6.button(
             "Export", key="agents:to_export", icon=":material/package_2:",
             help="Bundle the agent as saved (its index, model and search settings, not this page's changes) "
                  "with a server, on the Export page."):
