@@ -73,9 +73,9 @@ def start(cmd: list[str], port: int, env: dict[str, str]) -> subprocess.Popen:
 
     # stderr to a file, not a pipe nobody reads: a server that logs every request (llama-server does)
     # would fill the pipe and stall mid-benchmark
-    log = Path(tempfile.mkstemp(prefix="llmlab-bench-server-", suffix=".log")[1])
-    with log.open("wb") as err:
+    with tempfile.NamedTemporaryFile(prefix="llmlab-bench-server-", suffix=".log", delete=False) as err:
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+    log = Path(err.name)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
