@@ -138,11 +138,17 @@ def main() -> None:
     else:
         runs = [measure(p, args.requests, args.tokens) for p in paths]
     prefix = [measure_prefix(p, args.requests) for p in paths]
+    from serve import cpu_model, llama_kernels  # benchmarks/serve.py, beside this script
+
     out = {"runs": runs, "prefix": prefix, "settings": {
         "requests": args.requests, "tokens_per_request": args.tokens, "threads": settings.threads(),
-        "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(), "cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(),
+        "llama_cpp_kernels": llama_kernels(),
         "llama_cpp_python": importlib.metadata.version("llama_cpp_python"), "python": platform.python_version(),
         "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in os.getloadavg()]}}
+    if args.out.exists():  # the runs this one replaces are kept, newest first
+        kept = json.loads(args.out.read_text())
+        out["earlier"] = [{k: kept[k] for k in ("runs", "prefix", "settings") if k in kept}, *kept.get("earlier", [])]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2) + "\n")
     print(json.dumps({"runs": runs, "prefix": prefix}, indent=2))
